@@ -1,0 +1,58 @@
+# rs-diffusion — every target sets itself up on first use.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SITE := $(shell [ -x $(PY) ] && $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export QT_QPA_PLATFORM ?= offscreen
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test bench package qgis starter-models clean
+
+## setup: QGIS + xvfb from apt when missing, .venv on the system Python, the project in editable mode
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! /usr/bin/python3 -c 'import qgis.core' 2>/dev/null || [ ! -x /usr/bin/qgis_process.bin ] || ! command -v xvfb-run >/dev/null; then \
+		echo "Installing QGIS and xvfb with apt..."; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends qgis python3-qgis qgis-providers xvfb; \
+	fi
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+## demo: segment a procedural scene with the shipped starter model (class raster + polygons)
+demo: setup
+	$(PY) -m core.demo --output demo_output
+
+## test: the whole test suite, real QGIS included
+test: setup
+	$(PY) -m pytest -q tests
+
+## bench: performance ratios -> benchmarks/results/latest.json
+bench: setup
+	$(PY) -m benchmarks.run
+
+## package: dist/rs_diffusion_plugin.zip for the QGIS plugin manager ("Install from ZIP")
+package: setup
+	$(PY) -m rs_diffusion_plugin.packaging dist/rs_diffusion_plugin.zip
+
+## qgis: QGIS desktop with the plugin in a throwaway profile, using this venv's packages
+qgis: setup
+	rm -rf .qgis_profile
+	$(PY) -c 'from rs_diffusion_plugin.packaging import install_into_profile; install_into_profile(".qgis_profile")'
+	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES=$(SITE) qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
+
+## starter-models: train the shipped starter models with our own CLI (CPU: ~15 min)
+starter-models: setup
+	$(PY) -m training scenes --output runs/data/scenes --count 240 --size 256 --seed 1
+	$(PY) -m training segment --config training/configs/segmentation_starter.toml
+	rm -rf resources/models/segmentation_starter
+	mkdir -p resources/models
+	cp -r runs/starter/segmentation/model resources/models/segmentation_starter
+	cp runs/starter/segmentation/curves.png resources/models/segmentation_starter/training_curves.png
+
+clean:
+	rm -rf $(VENV) dist runs demo_output .qgis_profile

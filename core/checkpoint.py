@@ -1,0 +1,142 @@
+"""Model directories: `model.json` (the card) + `model.safetensors` (the weights).
+
+The card carries everything a pipeline needs to use the weights correctly on a new
+raster (task, architecture, classes, band order, normalisation, tile size), so the
+plugin never guesses. Weights are safetensors: loading them can never execute code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CARD_NAME = "model.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+RESOURCES_DIR = Path(__file__).resolve().parent.parent / "resources"
+STARTER_MODELS_DIR = RESOURCES_DIR / "models"
+
+
+class ModelError(ValueError):
+    """A model directory that cannot be used, explained for the user."""
+
+
+@dataclass
+class ClassInfo:
+    value: int
+    name: str
+    color: str  # "#rrggbb"
+
+
+@dataclass
+class Normalization:
+    """x = (raw - mean) / std per band, in the raw units of the input raster."""
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
+class ModelCard:
+    task: str
+    name: str
+    architecture: dict[str, Any]
+    bands: list[str]
+    normalization: Normalization
+    classes: list[ClassInfo] = field(default_factory=list)
+    tile_size: int = 256
+    ground_resolution: float | None = None
+    training_data: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        data = dict(data)
+        data["normalization"] = Normalization(**data["normalization"])
+        data["classes"] = [ClassInfo(**c) for c in data.get("classes", [])]
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"Unknown field(s) in model card: {', '.join(sorted(unknown))}.")
+        return cls(**data)
+
+    @property
+    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        from core.raster import hex_to_rgba
+        return {c.value: hex_to_rgba(c.color) for c in self.classes}
+
+
+def starter_model_dir(name: str) -> Path:
+    return STARTER_MODELS_DIR / name
+
+
+def load_card(model_dir: str | os.PathLike, task: str | None = None) -> ModelCard:
+    """Read and validate a card; `task` rejects a model made for another task."""
+    path = Path(model_dir)
+    card_path = path / CARD_NAME if path.is_dir() else path
+    if not card_path.is_file():
+        raise ModelError(f"'{model_dir}' is not a model directory: {CARD_NAME} not found.")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+        card = ModelCard.from_dict(data)
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise ModelError(f"Model card {card_path} is invalid: {exc}") from exc
+    if card.format_version > FORMAT_VERSION:
+        raise ModelError(f"Model card {card_path} has format {card.format_version}; this plugin reads "
+                         f"up to {FORMAT_VERSION}. Update rs-diffusion.")
+    if task is not None and card.task != task:
+        raise ModelError(f"Model '{card.name}' is a '{card.task}' model, but this tool needs a '{task}' model.")
+    if len(card.normalization.mean) != len(card.bands) or len(card.normalization.std) != len(card.bands):
+        raise ModelError(f"Model card {card_path}: normalisation must have one mean and std per band.")
+    return card
+
+
+def load_weights(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(model_dir) / WEIGHTS_NAME
+    if not path.is_file():
+        raise ModelError(f"Weights file missing: {path}.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"Weights file {path} is corrupt or not safetensors: {exc}") from exc
+
+
+def load_into(model: torch.nn.Module, model_dir: str | os.PathLike) -> torch.nn.Module:
+    """Load weights strictly: a missing or unexpected tensor means card and weights disagree."""
+    state = load_weights(model_dir)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"Weights in {model_dir} do not match the architecture in its card: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def save_model(model_dir: str | os.PathLike, card: ModelCard, state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write card + weights to a temporary directory, then swap it in place."""
+    final = Path(model_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    tmp.mkdir()
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS_NAME))
+        (tmp / CARD_NAME).write_text(card.to_json(), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,30 @@
+"""Confusion-matrix metrics for class maps: per-class IoU and F1, and their means."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int = -100
+                     ) -> torch.Tensor:
+    """(n_classes, n_classes) counts, rows = truth, columns = prediction."""
+    keep = target != ignore_index
+    idx = target[keep].long() * n_classes + pred[keep].long()
+    return torch.bincount(idx, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+
+
+def scores(confusion: np.ndarray | torch.Tensor, class_names: list[str]) -> dict[str, float]:
+    """IoU and F1 per class (NaN where a class never occurs nor is predicted) and their means."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(cm)
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (tp + fp + fn)
+        f1 = 2 * tp / (2 * tp + fp + fn)
+    out = {"mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+           "mF1": float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan"),
+           "accuracy": float(tp.sum() / max(cm.sum(), 1))}
+    for name, i, f in zip(class_names, iou, f1):
+        out[f"IoU/{name}"] = float(i)
+        out[f"F1/{name}"] = float(f)
+    return out

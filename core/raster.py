@@ -1,0 +1,206 @@
+"""Raster I/O shared by every pipeline: windowed reads in, tiled GeoTIFFs out.
+
+Reads return float32 arrays (bands, rows, cols) plus a validity mask so that models never
+see nodata; writers stream windows to a temporary file that is renamed only when the
+whole raster is complete, so a failed or cancelled run leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+# GDAL's block cache otherwise grows to 5% of RAM while writing big rasters.
+GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_NUM_THREADS": "ALL_CPUS"}
+
+
+class RasterError(ValueError):
+    """Input raster problem worded for the user (which file, which band, what was expected)."""
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    nodata: float | None
+    band_names: tuple[str, ...]
+
+    @property
+    def resolution(self) -> tuple[float, float]:
+        return abs(self.transform[0]), abs(self.transform[4])
+
+    @property
+    def is_geographic(self) -> bool:
+        return self.crs_wkt is not None and rasterio.crs.CRS.from_wkt(self.crs_wkt).is_geographic
+
+
+def raster_info(path: str | os.PathLike) -> RasterInfo:
+    with open_raster(path) as src:
+        names = tuple(d or f"band {i + 1}" for i, d in enumerate(src.descriptions))
+        return RasterInfo(
+            path=str(path), width=src.width, height=src.height, count=src.count,
+            dtype=src.dtypes[0], crs_wkt=src.crs.to_wkt() if src.crs else None,
+            transform=tuple(src.transform)[:6], nodata=src.nodata, band_names=names,
+        )
+
+
+def open_raster(path: str | os.PathLike):
+    """Open any GDAL raster read-only, with an error that names the file."""
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise RasterError(f"Cannot open raster '{path}': {exc}") from exc
+
+
+def check_bands(info: RasterInfo, bands: Sequence[int] | None, needed: Sequence[str],
+                layer_name: str | None = None) -> list[int]:
+    """Return the 1-based band list to read, or explain which bands are missing."""
+    name = layer_name or Path(info.path).name
+    if bands is None:
+        if info.count < len(needed):
+            raise RasterError(
+                f"Layer '{name}' has {info.count} band(s) but the model needs {len(needed)} "
+                f"({', '.join(needed)}). Pick a layer with these bands or choose bands explicitly.")
+        return list(range(1, len(needed) + 1))
+    bands = [int(b) for b in bands]
+    if len(bands) != len(needed):
+        raise RasterError(
+            f"{len(bands)} band(s) selected from layer '{name}' but the model needs "
+            f"{len(needed)} ({', '.join(needed)}).")
+    bad = [b for b in bands if not 1 <= b <= info.count]
+    if bad:
+        raise RasterError(f"Layer '{name}' has bands 1..{info.count}; band(s) {bad} do not exist.")
+    return bands
+
+
+def read_window(src, window: Window, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Read bands in a window as float32 (complex -> amplitude) and a validity mask.
+
+    Pixels equal to nodata, NaN, or masked by the dataset's own mask are invalid.
+    """
+    data = src.read(list(bands), window=window)
+    if np.iscomplexobj(data):
+        data = np.abs(data)
+    data = data.astype(np.float32, copy=False)
+    valid = np.ones(data.shape[1:], dtype=bool)
+    if src.nodata is not None and not np.isnan(src.nodata):
+        valid &= ~np.any(data == np.float32(src.nodata), axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= ~np.any(np.isnan(data), axis=0)
+    if src.nodata is None and any(flag & rasterio.enums.MaskFlags.per_dataset
+                                  for flag in src.mask_flag_enums[0]):
+        valid &= src.dataset_mask(window=window) > 0
+    return data, valid
+
+
+def read_array(path: str | os.PathLike, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-raster read for small rasters (datasets, tests)."""
+    with open_raster(path) as src:
+        band_list = list(bands) if bands else list(range(1, src.count + 1))
+        return read_window(src, Window(0, 0, src.width, src.height), band_list)
+
+
+def hex_to_rgba(color: str) -> tuple[int, int, int, int]:
+    color = color.lstrip("#")
+    rgb = tuple(int(color[i:i + 2], 16) for i in (0, 2, 4))
+    return (*rgb, 255)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it to `path` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.partial{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        for leftover in final.parent.glob(tmp.name + "*"):
+            leftover.unlink(missing_ok=True)
+
+
+class GeoTiffWriter:
+    """Stream windows into a tiled, compressed GeoTIFF written under a temporary name.
+
+    Use as a context manager: on success the file is renamed to `path`; on any exception
+    (including cancellation) the temporary file is removed and `path` is untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, width: int, height: int, count: int, dtype: str,
+                 crs_wkt: str | None, transform: Sequence[float], nodata: float | None = None,
+                 colormap: dict[int, tuple[int, int, int, int]] | None = None,
+                 band_names: Sequence[str] | None = None):
+        self.path = Path(path)
+        self.profile = dict(
+            driver="GTiff", width=width, height=height, count=count, dtype=dtype,
+            crs=rasterio.crs.CRS.from_wkt(crs_wkt) if crs_wkt else None,
+            transform=rasterio.Affine(*transform[:6]), nodata=nodata,
+            compress="deflate", BIGTIFF="IF_SAFER",
+        )
+        if width >= 256 and height >= 256:
+            self.profile.update(tiled=True, blockxsize=256, blockysize=256)
+        if count > 1 and dtype != "uint8":
+            self.profile["interleave"] = "band"
+        self.colormap = colormap
+        self.band_names = band_names
+        self._atomic = None
+        self._dst = None
+        self._env = None
+
+    def __enter__(self) -> "GeoTiffWriter":
+        self._env = rasterio.Env(**GDAL_ENV)
+        self._env.__enter__()
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._dst = rasterio.open(tmp, "w", **self.profile)
+        if self.colormap:
+            self._dst.write_colormap(1, self.colormap)
+        for i, name in enumerate(self.band_names or ()):
+            self._dst.set_band_description(i + 1, name)
+        return self
+
+    def write(self, array: np.ndarray, row: int = 0, col: int = 0) -> None:
+        if array.ndim == 2:
+            array = array[None]
+        window = Window(col, row, array.shape[2], array.shape[1])
+        self._dst.write(array.astype(self.profile["dtype"], copy=False), window=window)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._dst.close()
+        finally:
+            try:
+                if exc_type is None:
+                    self._atomic.__exit__(None, None, None)
+                else:
+                    self._atomic.__exit__(exc_type, exc, tb)
+            finally:
+                self._env.__exit__(exc_type, exc, tb)
+        return False
+
+
+def write_geotiff(path: str | os.PathLike, array: np.ndarray, *, crs_wkt: str | None,
+                  transform: Sequence[float], nodata: float | None = None,
+                  colormap: dict[int, tuple[int, int, int, int]] | None = None,
+                  band_names: Sequence[str] | None = None) -> Path:
+    """Write a whole in-memory array (bands, rows, cols) or (rows, cols) atomically."""
+    if array.ndim == 2:
+        array = array[None]
+    with GeoTiffWriter(path, width=array.shape[2], height=array.shape[1], count=array.shape[0],
+                       dtype=str(array.dtype), crs_wkt=crs_wkt, transform=transform,
+                       nodata=nodata, colormap=colormap, band_names=band_names) as writer:
+        writer.write(array)
+    return Path(path)

@@ -1,0 +1,78 @@
+"""What every rs-diffusion Processing algorithm shares: naming, model and device parameters,
+error translation and output styling."""
+from __future__ import annotations
+
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFile)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from core.checkpoint import ModelError
+from core.device import DEVICE_CHOICES
+from core.raster import RasterError
+from rs_diffusion_plugin.layers import style_class_layer, style_polygon_layer
+
+
+class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
+    NAME = ""
+    DISPLAY_NAME = ""
+    GROUP = ""
+    HELP = ""
+
+    def name(self):
+        return self.NAME
+
+    def displayName(self):  # noqa: N802
+        return self.tr(self.DISPLAY_NAME)
+
+    def group(self):
+        return self.tr(self.GROUP)
+
+    def groupId(self):  # noqa: N802
+        return self.GROUP.lower().replace(" ", "_")
+
+    def shortHelpString(self):  # noqa: N802
+        return self.tr(self.HELP)
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def tr(self, text):
+        return QCoreApplication.translate("rsdiffusion", text)
+
+    def add_model_parameter(self, default_dir: str, description: str = "Model directory (model.json + model.safetensors)"):
+        self.addParameter(QgsProcessingParameterFile(
+            "MODEL", self.tr(description), behavior=QgsProcessingParameterFile.Folder, defaultValue=default_dir))
+
+    def add_device_parameter(self):
+        self.addParameter(QgsProcessingParameterEnum(
+            "DEVICE", self.tr("Device"), options=list(DEVICE_CHOICES), defaultValue=0))
+
+    def device(self, parameters, context) -> str:
+        return DEVICE_CHOICES[self.parameterAsEnum(parameters, "DEVICE", context)]
+
+    @staticmethod
+    def user_error(exc: Exception) -> QgsProcessingException:
+        """Our own errors are already worded for the user; keep them free of tracebacks."""
+        if isinstance(exc, (RasterError, ModelError, ValueError)):
+            return QgsProcessingException(str(exc))
+        return QgsProcessingException(f"{type(exc).__name__}: {exc}")
+
+    def style_on_load(self, context, layer_id: str, classes: list[dict], polygons: bool = False) -> None:
+        """Style an output with the card's class colours when Processing loads it."""
+        if not context.willLoadLayerOnCompletion(layer_id):
+            return
+        styler = ClassStyler(classes, polygons)
+        _STYLERS.append(styler)  # Processing keeps only a pointer; Python must keep the object
+        context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(styler)
+
+
+_STYLERS: list = []
+
+
+class ClassStyler(QgsProcessingLayerPostProcessorInterface):
+    def __init__(self, classes: list[dict], polygons: bool):
+        super().__init__()
+        self.classes, self.polygons = classes, polygons
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        (style_polygon_layer if self.polygons else style_class_layer)(layer, self.classes)

@@ -1,0 +1,99 @@
+"""The rs-diffusion dock: one tab per task, each running its core call in a CoreTask."""
+from __future__ import annotations
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtWidgets import (QDockWidget, QHBoxLayout, QPlainTextEdit, QProgressBar, QPushButton, QTabWidget,
+                                 QVBoxLayout, QWidget)
+
+from rs_diffusion_plugin.task import CoreTask
+
+
+class TaskTab(QWidget):
+    """A tab with a form on top and Run / Cancel / progress / log below.
+
+    Subclasses build the form in `build_form(layout)`, turn it into core parameters in
+    `make_task()` and use the result in `on_success(result)`.
+    """
+
+    title = ""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.task: CoreTask | None = None
+        layout = QVBoxLayout(self)
+        self.build_form(layout)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 100)
+        layout.addWidget(self.progress_bar)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        layout.addWidget(self.log)
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+
+    def start(self) -> None:
+        try:
+            task = self.make_task()
+        except ValueError as exc:  # the form's own validation, already worded for the user
+            self.write(f"Error: {exc}")
+            return
+        self.task = task
+        task.progressChanged.connect(lambda value: self.progress_bar.setValue(int(value)))
+        task.message.connect(self.write)
+        task.succeeded.connect(self._succeeded)
+        task.failed.connect(self._failed)
+        task.cancelled.connect(self._cancelled)
+        self._set_running(True)
+        self.progress_bar.setValue(0)
+        self.write(f"Started: {task.description()}")
+        QgsApplication.taskManager().addTask(task)
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def write(self, message: str) -> None:
+        self.log.appendPlainText(message)
+
+    def _succeeded(self, result) -> None:
+        self._set_running(False)
+        self.progress_bar.setValue(100)
+        self.on_success(result)
+
+    def _failed(self, message: str) -> None:
+        self._set_running(False)
+        self.write(f"Error: {message}")
+
+    def _cancelled(self) -> None:
+        self._set_running(False)
+        self.progress_bar.setValue(0)
+        self.write("Cancelled: nothing was written.")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if not running:
+            self.task = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None
+
+
+class RsDiffusionDock(QDockWidget):
+    def __init__(self, parent=None):
+        super().__init__("rs-diffusion", parent)
+        self.setObjectName("RsDiffusionDock")
+        from rs_diffusion_plugin.segment_tab import SegmentTab
+        self.tabs = QTabWidget()
+        self.segment_tab = SegmentTab()
+        self.tabs.addTab(self.segment_tab, SegmentTab.title)
+        self.setWidget(self.tabs)

@@ -1,0 +1,53 @@
+"""QGIS layer <-> file conversions and styling from a model card's classes."""
+from __future__ import annotations
+
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsPalettedRasterRenderer, QgsProject,
+                       QgsRasterLayer, QgsRendererCategory, QgsVectorLayer)
+from qgis.PyQt.QtGui import QColor
+
+from core.raster import RasterError
+
+
+def raster_source(layer: QgsRasterLayer) -> str:
+    """The file behind a raster layer; core reads files with GDAL, not QGIS providers."""
+    if layer is None or not layer.isValid():
+        raise RasterError("No valid raster layer selected.")
+    if layer.providerType() != "gdal":
+        raise RasterError(f"Layer '{layer.name()}' comes from the '{layer.providerType()}' provider; "
+                          "rs-diffusion needs a file-based raster (save it as GeoTIFF first).")
+    return layer.source().split("|")[0]
+
+
+def style_class_layer(layer: QgsRasterLayer, classes: list[dict]) -> None:
+    entries = [QgsPalettedRasterRenderer.Class(c["value"], QColor(c["color"]), c["name"]) for c in classes]
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries))
+    layer.triggerRepaint()
+
+
+def style_polygon_layer(layer: QgsVectorLayer, classes: list[dict]) -> None:
+    categories = []
+    for c in classes:
+        symbol = QgsFillSymbol.createSimple({"color": c["color"], "outline_color": "#202020",
+                                             "outline_width": "0.2"})
+        categories.append(QgsRendererCategory(c["value"], symbol, c["name"]))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
+    layer.triggerRepaint()
+
+
+def add_class_outputs(raster_path: str, polygons_path: str, classes: list[dict], name: str,
+                      project: QgsProject | None = None) -> list:
+    """Add the styled class raster (and polygons) to the project; returns the layers."""
+    project = project or QgsProject.instance()
+    added = []
+    raster = QgsRasterLayer(raster_path, name)
+    if raster.isValid():
+        style_class_layer(raster, classes)
+        project.addMapLayer(raster)
+        added.append(raster)
+    if polygons_path:
+        polygons = QgsVectorLayer(polygons_path, f"{name} polygons", "ogr")
+        if polygons.isValid():
+            style_polygon_layer(polygons, classes)
+            project.addMapLayer(polygons)
+            added.append(polygons)
+    return added

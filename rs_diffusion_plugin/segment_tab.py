@@ -1,0 +1,86 @@
+"""The dock's "Segment" tab: raster layer + model -> styled class layer."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QSpinBox
+
+from core.checkpoint import ModelError, load_card, starter_model_dir
+from core.device import DEVICE_CHOICES
+from core.segmentation.pipeline import STARTER_MODEL, TASK, SegmentParams, segment_raster
+from rs_diffusion_plugin.dock import TaskTab
+from rs_diffusion_plugin.layers import add_class_outputs, raster_source
+from rs_diffusion_plugin.task import CoreTask
+
+
+class SegmentTab(TaskTab):
+    title = "Segment"
+
+    def build_form(self, layout) -> None:
+        form = QFormLayout()
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        form.addRow("Raster layer", self.layer_combo)
+        self.model_widget = QgsFileWidget()
+        self.model_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.model_widget.setFilePath(str(starter_model_dir(STARTER_MODEL)))
+        form.addRow("Model", self.model_widget)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        form.addRow("", self.model_label)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        form.addRow("Device", self.device_combo)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSpecialValueText("model's")
+        form.addRow("Tile size", self.tile_spin)
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(0, 1024)
+        self.overlap_spin.setValue(32)
+        form.addRow("Tile overlap", self.overlap_spin)
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif)")
+        self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
+        form.addRow("Class raster", self.output_widget)
+        self.polygons_check = QCheckBox("Also write class polygons (GeoPackage)")
+        form.addRow("", self.polygons_check)
+        self.probabilities_check = QCheckBox("Also write class probabilities")
+        form.addRow("", self.probabilities_check)
+        layout.addLayout(form)
+        self.model_widget.fileChanged.connect(self.describe_model)
+        self.describe_model(self.model_widget.filePath())
+
+    def describe_model(self, path: str) -> None:
+        try:
+            card = load_card(path, task=TASK)
+        except ModelError as exc:
+            self.model_label.setText(f"<span style='color:#b00'>{exc}</span>")
+            return
+        classes = ", ".join(c.name for c in card.classes)
+        self.model_label.setText(f"{card.name}: bands {', '.join(card.bands)}; classes {classes}")
+
+    def make_task(self) -> CoreTask:
+        layer = self.layer_combo.currentLayer()
+        output = self.output_widget.filePath()
+        if not output:
+            folder = Path(tempfile.mkdtemp(prefix="segment_", dir=QgsProcessingUtils.tempFolder()))
+            output = str(folder / f"{layer.name() if layer else 'segmentation'}_classes.tif")
+        stem = str(Path(output).with_suffix(""))
+        params = SegmentParams(
+            input_path=raster_source(layer), output_path=output, model_dir=self.model_widget.filePath(),
+            device=self.device_combo.currentText(), tile_size=self.tile_spin.value(),
+            overlap=self.overlap_spin.value(),
+            polygons_path=f"{stem}_polygons.gpkg" if self.polygons_check.isChecked() else "",
+            probabilities_path=f"{stem}_probabilities.tif" if self.probabilities_check.isChecked() else "",
+            layer_name=layer.name())
+        return CoreTask(f"Segment {layer.name()}", segment_raster, params)
+
+    def on_success(self, result) -> None:
+        name = Path(result.output_path).stem
+        add_class_outputs(result.output_path, result.polygons_path, result.classes, name)
+        self.write(f"Added '{name}' ({result.tiles} tiles, {result.seconds:.1f} s on {result.device}).")

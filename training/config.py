@@ -1,0 +1,37 @@
+"""Config files (JSON or TOML) -> a subcommand's dataclass, with command-line overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+# Fields holding paths: relative values in a config file are relative to that file.
+PATH_FIELDS = ("data", "output", "encoder_weights", "synthetic", "init")
+
+
+def load_config(cls: type[T], path: str, overrides=None) -> T:
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"Config file not found: {path}")
+    text = file.read_text(encoding="utf-8")
+    try:
+        values = tomllib.loads(text) if file.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"Cannot parse config {path}: {exc}") from exc
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"Unknown key(s) in {path}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+    for key in PATH_FIELDS:
+        if values.get(key) and not Path(values[key]).is_absolute():
+            values[key] = str((file.parent / values[key]).resolve())
+    for key, value in vars(overrides or {}).items() if overrides is not None else ():
+        if key in known and value not in (None, False):
+            values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise SystemExit(f"Config {path}: {exc}") from exc

@@ -1,0 +1,128 @@
+"""`python -m training segment`: fit an smp segmenter on a folder dataset.
+
+Writes `<output>/model` (card + safetensors, loadable by the plugin) and, beside it, the
+training state for `--resume`, `log.csv` and `curves.png`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.checkpoint import ModelCard, Normalization, save_model
+from core.data.folder import IGNORE_INDEX, PatchDataset, band_statistics, list_pairs, read_class_table
+from core.metrics.segmentation import confusion_matrix, scores
+from core.raster import raster_info
+from core.segmentation.model import STARTER_ARCHITECTURE, build_segmenter, load_encoder_weights
+from core.segmentation.pipeline import TASK
+from training.config import load_config
+from training.trainer import Trainer, TrainSettings
+
+
+@dataclass
+class SegmentTrainConfig:
+    data: str
+    output: str
+    name: str = ""
+    arch: str = STARTER_ARCHITECTURE["arch"]
+    encoder: str = STARTER_ARCHITECTURE["encoder"]
+    decoder: dict[str, Any] = field(default_factory=lambda: dict(STARTER_ARCHITECTURE["decoder"]))
+    encoder_weights: str = ""        # optional local file; never downloaded
+    patch_size: int = 256
+    batch_size: int = 8
+    samples_per_image: int = 4
+    val_fraction: float = 0.2
+    steps: int = 1000
+    lr: float = 1e-3
+    ema_decay: float = 0.0
+    val_every: int = 250
+    checkpoint_every: int = 250
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+def split_pairs(pairs, val_fraction: float, seed: int):
+    """Deterministic image-level split: validation never sees a training image."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = int(round(len(pairs) * val_fraction)) if len(pairs) > 1 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and len(pairs) > 1 else 0), len(pairs) - 1)
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+
+
+def evaluate(model: torch.nn.Module, loader, n_classes: int, names: list[str], device) -> dict[str, float]:
+    model.eval()
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    with torch.inference_mode():
+        for x, y in loader:
+            pred = model(x.to(device)).argmax(1).cpu()
+            cm += confusion_matrix(pred, y, n_classes, IGNORE_INDEX)
+    return scores(cm, names)
+
+
+def train_segmenter(cfg: SegmentTrainConfig) -> Path:
+    pairs = list_pairs(cfg.data)
+    classes, band_names = read_class_table(cfg.data)
+    first = raster_info(pairs[0][0])
+    band_names = band_names or [f"band {i + 1}" for i in range(first.count)]
+    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+    mean, std = band_statistics(train_pairs)
+    names = [c.name for c in classes]
+    architecture = {"arch": cfg.arch, "encoder": cfg.encoder, "in_channels": len(band_names),
+                    "classes": len(classes), "decoder": cfg.decoder}
+    model = build_segmenter(architecture)
+    if cfg.encoder_weights:
+        load_encoder_weights(model, cfg.encoder_weights)
+
+    run = Path(cfg.output)
+    trainer = Trainer(model, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
+        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    train_set = PatchDataset(train_pairs, classes, mean, std, cfg.patch_size, cfg.samples_per_image, train=True)
+    sampler = (torch.utils.data.distributed.DistributedSampler(train_set, seed=cfg.seed)
+               if trainer.dist.world > 1 else None)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
+                                         sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_set) > cfg.batch_size)
+    val_loader = (torch.utils.data.DataLoader(PatchDataset(val_pairs, classes, mean, std, cfg.patch_size, train=False),
+                                              batch_size=cfg.batch_size) if val_pairs else None)
+
+    def loss_fn(net, batch):
+        x, y = batch
+        return F.cross_entropy(net(x), y, ignore_index=IGNORE_INDEX)
+
+    def validate(net):
+        return evaluate(net, val_loader, len(classes), names, trainer.device)
+
+    metrics = trainer.fit(loader, loss_fn, validate if val_loader is not None else None)
+    model_dir = run / "model"
+    if trainer.dist.main:
+        card = ModelCard(
+            task=TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
+            normalization=Normalization(mean=mean, std=std), classes=classes, tile_size=cfg.patch_size,
+            ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
+            training_data=f"{Path(cfg.data).resolve().name}: {len(train_pairs)} train / {len(val_pairs)} val images",
+            metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},
+            extra={"steps": trainer.step, "patch_size": cfg.patch_size, "ema_decay": cfg.ema_decay})
+        save_model(model_dir, card, trainer.eval_model.state_dict())
+    trainer.dist.close()
+    return model_dir
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="JSON or TOML file with the SegmentTrainConfig fields")
+    parser.add_argument("--data", help="override: dataset folder (images/, masks/, classes.json)")
+    parser.add_argument("--output", help="override: run directory; the model goes to OUTPUT/model")
+    parser.add_argument("--steps", type=int, help="override: total optimiser steps")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="override: device")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
+
+
+def main(args) -> None:
+    cfg = load_config(SegmentTrainConfig, args.config, args)
+    model_dir = train_segmenter(cfg)
+    print(f"model written to {model_dir}")
