@@ -86,8 +86,10 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
     train_set = PatchDataset(train_pairs, classes, mean, std, cfg.patch_size, cfg.samples_per_image, train=True)
     sampler = (torch.utils.data.distributed.DistributedSampler(train_set, seed=cfg.seed)
                if trainer.dist.world > 1 else None)
+    per_process = len(train_set) // trainer.dist.world
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
-                                         sampler=sampler, num_workers=cfg.num_workers, drop_last=len(train_set) > cfg.batch_size)
+                                         sampler=sampler, num_workers=cfg.num_workers,
+                                         drop_last=per_process > cfg.batch_size)
     val_loader = (torch.utils.data.DataLoader(PatchDataset(val_pairs, classes, mean, std, cfg.patch_size, train=False),
                                               batch_size=cfg.batch_size) if val_pairs else None)
 

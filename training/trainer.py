@@ -119,6 +119,8 @@ class Trainer:
             validate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> dict[str, float]:
         """Train until `settings.steps`; return the last validation metrics."""
         s = self.settings
+        if len(loader) == 0:
+            raise ValueError("The training set yields no batch: add data or lower batch_size.")
         metrics: dict[str, float] = {}
         bar = tqdm(total=s.steps, initial=self.step, desc="training", disable=not self.dist.main, unit="step")
         epoch = self.step // max(1, len(loader))

@@ -34,9 +34,9 @@ LABEL_NODATA = 255
 # Surface colours as (red, green, blue, nir) digital numbers before illumination.
 _SOIL_COLOURS = np.array([[178, 150, 112, 196], [150, 118, 86, 172], [122, 96, 72, 150],
                           [168, 126, 92, 188], [192, 174, 142, 210]], np.float32)
-_GRASS_COLOURS = np.array([[96, 126, 64, 190], [124, 136, 76, 176], [82, 118, 56, 212]], np.float32)
-_CROP_COLOURS = np.array([[70, 116, 50, 222], [92, 132, 56, 232], [62, 100, 46, 204]], np.float32)
-_CANOPY_COLOURS = np.array([[46, 80, 40, 200], [56, 92, 46, 216], [40, 68, 44, 184]], np.float32)
+_GRASS_COLOURS = np.array([[96, 126, 64, 172], [124, 136, 76, 160], [82, 118, 56, 190]], np.float32)
+_CROP_COLOURS = np.array([[70, 116, 50, 200], [92, 132, 56, 210], [62, 100, 46, 186]], np.float32)
+_CANOPY_COLOURS = np.array([[46, 80, 40, 184], [56, 92, 46, 198], [40, 68, 44, 170]], np.float32)
 _WATER_COLOURS = np.array([  # deep, shallow
     [[20, 46, 70, 12], [62, 86, 84, 40]],
     [[28, 56, 48, 14], [74, 92, 70, 44]],
@@ -68,7 +68,7 @@ def make_scene(height: int, width: int, seed: int, nir: bool = False) -> tuple[n
     to_sun = np.array([np.sin(sun_angle), np.cos(sun_angle)], np.float32)  # (dy, dx)
 
     parcel, kind, stripes = _parcels(rng, shape, yy, xx)
-    soil = _soil(rng, shape, parcel, kind, stripes)
+    soil = _soil(rng, shape, parcel, len(kind), stripes)
     water, water_layer, shore_distance = _water(rng, shape, yy, xx)
     road, road_layer, road_points = _roads(rng, shape)
     building, roof_layer, roof_height = _buildings(rng, shape, road_points, water | road, to_sun)
@@ -123,7 +123,7 @@ def write_scene_dataset(folder: str | os.PathLike, count: int, size: int, seed: 
                         nir: bool = False) -> Path:
     """Write `count` square scenes in the folder dataset layout (images/, masks/, classes.json)."""
     folder = Path(folder)
-    scene_seeds = np.random.SeedSequence(seed).generate_state(count) if count else []
+    scene_seeds = np.random.SeedSequence(seed).generate_state(count)  # distinct streams per scene
     for index, scene_seed in enumerate(scene_seeds):
         name = f"scene_{index:04d}.tif"
         write_scene(folder / "images" / name, folder / "masks" / name, size, size, int(scene_seed), nir)
@@ -134,6 +134,7 @@ def write_scene_dataset(folder: str | os.PathLike, count: int, size: int, seed: 
 
 
 def scene_bands(nir: bool = False) -> list[str]:
+    """Band names in file order, for band descriptions and classes.json."""
     return [*SCENE_BANDS, "nir"] if nir else list(SCENE_BANDS)
 
 
@@ -196,9 +197,8 @@ def _parcels(rng, shape, yy, xx):
     return parcel, kind, stripes
 
 
-def _soil(rng, shape, parcel, kind, stripes):
+def _soil(rng, shape, parcel, count, stripes):
     """Per-parcel soil colour, mottled, with plough furrows in about half of the fields."""
-    count = len(kind)
     colour = _SOIL_COLOURS[rng.integers(0, len(_SOIL_COLOURS), count)].T * rng.normal(1, 0.06, count)
     furrowed = rng.random(count) < 0.5
     shade = (1 + 0.10 * _fractal(rng, shape, 70, 3) + 0.06 * _fractal(rng, shape, 6, 2)
@@ -221,7 +221,7 @@ def _water(rng, shape, yy, xx):
         water[window] |= np.hypot(yy[window] - cy, xx[window] - cx) / radius + ragged < 1
     if has_river:
         ys, xs, _ = _wander(rng, shape, swing=rng.uniform(0.3, 0.9), wavelength=rng.uniform(40, 90))
-        half_width = rng.uniform(4, 14) * (1 + 0.25 * _noise(rng, (1, len(ys)), 60)[0])
+        half_width = rng.uniform(4, 14) * (1 + 0.25 * _noise(rng, (1, len(ys)), 40 / _PATH_STEP)[0])
         distance, near_half, _, _ = _trace(shape, [(ys, xs, half_width)])
         water |= distance <= near_half
     depth = _distance(water)
@@ -258,7 +258,7 @@ def _roads(rng, shape):
     road = distance <= half
 
     tone = np.where(rng.random(len(paths)) < 0.25, rng.uniform(150, 180, len(paths)),
-                    rng.uniform(75, 130, len(paths)))[which]
+                    rng.uniform(75, 130, len(paths))).astype(np.float32)[which]
     colour = np.stack([tone, tone, tone * 1.03, tone * 1.05])
     wheel_tracks = np.exp(-((distance - half * 0.5) / 1.2) ** 2)
     shade = (1 + 0.06 * _fractal(rng, shape, 12, 2) + 0.05 * _noise(rng, shape, 0)

@@ -1,0 +1,81 @@
+"""Shared fixtures: one real QgsApplication (also serving pytest-qt), Processing with our
+provider, small georeferenced rasters, and the shipped starter model."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+UTM33 = rasterio.crs.CRS.from_epsg(32633).to_wkt()
+
+
+@pytest.fixture(scope="session")
+def qapp():
+    """The QgsApplication every Qt test runs in (pytest-qt uses this fixture)."""
+    from qgis.core import QgsApplication
+    app = QgsApplication.instance()
+    if app is None:
+        app = QgsApplication([], True)
+        app.initQgis()
+    return app
+
+
+@pytest.fixture(scope="session")
+def processing(qapp):
+    """Processing initialised with the rsdiffusion provider registered."""
+    from qgis.core import QgsApplication
+    sys.path.append("/usr/share/qgis/python/plugins")
+    from processing.core.Processing import Processing
+    Processing.initialize()
+    from rs_diffusion_plugin.provider import RsDiffusionProvider
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("rsdiffusion") is None:
+        provider = RsDiffusionProvider()
+        registry.addProvider(provider)
+    import processing as processing_module
+    return processing_module
+
+
+@pytest.fixture(scope="session")
+def starter_model():
+    from core.checkpoint import starter_model_dir
+    from core.segmentation.pipeline import STARTER_MODEL
+    path = starter_model_dir(STARTER_MODEL)
+    assert (path / "model.json").is_file(), "starter model missing: run `make starter-models`"
+    return path
+
+
+def make_scene_raster(folder: Path, size=(200, 260), seed=3, nodata_border=0, name="scene"):
+    from core.data.scenes import write_scene
+    image, labels = folder / f"{name}.tif", folder / f"{name}_labels.tif"
+    write_scene(image, labels, size[0], size[1], seed=seed, nodata_border=nodata_border)
+    return image, labels
+
+
+@pytest.fixture
+def scene_raster(tmp_path):
+    """A 200 x 260 px procedural RGB scene (uint8, EPSG:32633, 0.5 m) with a nodata border."""
+    return make_scene_raster(tmp_path, nodata_border=6)[0]
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in Path(folder).iterdir()}
+
+
+def shared_data(*parts) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared sample data not available: {path}")
+    return path
+
+
+def write_test_raster(path, array, crs=UTM33, nodata=None, transform=(0.5, 0, 500000, 0, -0.5, 5600000)):
+    from core.raster import write_geotiff
+    return write_geotiff(path, np.asarray(array), crs_wkt=crs, transform=transform, nodata=nodata)
