@@ -17,8 +17,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-# GDAL's block cache otherwise grows to 5% of RAM while writing big rasters.
-GDAL_ENV = {"GDAL_CACHEMAX": 128, "GDAL_NUM_THREADS": "ALL_CPUS"}
+# GDAL's block cache otherwise grows to 5% of RAM while writing big rasters (MB; a user's
+# own setting wins).
+os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 
 class RasterError(ValueError):
@@ -158,11 +159,8 @@ class GeoTiffWriter:
         self.band_names = band_names
         self._atomic = None
         self._dst = None
-        self._env = None
 
     def __enter__(self) -> "GeoTiffWriter":
-        self._env = rasterio.Env(**GDAL_ENV)
-        self._env.__enter__()
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         self._dst = rasterio.open(tmp, "w", **self.profile)
@@ -182,13 +180,7 @@ class GeoTiffWriter:
         try:
             self._dst.close()
         finally:
-            try:
-                if exc_type is None:
-                    self._atomic.__exit__(None, None, None)
-                else:
-                    self._atomic.__exit__(exc_type, exc, tb)
-            finally:
-                self._env.__exit__(exc_type, exc, tb)
+            self._atomic.__exit__(exc_type, exc, tb)
         return False
 
 

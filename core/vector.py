@@ -1,4 +1,8 @@
-"""Class raster -> polygons in a GeoPackage, with class names and areas."""
+"""Class raster -> polygons in a GeoPackage, with class names and areas.
+
+Written with fiona + shapely rather than geopandas: geopandas needs pyproj, whose wheel
+bundles a second PROJ that crashes QGIS (and qgis_process) at exit when both are loaded.
+"""
 from __future__ import annotations
 
 import os
@@ -6,11 +10,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-import geopandas as gpd
+import fiona
 import numpy as np
 import rasterio.features
+from rasterio.warp import transform_geom
 from rasterio.windows import Window
-from shapely.geometry import shape
+from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
 
 from core.checkpoint import ClassInfo
@@ -19,6 +24,8 @@ from core.raster import atomic_path, open_raster
 
 EQUAL_AREA_CRS = "EPSG:6933"  # WGS 84 / NSIDC EASE-Grid 2.0 Global, for areas of geographic layers
 BLOCK = 2048
+SCHEMA = {"geometry": "Polygon",
+          "properties": {"class_id": "int", "class_name": "str", "area_m2": "float", "area_km2": "float"}}
 
 
 def polygonize(class_raster: str | os.PathLike, output: str | os.PathLike, classes: Sequence[ClassInfo],
@@ -27,9 +34,10 @@ def polygonize(class_raster: str | os.PathLike, output: str | os.PathLike, class
     polygons themselves) and write class_id, class_name, area_m2, area_km2."""
     progress = progress or Progress()
     names = {c.value: c.name for c in classes}
-    inner, edge = [], defaultdict(list)
+    polygons, edge = [], defaultdict(list)
     with open_raster(class_raster) as src:
         nodata = src.nodata
+        crs = src.crs
         blocks = [(r, c) for r in range(0, src.height, BLOCK) for c in range(0, src.width, BLOCK)]
         for i, (r, c) in enumerate(blocks):
             window = Window(c, r, min(BLOCK, src.width - c), min(BLOCK, src.height - r))
@@ -39,36 +47,40 @@ def polygonize(class_raster: str | os.PathLike, output: str | os.PathLike, class
                 keep &= values != nodata
             for v in skip_values:
                 keep &= values != v
-            transform = src.window_transform(window)
-            for geom, value in rasterio.features.shapes(values, mask=keep, transform=transform):
+            for geom, value in rasterio.features.shapes(values, mask=keep, transform=src.window_transform(window)):
                 poly = shape(geom)
                 if _touches_inner_border(poly, window, src):
                     edge[int(value)].append(poly)
                 else:
-                    inner.append((int(value), poly))
+                    polygons.append((int(value), poly))
             progress.step(i + 1, len(blocks) + 1)
-        crs = src.crs
-    for value, polys in edge.items():
-        merged = unary_union(polys)
-        parts = getattr(merged, "geoms", [merged])
-        inner.extend((value, p) for p in parts)
-    frame = gpd.GeoDataFrame(
-        {"class_id": [v for v, _ in inner], "class_name": [names.get(v, str(v)) for v, _ in inner]},
-        geometry=[p for _, p in inner], crs=crs)
-    if crs is not None and crs.is_geographic:
-        progress.info(f"Layer CRS is geographic: polygon areas computed in {EQUAL_AREA_CRS} (equal-area).")
-        area = frame.geometry.to_crs(EQUAL_AREA_CRS).area
-    else:
-        if crs is None:
-            progress.warning("Class raster has no CRS: areas are in squared pixel-grid units, not m².")
-        factor = crs.linear_units_factor[1] if crs is not None else 1.0
-        area = frame.geometry.area * factor ** 2
-    frame["area_m2"] = area.round(2)
-    frame["area_km2"] = (area / 1e6).round(6)
+    for value, parts in edge.items():
+        merged = unary_union(parts)
+        polygons.extend((value, p) for p in getattr(merged, "geoms", [merged]))
+
+    area_of = _area_function(crs, progress)
     with atomic_path(output) as tmp:
-        frame.to_file(tmp, driver="GPKG", layer=Path(output).stem)
+        with fiona.open(tmp, "w", driver="GPKG", schema=SCHEMA, crs=crs.to_wkt() if crs else None,
+                        layer=Path(output).stem) as dst:
+            dst.writerecords(
+                {"geometry": mapping(poly),
+                 "properties": {"class_id": value, "class_name": names.get(value, str(value)),
+                                "area_m2": round(area, 2), "area_km2": round(area / 1e6, 6)}}
+                for value, poly in polygons for area in [area_of(poly)])
     progress.set_fraction(1.0)
     return Path(output)
+
+
+def _area_function(crs, progress: Progress):
+    """Area in m²: metres from a projected CRS, an equal-area projection for geographic ones."""
+    if crs is None:
+        progress.warning("Class raster has no CRS: areas are in squared pixel-grid units, not m².")
+        return lambda poly: poly.area
+    if crs.is_geographic:
+        progress.info(f"Layer CRS is geographic: polygon areas computed in {EQUAL_AREA_CRS} (equal-area).")
+        return lambda poly: shape(transform_geom(crs, EQUAL_AREA_CRS, mapping(poly))).area
+    factor = crs.linear_units_factor[1]
+    return lambda poly: poly.area * factor ** 2
 
 
 def _touches_inner_border(poly, window: Window, src) -> bool:

@@ -1,8 +1,9 @@
 """Find and install the plugin's Python dependencies inside QGIS.
 
 QGIS runs the system interpreter, so torch & co. may be missing there. They are installed
-with pip into a folder of the QGIS profile that is *appended* to ``sys.path``: packages
-QGIS itself has loaded (numpy, PyQt5, osgeo, ...) always win over any copy pip puts there.
+with pip into a folder of the QGIS profile that goes on ``sys.path`` before the system's
+site-packages; packages QGIS itself has already loaded (numpy, PyQt5, osgeo, ...) stay the
+loaded ones, and pip is constrained never to change their versions.
 Nothing here raises because a dependency is missing.
 """
 
@@ -31,7 +32,7 @@ REQUIRED_MODULES: dict[str, str] = {
     "segmentation_models_pytorch": "segmentation-models-pytorch>=0.3.3",
     "timm": "timm>=0.9",
     "rasterio": "rasterio>=1.3",
-    "geopandas": "geopandas>=0.14",
+    "fiona": "fiona>=1.9",
     "shapely": "shapely>=2.0",
     "tqdm": "tqdm>=4.60",
 }
@@ -46,12 +47,24 @@ def dependency_dir(profile_dir: str | os.PathLike) -> Path:
     return Path(profile_dir) / "python" / "rs_diffusion_deps"
 
 
-def _append_to_sys_path(directory: str | os.PathLike) -> bool:
-    """Append (never prepend, so QGIS's own packages keep precedence); False if present."""
+def _is_system_packages(entry: str) -> bool:
+    return Path(entry).name in ("dist-packages", "site-packages") and entry not in _OURS
+
+
+_OURS: set[str] = set()
+
+
+def _add_to_sys_path(directory: str | os.PathLike) -> bool:
+    """Put a dependency folder after QGIS's own Python folders but before the system's
+    site/dist-packages, so that torch finds the newer sympy & co. it was installed with
+    (Debian's copies would shadow them), while modules QGIS has already imported (numpy,
+    PyQt5, osgeo) stay the ones in sys.modules. False if already present."""
     path = str(Path(directory).resolve())
     if path in sys.path:
         return False
-    sys.path.append(path)
+    _OURS.add(path)
+    position = next((i for i, entry in enumerate(sys.path) if _is_system_packages(entry)), len(sys.path))
+    sys.path.insert(position, path)
     importlib.invalidate_caches()
     return True
 
@@ -63,8 +76,8 @@ def configure_sys_path(profile_dir: str | os.PathLike | None) -> list[str]:
         candidates.append(str(dependency_dir(profile_dir)))
     added = []
     for candidate in candidates:
-        if Path(candidate).is_dir() and _append_to_sys_path(candidate):
-            added.append(sys.path[-1])
+        if Path(candidate).is_dir() and _add_to_sys_path(candidate):
+            added.append(str(Path(candidate).resolve()))
     return added
 
 
@@ -219,7 +232,7 @@ class DependencyInstallDialog(QDialog):
             self.output.appendPlainText(self._pending)
             self._pending = ""
         if exit_status == QProcess.NormalExit and exit_code == 0:
-            _append_to_sys_path(self.target_dir)
+            _add_to_sys_path(self.target_dir)
             self._finish(True, "Installation finished successfully." + self._restart_hint())
         elif exit_status == QProcess.CrashExit:
             self._finish(False, "pip was interrupted or crashed; nothing may have been installed.")

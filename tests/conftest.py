@@ -37,10 +37,13 @@ def processing(qapp):
     from rs_diffusion_plugin.provider import RsDiffusionProvider
     registry = QgsApplication.processingRegistry()
     if registry.providerById("rsdiffusion") is None:
-        provider = RsDiffusionProvider()
-        registry.addProvider(provider)
+        _KEEP_ALIVE.append(RsDiffusionProvider())  # the Python object must outlive the registration
+        registry.addProvider(_KEEP_ALIVE[-1])
     import processing as processing_module
     return processing_module
+
+
+_KEEP_ALIVE: list = []
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +82,12 @@ def shared_data(*parts) -> Path:
 def write_test_raster(path, array, crs=UTM33, nodata=None, transform=(0.5, 0, 500000, 0, -0.5, 5600000)):
     from core.raster import write_geotiff
     return write_geotiff(path, np.asarray(array), crs_wkt=crs, transform=transform, nodata=nodata)
+
+
+def read_polygons(path) -> tuple[list[dict], object]:
+    """(feature properties with a shapely `geometry`, CRS) of a GeoPackage."""
+    import fiona
+    from shapely.geometry import shape
+    with fiona.open(path) as src:
+        rows = [dict(f["properties"], geometry=shape(f["geometry"])) for f in src]
+        return rows, src.crs

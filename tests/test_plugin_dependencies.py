@@ -14,7 +14,14 @@ def _isolated_sys_path(monkeypatch):
     monkeypatch.delenv(deps.ENV_VAR, raising=False)
 
 
-def test_configure_sys_path_appends_env_dirs_and_is_idempotent(tmp_path, monkeypatch):
+def before_system_packages(path) -> bool:
+    """Our folders go before the system's site/dist-packages (torch needs its own sympy & co.)."""
+    system = [i for i, e in enumerate(sys.path) if e.endswith(("dist-packages", "site-packages"))
+              and e != str(path)]
+    return sys.path.index(str(path)) < min(system, default=len(sys.path)) and sys.path[0] != str(path)
+
+
+def test_configure_sys_path_adds_env_dirs_and_is_idempotent(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -22,7 +29,8 @@ def test_configure_sys_path_appends_env_dirs_and_is_idempotent(tmp_path, monkeyp
     first = sys.path[0]
 
     assert deps.configure_sys_path(None) == [str(a), str(b)]
-    assert sys.path[-2:] == [str(a), str(b)] and sys.path[0] == first
+    assert sys.path[0] == first and before_system_packages(a) and before_system_packages(b)
+    assert sys.path.index(str(a)) < sys.path.index(str(b))
     assert str(tmp_path / "missing") not in sys.path
 
     assert deps.configure_sys_path(None) == []
@@ -37,7 +45,7 @@ def test_configure_sys_path_uses_profile_dir_only_when_it_exists(tmp_path):
 
     target.mkdir(parents=True)
     assert deps.configure_sys_path(str(tmp_path)) == [str(target)]
-    assert sys.path[-1] == str(target)
+    assert before_system_packages(target)
     assert deps.configure_sys_path(str(tmp_path)) == []
 
 
@@ -90,7 +98,7 @@ def test_dialog_installs_with_pip(qtbot, tmp_path):
     assert "--target" in text.splitlines()[0]
     assert "Successfully installed six" in text
     assert (target / "six.py").is_file()
-    assert sys.path[-1] == str(target)
+    assert before_system_packages(target)
     assert "successfully" in dialog.status_label.text()
     assert dialog.output.isReadOnly()
 

@@ -32,7 +32,8 @@ class SegmentTrainConfig:
     encoder: str = STARTER_ARCHITECTURE["encoder"]
     decoder: dict[str, Any] = field(default_factory=lambda: dict(STARTER_ARCHITECTURE["decoder"]))
     encoder_weights: str = ""        # optional local file; never downloaded
-    patch_size: int = 256
+    patch_size: int = 256            # training crops
+    tile_size: int = 256             # inference tiles, stored in the card
     batch_size: int = 8
     samples_per_image: int = 4
     val_fraction: float = 0.2
@@ -105,7 +106,7 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
     if trainer.dist.main:
         card = ModelCard(
             task=TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
-            normalization=Normalization(mean=mean, std=std), classes=classes, tile_size=cfg.patch_size,
+            normalization=Normalization(mean=mean, std=std), classes=classes, tile_size=cfg.tile_size,
             ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
             training_data=f"{Path(cfg.data).resolve().name}: {len(train_pairs)} train / {len(val_pairs)} val images",
             metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},

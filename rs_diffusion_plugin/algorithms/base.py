@@ -39,9 +39,13 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
     def tr(self, text):
         return QCoreApplication.translate("rsdiffusion", text)
 
-    def add_model_parameter(self, default_dir: str, description: str = "Model directory (model.json + model.safetensors)"):
+    def add_model_parameter(self, default_dir: str,
+                            description: str = "Model directory (model.json + model.safetensors; empty: starter model)"):
+        # Optional so that leaving it out (qgis_process, scripts) means the shipped starter model:
+        # QGIS 3.22 does not fall back to a file parameter's default during validation.
         self.addParameter(QgsProcessingParameterFile(
-            "MODEL", self.tr(description), behavior=QgsProcessingParameterFile.Folder, defaultValue=default_dir))
+            "MODEL", self.tr(description), behavior=QgsProcessingParameterFile.Folder, defaultValue=default_dir,
+            optional=True))
 
     def add_device_parameter(self):
         self.addParameter(QgsProcessingParameterEnum(

@@ -1,0 +1,119 @@
+"""rsdiffusion:segment_raster in real QGIS Processing: processing.run, a model, batch-style
+repeated runs, and the qgis_process command line with the packaged plugin."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import rasterio
+from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingModelAlgorithm,
+                       QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource,
+                       QgsProcessingModelParameter, QgsProcessingOutputLayerDefinition,
+                       QgsProcessingParameterRasterLayer, QgsProject, QgsRasterLayer)
+
+from rs_diffusion_plugin.packaging import install_into_profile
+from tests.conftest import files_in, make_scene_raster, shared_data
+
+pytestmark = pytest.mark.qgis
+ALG = "rsdiffusion:segment_raster"
+
+
+def test_algorithm_is_registered_with_the_documented_parameters(processing, starter_model):
+    from qgis.core import QgsApplication
+    alg = QgsApplication.processingRegistry().algorithmById(ALG)
+    assert alg is not None
+    names = {p.name() for p in alg.parameterDefinitions()}
+    assert {"INPUT", "MODEL", "OUTPUT", "DEVICE", "TILE_SIZE", "OVERLAP", "OUTPUT_POLYGONS"} <= names
+    assert alg.parameterDefinition("MODEL").defaultValue() == str(starter_model)
+
+
+def test_processing_run_on_a_layer(processing, tmp_path, scene_raster, starter_model):
+    layer = QgsRasterLayer(str(scene_raster), "scene")
+    feedback = QgsProcessingFeedback()
+    log = []
+    feedback.pushInfo = lambda text: log.append(text)
+    result = processing.run(ALG, {"INPUT": layer, "OUTPUT": str(tmp_path / "classes.tif"),
+                                  "OUTPUT_POLYGONS": str(tmp_path / "polys.gpkg")}, feedback=feedback)
+    out = QgsRasterLayer(result["OUTPUT"], "out")
+    assert out.isValid() and out.crs() == layer.crs() and out.extent() == layer.extent()
+    assert os.path.isfile(result["OUTPUT_POLYGONS"])
+    assert any("on cpu" in line for line in log)
+
+
+def test_bad_input_gives_a_clear_processing_error(processing, tmp_path, starter_model):
+    from qgis.core import QgsProcessingException
+    import numpy as np
+    from tests.conftest import write_test_raster
+    two = write_test_raster(tmp_path / "two.tif", np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(QgsProcessingException, match=r"has 2 band\(s\) but the model needs 3"):
+        processing.run(ALG, {"INPUT": str(two), "OUTPUT": str(tmp_path / "c.tif")})
+    assert files_in(tmp_path) == {"two.tif"}
+
+
+def test_runs_inside_a_processing_model(processing, tmp_path, scene_raster, starter_model):
+    """The algorithm as a step of a graphical-modeler model (model input -> segment -> output)."""
+    model = QgsProcessingModelAlgorithm("segment model", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("image", "image"),
+                            QgsProcessingModelParameter("image"))
+    child = QgsProcessingModelChildAlgorithm(ALG)
+    child.setChildId("segment")
+    child.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("image")])
+    from qgis.core import QgsProcessingModelOutput
+    output = QgsProcessingModelOutput("classes", "classes")
+    output.setChildOutputName("OUTPUT")
+    child.setModelOutputs({"classes": output})
+    model.addChildAlgorithm(child)
+    model.initAlgorithm()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    dest = str(tmp_path / "model_classes.tif")
+    outputs, ok = model.run({"image": str(scene_raster), "segment:classes": dest}, context, QgsProcessingFeedback())
+    assert ok, outputs
+    with rasterio.open(dest) as dst, rasterio.open(scene_raster) as src:
+        assert dst.transform == src.transform
+
+
+def test_batch_of_inputs(processing, tmp_path, starter_model):
+    """What the batch dialog does: the same algorithm over several layers."""
+    outputs = []
+    for i in range(2):
+        image, _ = make_scene_raster(tmp_path, size=(96, 96), seed=i, name=f"s{i}")
+        outputs.append(processing.run(ALG, {"INPUT": str(image), "OUTPUT": str(tmp_path / f"c{i}.tif")})["OUTPUT"])
+    assert all(os.path.isfile(o) for o in outputs)
+
+
+def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
+    """Any raster works: a 300 m Landsat RGB with nodata 0 (not what the starter was trained on)."""
+    src = shared_data("raster_georef", "RGB.byte.tif")
+    result = processing.run(ALG, {"INPUT": str(src), "OUTPUT": str(tmp_path / "landsat.tif")})
+    with rasterio.open(src) as a, rasterio.open(result["OUTPUT"]) as b:
+        assert a.crs == b.crs and a.transform == b.transform
+        nodata_in = (a.read(1) == 0) & (a.read(2) == 0) & (a.read(3) == 0)
+        assert (b.read(1)[nodata_in] == b.nodata).all()
+
+
+@pytest.mark.slow
+def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model):
+    """The release plugin folder in a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
+    binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
+    if not os.path.exists(binary):
+        pytest.skip("qgis_process.bin not installed")
+    profiles = tmp_path / "profiles"
+    install_into_profile(profiles)
+    image, _ = make_scene_raster(tmp_path, size=(128, 160))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(QGIS_CUSTOM_CONFIG_PATH=str(profiles), QT_QPA_PLATFORM="offscreen",
+               RS_DIFFUSION_SITE_PACKAGES=sysconfig.get_paths()["purelib"])
+    listing = subprocess.run([binary, "list"], capture_output=True, text=True, env=env, timeout=300)
+    assert ALG in listing.stdout, listing.stdout[-2000:] + listing.stderr[-2000:]
+    out = tmp_path / "qp.tif"
+    run = subprocess.run([binary, "run", ALG, "--", f"INPUT={image}", f"OUTPUT={out}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    with rasterio.open(out) as dst, rasterio.open(image) as src:
+        assert dst.crs == src.crs and dst.shape == src.shape
+    bundled = profiles / "profiles" / "default" / "python" / "plugins" / "rs_diffusion_plugin" / "vendor" / "core"
+    assert bundled.is_dir()
