@@ -4,7 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SITE := $(shell [ -x $(PY) ] && $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -43,7 +42,8 @@ package: setup
 qgis: setup
 	rm -rf .qgis_profile
 	$(PY) -c 'from rs_diffusion_plugin.packaging import install_into_profile; install_into_profile(".qgis_profile")'
-	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES=$(SITE) qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
+	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
 ## starter-models: train the shipped starter models with our own CLI (CPU: ~15 min)
 starter-models: setup

@@ -44,10 +44,18 @@ def build_zip(zip_path: str | Path) -> Path:
     return zip_path
 
 
-def install_into_profile(profiles_dir: str | Path, profile: str = "default") -> Path:
-    """Install the plugin folder into a QGIS profile and enable it (as the plugin manager would)."""
+def install_into_profile(profiles_dir: str | Path, profile: str = "default", zip_path: str | Path | None = None
+                         ) -> Path:
+    """Install the plugin into a QGIS profile (from a release zip if given) and enable it,
+    as the plugin manager would."""
     base = Path(profiles_dir) / "profiles" / profile
-    build_plugin_dir(base / "python" / "plugins")
+    plugins = base / "python" / "plugins"
+    if zip_path is None:
+        build_plugin_dir(plugins)
+    else:
+        plugins.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(plugins)
     ini = base / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True, exist_ok=True)
     ini.write_text(f"[PythonPlugins]\n{PLUGIN_NAME}=true\n", encoding="utf-8")

@@ -14,7 +14,7 @@ from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessin
                        QgsProcessingModelParameter, QgsProcessingOutputLayerDefinition,
                        QgsProcessingParameterRasterLayer, QgsProject, QgsRasterLayer)
 
-from rs_diffusion_plugin.packaging import install_into_profile
+from rs_diffusion_plugin.packaging import build_zip, install_into_profile
 from tests.conftest import files_in, make_scene_raster, shared_data
 
 pytestmark = pytest.mark.qgis
@@ -97,12 +97,12 @@ def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
 
 @pytest.mark.slow
 def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model):
-    """The release plugin folder in a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
+    """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
     binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
     if not os.path.exists(binary):
         pytest.skip("qgis_process.bin not installed")
     profiles = tmp_path / "profiles"
-    install_into_profile(profiles)
+    install_into_profile(profiles, zip_path=build_zip(tmp_path / "dist" / "rs_diffusion_plugin.zip"))
     image, _ = make_scene_raster(tmp_path, size=(128, 160))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update(QGIS_CUSTOM_CONFIG_PATH=str(profiles), QT_QPA_PLATFORM="offscreen",
