@@ -9,6 +9,7 @@ Nothing here raises because a dependency is missing.
 
 from __future__ import annotations
 
+import html
 import importlib
 import importlib.util
 import os
@@ -134,13 +135,22 @@ def write_constraints(path: str | os.PathLike) -> Path:
 
 
 def python_executable() -> str:
-    """A real Python: inside QGIS ``sys.executable`` may be the qgis binary itself."""
-    if Path(sys.executable or "").name.lower().startswith("python"):
-        return sys.executable
+    """The interpreter QGIS itself runs on, so installed wheels match its Python version.
+
+    Inside QGIS ``sys.executable`` is the qgis binary or the first python3 on PATH (pyenv,
+    conda...), so the interpreter is looked up under ``sys.base_exec_prefix`` first.
+    """
     base = Path(sys.base_exec_prefix)
-    for candidate in (base / "bin" / "python3", base / "python.exe", base / "python3.exe"):
+    major, minor = sys.version_info[:2]
+    for candidate in (base / "bin" / f"python{major}.{minor}", base / "bin" / "python3",
+                      base / "python.exe", base / "python3.exe"):
         if candidate.is_file():
             return str(candidate)
+    executable = Path(sys.executable or "")
+    prefixes = {Path(sys.base_exec_prefix).resolve(), Path(sys.exec_prefix).resolve()}
+    if executable.name.lower().startswith("python") and any(
+            p in executable.resolve().parents for p in prefixes):
+        return str(executable)
     return shutil.which("python3") or shutil.which("python") or "python3"
 
 
@@ -176,7 +186,7 @@ class DependencyInstallDialog(QDialog):
         self.info_label = info = QLabel(
             "These Python packages are missing:<br><b>{}</b><br><br>They will be installed into "
             "<code>{}</code><br>using <code>{}</code>.".format(
-                ", ".join(self.requirements), self.target_dir, self.python
+                html.escape(", ".join(self.requirements)), html.escape(self.target_dir), html.escape(self.python)
             )
         )
         info.setWordWrap(True)

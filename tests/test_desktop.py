@@ -9,8 +9,6 @@ Two QGIS sessions (about 15 s each):
 - dependencies missing (system Python only, no torch): the plugin still loads without any
   Python error and the button opens the dependency installer dialog instead of the dock.
 
-Known plugin bugs turn the affected test into an xfail naming the bug, and only on that exact
-symptom: any other failure still fails.
 
 The probe scripts below run *inside* QGIS: ``_STARTUP`` through PYQGIS_STARTUP as soon as
 Python is initialised (so it sees every message logged while plugins load), ``_PROBE`` through
@@ -440,10 +438,7 @@ def test_installer_dialog_shows_every_requirement(desktop_without_deps):
         pytest.fail("no installer dialog was seen")
     shown = " ".join(report["installer_shown_text"].split())
     lost = [r for r in report["installer_requirements"] if r not in shown]
-    if lost:
-        pytest.xfail("rs_diffusion_plugin/dependencies.py (DependencyInstallDialog.__init__) puts the requirements "
-                     "unescaped into a rich-text QLabel: '<=' starts an HTML tag, so the user reads "
-                     f"{shown[:160]!r}... and never sees {lost}")
+    assert not lost, f"the user reads {shown[:160]!r}... and never sees {lost}"
     assert report["installer_target"] in report["installer_shown_text"].replace("\n", "")
 
 
@@ -459,8 +454,6 @@ def test_installer_uses_the_python_qgis_runs_on(desktop_without_deps):
     prefix, version = probe.stdout.split("\n")[:2]
     same_prefix = os.path.realpath(prefix) == os.path.realpath(qgis_python["base_exec_prefix"])
     same_version = version.split() == [str(v) for v in qgis_python["version"][:2]]
-    if not (same_prefix and same_version):
-        pytest.xfail(f"rs_diffusion_plugin/dependencies.py python_executable() trusts sys.executable, which inside "
-                     f"QGIS is {qgis_python['executable']!r} (the first python3 on PATH), so pip would run on "
-                     f"{installer} (prefix {prefix}, Python {version.replace(' ', '.')}) instead of QGIS's own Python "
-                     f"(prefix {qgis_python['base_exec_prefix']}, {'.'.join(map(str, qgis_python['version']))})")
+    assert same_prefix and same_version, (
+        f"pip would run on {installer} (prefix {prefix}, Python {version}) instead of QGIS's own Python "
+        f"(prefix {qgis_python['base_exec_prefix']}, {qgis_python['version'][:2]})")

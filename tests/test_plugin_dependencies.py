@@ -79,7 +79,12 @@ def test_pip_install_command_pins_installed_packages(tmp_path):
 
 def test_python_executable_is_a_python(tmp_path):
     assert "python" in deps.pip_install_command(tmp_path / "deps", [])[0].lower()
-    assert deps.python_executable() == sys.executable
+    python = deps.python_executable()
+    assert python.startswith(sys.base_exec_prefix)  # the interpreter QGIS embeds, not a venv's or pyenv's
+    import subprocess
+    version = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert version == [str(v) for v in sys.version_info[:2]]
 
 
 @pytest.mark.slow
