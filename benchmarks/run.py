@@ -144,8 +144,8 @@ def tiling_rss(cfg: argparse.Namespace, tmp: Path) -> dict:
         "rss_flat_pass": ratio <= RSS_FLAT_LIMIT,
         "rss_seconds": seconds,
         "rss_settings": {"tile": RSS_TILE, "batch_size": RSS_BATCH, "overlap": SegmentParams.overlap,
-                         "device": cfg.device, "input": "1024 px procedural scene repeated, uint8 RGB, "
-                                                        "tiled deflate GeoTIFF"},
+                         "device": describe_device(resolve_device(cfg.device)),
+                         "input": "1024 px procedural scene repeated, uint8 RGB, tiled deflate GeoTIFF"},
     }
 
 

@@ -1,11 +1,15 @@
-"""Tile grid with overlap and a strip stitcher that blends overlapping predictions.
+"""Tile grid with overlap and a stitcher that blends overlapping predictions.
 
-Tiles are visited row by row. The stitcher keeps one tile-height strip of weighted sums
-and hands back finished rows as soon as no later tile can touch them, so memory depends
-on the tile size and raster width only, never on the raster height.
+Tiles step regularly by `tile - overlap` from the top-left corner; tiles that run past the
+bottom or right edge are reflection-padded. Tiles are stitched in row-major order and each
+one hands back its finished part at once, so the stitcher only keeps what is still
+waiting for a neighbour: the right-hand overlap of the previous tile and the bottom
+overlap of the previous tile row (`overlap` rows). Memory therefore does not depend on the
+raster height, and only those `overlap` rows depend on its width.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -14,17 +18,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Tile:
+    i: int        # tile row index
+    j: int        # tile column index
     row: int      # top pixel row in the raster
     col: int      # left pixel column in the raster
-    height: int   # pixels of the raster covered (<= tile size when the raster is smaller)
+    height: int   # raster pixels inside the tile (< tile size at the bottom edge)
     width: int
-
-
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
 
 
 def blend_weights(size: int, overlap: int) -> np.ndarray:
@@ -36,27 +35,29 @@ def blend_weights(size: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+def _count(length: int, tile: int, stride: int) -> int:
+    return max(1, math.ceil((length - (tile - stride)) / stride))
+
+
 class TileGrid:
-    """Square tiles of `tile` pixels stepping by `tile - overlap`; the last tile in each
-    direction is aligned to the raster edge so every tile lies inside the raster
-    (rasters smaller than a tile get one tile, reflection-padded by `pad_tile`)."""
+    """Square tiles of `tile` pixels stepping by `tile - overlap` (overlap <= tile / 2)."""
 
     def __init__(self, height: int, width: int, tile: int, overlap: int):
-        if not 0 <= overlap < tile:
-            raise ValueError(f"Overlap must be in [0, tile size); got overlap={overlap}, tile={tile}.")
+        if not 0 <= overlap <= tile // 2:
+            raise ValueError(f"Overlap must be between 0 and half the tile size; got overlap={overlap}, tile={tile}.")
         self.height, self.width, self.tile, self.overlap = height, width, tile, overlap
-        stride = tile - overlap
-        self.row_starts = _starts(height, tile, stride)
-        self.col_starts = _starts(width, tile, stride)
+        self.stride = tile - overlap
+        self.n_rows = _count(height, tile, self.stride)
+        self.n_cols = _count(width, tile, self.stride)
 
-    def rows(self) -> Iterator[list[Tile]]:
-        """Tiles grouped by tile row, top to bottom."""
-        for r in self.row_starts:
-            yield [Tile(r, c, min(self.tile, self.height), min(self.tile, self.width))
-                   for c in self.col_starts]
+    def __iter__(self) -> Iterator[Tile]:
+        for i in range(self.n_rows):
+            for j in range(self.n_cols):
+                row, col = i * self.stride, j * self.stride
+                yield Tile(i, j, row, col, min(self.tile, self.height - row), min(self.tile, self.width - col))
 
     def __len__(self) -> int:
-        return len(self.row_starts) * len(self.col_starts)
+        return self.n_rows * self.n_cols
 
 
 def pad_tile(array: np.ndarray, tile: int) -> np.ndarray:
@@ -69,49 +70,39 @@ def pad_tile(array: np.ndarray, tile: int) -> np.ndarray:
     return np.pad(array, pad, mode=mode)
 
 
-class StripStitcher:
-    """Blend per-tile predictions (channels, tile, tile) into finished row blocks.
+class TileStitcher:
+    """Blend per-tile predictions (channels, tile, tile) given in the grid's order.
 
-    Feed the tile rows in order with `add_row`; each call returns (first_row, blended
-    (channels, n, width)) for the rows no later tile can touch; the last call returns
-    the rows down to the raster's bottom edge.
+    `add` returns (row, col, blended (channels, h, w)): the block of the raster that no
+    later tile touches. Every raster pixel is returned exactly once.
     """
 
     def __init__(self, grid: TileGrid, channels: int):
         self.grid = grid
-        self.channels = channels
-        self.weights = blend_weights(grid.tile, grid.overlap)
-        self.strip_top = 0
-        span = min(grid.tile, grid.height)
-        self.sums = np.zeros((channels, span, grid.width), dtype=np.float32)
-        self.wsum = np.zeros((span, grid.width), dtype=np.float32)
-        self._next_rows = iter(grid.row_starts[1:] + [grid.height])
+        t, o = grid.tile, grid.overlap
+        self.weights = blend_weights(t, o)
+        padded_width = (grid.n_cols - 1) * grid.stride + t
+        self.down = np.zeros((channels + 1, o, padded_width), np.float32)   # last channel: weight sums
+        self.next_down = np.zeros_like(self.down)
+        self.right = np.zeros((channels + 1, t, o), np.float32)
 
-    def add_row(self, tiles: list[Tile], predictions: list[np.ndarray]) -> tuple[int, np.ndarray]:
-        top = tiles[0].row
-        self._shift_to(top)
-        for tile, pred in zip(tiles, predictions):
-            w = self.weights[:tile.height, :tile.width]
-            sl = np.s_[:, tile.col:tile.col + tile.width]
-            self.sums[(slice(None),) + sl] += pred[:, :tile.height, :tile.width] * w
-            self.wsum[sl] += w
-        done_until = next(self._next_rows)
-        return self._emit(done_until)
-
-    def _emit(self, until: int) -> tuple[int, np.ndarray]:
-        n = until - self.strip_top
-        out = self.sums[:, :n] / self.wsum[None, :n]
-        return self.strip_top, out
-
-    def _shift_to(self, top: int) -> None:
-        """Move the strip down so it starts at `top`, keeping the overlapping rows."""
-        shift = top - self.strip_top
-        if shift <= 0:
-            return
-        keep = self.sums.shape[1] - shift
-        if keep > 0:
-            self.sums[:, :keep] = self.sums[:, shift:].copy()
-            self.wsum[:keep] = self.wsum[shift:].copy()
-        self.sums[:, max(keep, 0):] = 0
-        self.wsum[max(keep, 0):] = 0
-        self.strip_top = top
+    def add(self, tile: Tile, prediction: np.ndarray) -> tuple[int, int, np.ndarray]:
+        g, s, o, t = self.grid, self.grid.stride, self.grid.overlap, self.grid.tile
+        acc = np.concatenate([prediction * self.weights, self.weights[None]])
+        if tile.j > 0 and o:
+            acc[:, :, :o] += self.right
+        if tile.i > 0 and o:
+            skip = o if tile.j > 0 else 0      # those columns came in with the right-hand carry
+            acc[:, :o, skip:] += self.down[:, :, tile.col + skip:tile.col + t]
+        last_row, last_col = tile.i == g.n_rows - 1, tile.j == g.n_cols - 1
+        if not last_col and o:
+            self.right = acc[:, :, s:].copy()
+        if not last_row and o:
+            keep = t if last_col else s
+            self.next_down[:, :, tile.col:tile.col + keep] = acc[:, s:, :keep]
+        if last_col:
+            self.down, self.next_down = self.next_down, self.down
+        h = tile.height if last_row else s
+        w = tile.width if last_col else s
+        block = acc[:-1, :h, :w] / acc[-1:, :h, :w]
+        return tile.row, tile.col, block

@@ -19,7 +19,7 @@ from core.device import BatchRunner, describe_device, resolve_device
 from core.progress import Progress, SubProgress
 from core.raster import GeoTiffWriter, RasterError, check_bands, open_raster, raster_info, read_window
 from core.segmentation.model import build_segmenter
-from core.tiling import StripStitcher, TileGrid, pad_tile
+from core.tiling import TileGrid, TileStitcher, pad_tile
 from core.vector import polygonize
 
 TASK = "segmentation"
@@ -123,7 +123,7 @@ def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
     def forward(model, x):
         return torch.softmax(model(x), dim=1)
 
-    stitcher = StripStitcher(grid, n_classes + 1)  # last channel carries pixel validity
+    stitcher = TileStitcher(grid, n_classes + 1)  # last channel carries pixel validity
     with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
         classes_out = stack.enter_context(GeoTiffWriter(
             params.output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap,
@@ -133,26 +133,32 @@ def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
             probs_out = stack.enter_context(GeoTiffWriter(
                 params.probabilities_path, count=n_classes, dtype="float32", nodata=PROBABILITY_NODATA,
                 band_names=[c.name for c in card.classes], **common))
-        n_rows = len(grid.row_starts)
-        for i, tiles in enumerate(grid.rows()):
+        done = 0
+        for tiles in _batches(grid, params.batch_size):
             inputs, valids = [], []
             for t in tiles:
                 data, valid = read_window(src, Window(t.col, t.row, t.width, t.height), bands)
-                data = np.where(valid, (data - mean) / std, 0.0).astype(np.float32)
-                inputs.append(pad_tile(data, grid.tile))
-                valids.append(valid)
-            preds = []
-            for start in range(0, len(inputs), params.batch_size):
-                batch = torch.from_numpy(np.stack(inputs[start:start + params.batch_size]))
-                preds.extend(runner(batch, forward).numpy())
-                progress.check()
-            preds = [np.concatenate([p, pad_tile(v[None].astype(np.float32), grid.tile)])
-                     for p, v in zip(preds, valids)]
-            row0, strip = stitcher.add_row(tiles, preds)
-            probs, valid = strip[:n_classes], strip[n_classes] > 0.5
-            labels = values[np.argmax(probs, axis=0)].astype(dtype)
-            labels[~valid] = nodata
-            classes_out.write(labels, row=row0)
-            if probs_out is not None:
-                probs_out.write(np.where(valid, probs, PROBABILITY_NODATA), row=row0)
-            progress.step(i + 1, n_rows)
+                inputs.append(pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile))
+                valids.append(pad_tile(valid[None].astype(np.float32), grid.tile))
+            preds = runner(torch.from_numpy(np.stack(inputs)), forward).numpy()
+            for t, pred, valid in zip(tiles, preds, valids):
+                row, col, block = stitcher.add(t, np.concatenate([pred, valid]))
+                probs, ok = block[:n_classes], block[n_classes] > 0.5
+                labels = values[np.argmax(probs, axis=0)].astype(dtype)
+                labels[~ok] = nodata
+                classes_out.write(labels, row=row, col=col)
+                if probs_out is not None:
+                    probs_out.write(np.where(ok, probs, PROBABILITY_NODATA), row=row, col=col)
+            done += len(tiles)
+            progress.step(done, len(grid))
+
+
+def _batches(grid: TileGrid, size: int):
+    batch = []
+    for tile in grid:
+        batch.append(tile)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
