@@ -24,12 +24,12 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from core.checkpoint import load_card, load_into, starter_model_dir
+from core.checkpoint import load_card, load_into
 from core.data.scenes import SCENE_CRS, make_scene, scene_transform, write_scene
 from core.device import describe_device, resolve_device
 from core.raster import GeoTiffWriter, open_raster, read_window
 from core.segmentation.model import build_segmenter
-from core.segmentation.pipeline import STARTER_MODEL, SegmentParams, segment_raster
+from core.segmentation.pipeline import SegmentParams, segment_raster
 from core.tiling import TileGrid, pad_tile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def tiling_throughput(cfg: argparse.Namespace, tmp: Path) -> dict:
         write_scene(scene, tmp / "scene_labels.tif", size, size, seed=11)
     params = SegmentParams(str(scene), str(tmp / "classes.tif"), model_dir=cfg.model, device=cfg.device)
     card = load_card(cfg.model)
-    tile = params.tile_size or card.tile_size
+    tile = card.tile_size
     grid = TileGrid(size, size, tile, min(params.overlap, tile // 2))
     batches = load_batches(scene, card, grid, params.batch_size)
     device = resolve_device(cfg.device)
@@ -89,21 +89,17 @@ def tiling_throughput(cfg: argparse.Namespace, tmp: Path) -> dict:
 
 
 def load_batches(path: Path, card, grid: TileGrid, batch_size: int) -> list[torch.Tensor]:
-    """The pipeline's tiles, normalised and padded the same way and batched within each tile row
-    as it does, held in memory so that timing them measures the model only."""
+    """The pipeline's tiles, normalised, padded and batched (in grid order) as it does, held
+    in memory so that timing them measures the model only."""
     mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
     bands = list(range(1, len(card.bands) + 1))
-    batches = []
+    inputs = []
     with open_raster(path) as src:
-        for tiles in grid.rows():
-            inputs = []
-            for t in tiles:
-                data, valid = read_window(src, Window(t.col, t.row, t.width, t.height), bands)
-                inputs.append(pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile))
-            batches += [torch.from_numpy(np.stack(inputs[i:i + batch_size]))
-                        for i in range(0, len(inputs), batch_size)]
-    return batches
+        for t in grid:
+            data, valid = read_window(src, Window(t.col, t.row, t.width, t.height), bands)
+            inputs.append(pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile))
+    return [torch.from_numpy(np.stack(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
 
 
 @torch.inference_mode()
@@ -196,9 +192,9 @@ def timed(fn) -> float:
 
 def pick_model(explicit: str | None) -> tuple[str, bool]:
     """(model dir, is the shipped starter): an explicit --model wins, else the starter."""
-    starter = starter_model_dir(STARTER_MODEL)
     if explicit:
         return explicit, False
+    starter = Path(SegmentParams("", "").resolved_model_dir())
     if (starter / "model.json").is_file():
         return str(starter), True
     raise SystemExit(f"No starter model in {starter} (run `make starter-models`); pass --model DIR.")
@@ -262,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rss-child", metavar="PARAMS_JSON", help=argparse.SUPPRESS)
     cfg = parser.parse_args(argv)
     if cfg.rss_child:
-        return rss_child(cfg.rss_child)
+        rss_child(cfg.rss_child)
+        return
 
     cfg.model, starter = pick_model(cfg.model)
     names = cfg.only or list(BENCHMARKS)

@@ -21,8 +21,6 @@ from safetensors.torch import load_file, save_file
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
-RESOURCES_DIR = Path(__file__).resolve().parent.parent / "resources"
-STARTER_MODELS_DIR = RESOURCES_DIR / "models"
 
 
 class ModelError(ValueError):
@@ -76,10 +74,6 @@ class ModelCard:
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         from core.raster import hex_to_rgba
         return {c.value: hex_to_rgba(c.color) for c in self.classes}
-
-
-def starter_model_dir(name: str) -> Path:
-    return STARTER_MODELS_DIR / name
 
 
 def load_card(model_dir: str | os.PathLike, task: str | None = None) -> ModelCard:

@@ -5,9 +5,9 @@ from typing import Callable
 
 import torch
 
+from core.catalog import DEVICE_CHOICES
 from core.progress import Progress
 
-DEVICE_CHOICES = ("auto", "cuda", "cpu")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -16,7 +16,16 @@ def _use_bundled_core() -> None:
         sys.path.insert(0, str(VENDOR_DIR))
 
 
+def _keep_triton_out() -> None:
+    """torch imports triton when it is installed (it comes with Linux CUDA wheels). Its
+    libtriton.so carries its own LLVM, whose start-up code crashes QGIS once Mesa's LLVM is
+    loaded for the map canvas. We never compile kernels, so make `import triton` fail and
+    torch treats it as absent."""
+    sys.modules.setdefault("triton", None)
+
+
 def classFactory(iface):  # noqa: N802 (name fixed by QGIS)
     _use_bundled_core()
+    _keep_triton_out()
     from rs_diffusion_plugin.plugin import RsDiffusionPlugin
     return RsDiffusionPlugin(iface)

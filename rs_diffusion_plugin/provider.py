@@ -4,7 +4,7 @@ from __future__ import annotations
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from core.checkpoint import RESOURCES_DIR
+from core.catalog import RESOURCES_DIR
 from rs_diffusion_plugin.algorithms import ALGORITHMS
 
 ICON = RESOURCES_DIR / "icons" / "rs_diffusion.svg"

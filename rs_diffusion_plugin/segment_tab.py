@@ -8,9 +8,9 @@ from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QSpinBox
 
-from core.checkpoint import ModelError, load_card, starter_model_dir
-from core.device import DEVICE_CHOICES
-from core.segmentation.pipeline import STARTER_MODEL, TASK, SegmentParams, segment_raster
+from core.catalog import DEVICE_CHOICES, starter_model_dir
+from core.checkpoint import ModelError, load_card
+from core.segmentation.pipeline import TASK, SegmentParams, segment_raster
 from rs_diffusion_plugin.dock import TaskTab
 from rs_diffusion_plugin.layers import add_class_outputs, raster_source
 from rs_diffusion_plugin.task import CoreTask
@@ -26,7 +26,7 @@ class SegmentTab(TaskTab):
         form.addRow("Raster layer", self.layer_combo)
         self.model_widget = QgsFileWidget()
         self.model_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.model_widget.setFilePath(str(starter_model_dir(STARTER_MODEL)))
+        self.model_widget.setFilePath(str(starter_model_dir(TASK)))
         form.addRow("Model", self.model_widget)
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)

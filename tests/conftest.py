@@ -48,9 +48,8 @@ _KEEP_ALIVE: list = []
 
 @pytest.fixture(scope="session")
 def starter_model():
-    from core.checkpoint import starter_model_dir
-    from core.segmentation.pipeline import STARTER_MODEL
-    path = starter_model_dir(STARTER_MODEL)
+    from core.catalog import starter_model_dir
+    path = starter_model_dir("segmentation")
     assert (path / "model.json").is_file(), "starter model missing: run `make starter-models`"
     return path
 

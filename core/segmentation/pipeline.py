@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from core.checkpoint import ModelCard, load_card, load_into, starter_model_dir
+from core.catalog import starter_model_dir
+from core.checkpoint import ModelCard, load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
 from core.progress import Progress, SubProgress
 from core.raster import GeoTiffWriter, RasterError, check_bands, open_raster, raster_info, read_window
@@ -23,7 +24,6 @@ from core.tiling import TileGrid, TileStitcher, pad_tile
 from core.vector import polygonize
 
 TASK = "segmentation"
-STARTER_MODEL = "segmentation_starter"
 PROBABILITY_NODATA = -1.0
 
 
@@ -43,7 +43,7 @@ class SegmentParams:
     layer_name: str = ""                # how the user knows the input, for messages
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(STARTER_MODEL))
+        return self.model_dir or str(starter_model_dir(TASK))
 
 
 @dataclass

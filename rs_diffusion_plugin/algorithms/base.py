@@ -6,9 +6,7 @@ from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProces
                        QgsProcessingParameterEnum, QgsProcessingParameterFile)
 from qgis.PyQt.QtCore import QCoreApplication
 
-from core.checkpoint import ModelError
-from core.device import DEVICE_CHOICES
-from core.raster import RasterError
+from core.catalog import DEVICE_CHOICES
 from rs_diffusion_plugin.layers import style_class_layer, style_polygon_layer
 
 
@@ -57,6 +55,8 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def user_error(exc: Exception) -> QgsProcessingException:
         """Our own errors are already worded for the user; keep them free of tracebacks."""
+        from core.checkpoint import ModelError
+        from core.raster import RasterError
         if isinstance(exc, (RasterError, ModelError, ValueError)):
             return QgsProcessingException(str(exc))
         return QgsProcessingException(f"{type(exc).__name__}: {exc}")

@@ -5,12 +5,10 @@ from qgis.core import (QgsProcessingParameterBand, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterVectorDestination, QgsProcessing)
 
-from core.checkpoint import starter_model_dir
-from core.progress import Cancelled
-from core.segmentation.pipeline import STARTER_MODEL, SegmentParams, segment_raster
+from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
-from rs_diffusion_plugin.layers import raster_source
-from rs_diffusion_plugin.progress import FeedbackProgress
+
+TASK = "segmentation"
 
 
 class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
@@ -24,7 +22,7 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Input raster")))
-        self.add_model_parameter(str(starter_model_dir(STARTER_MODEL)))
+        self.add_model_parameter(str(starter_model_dir(TASK)))
         self.addParameter(QgsProcessingParameterBand(
             "BANDS", self.tr("Bands, in the model's order (empty: the first bands)"), parentLayerParameterName="INPUT",
             allowMultiple=True, optional=True))
@@ -46,6 +44,11 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
             optional=True, createByDefault=False))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        # torch & co. load on first use, not while QGIS starts
+        from core.progress import Cancelled
+        from core.segmentation.pipeline import SegmentParams, segment_raster
+        from rs_diffusion_plugin.layers import raster_source
+        from rs_diffusion_plugin.progress import FeedbackProgress
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         try:
             params = SegmentParams(

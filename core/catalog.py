@@ -1,0 +1,15 @@
+"""What the plugin can list before any model is loaded: where resources and starter models
+live, and the device choices. Imports nothing heavy, so QGIS starts fast."""
+from __future__ import annotations
+
+from pathlib import Path
+
+RESOURCES_DIR = Path(__file__).resolve().parent.parent / "resources"
+STARTER_MODELS_DIR = RESOURCES_DIR / "models"
+# The shipped default model of each task, trained by `make starter-models`.
+STARTER_MODELS = {"segmentation": "segmentation_starter"}
+DEVICE_CHOICES = ("auto", "cuda", "cpu")
+
+
+def starter_model_dir(task: str) -> Path:
+    return STARTER_MODELS_DIR / STARTER_MODELS[task]
