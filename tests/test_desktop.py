@@ -184,6 +184,31 @@ def _inspect_dock():
                                              for i in range(segment.device_combo.count())]
     _report["installer_dialogs"] = len(_installer_dialogs())
     _report["torch_imported_after_trigger"] = "torch" in sys.modules
+    if segment is not None and segment.layer_combo.currentLayer() is not None:
+        _run_segmentation(segment)
+    else:
+        _screenshot_and_finish()
+
+
+def _run_segmentation(segment):
+    """Press Run in the Segment tab, as a user would, and wait for the class layer."""
+    from qgis.core import QgsProject
+
+    def added(layers):
+        _report["layers_added"] = [layer.name() for layer in layers]
+        QTimer.singleShot(1500, _guard(_screenshot_and_finish))
+
+    QgsProject.instance().layersAdded.connect(added)
+    segment.run_button.click()
+    QTimer.singleShot(120000, _guard(_screenshot_and_finish))
+
+
+def _screenshot_and_finish():
+    if _report.get("screenshot_saved"):
+        return
+    dock = _dock()
+    if dock is not None and getattr(dock, "segment_tab", None) is not None:
+        _report["segment_log"] = dock.segment_tab.log.toPlainText()
     _report["screenshot_saved"] = bool(_window().grab().save(_SHOT, "PNG"))
     _finish()
 
@@ -406,6 +431,9 @@ def test_desktop_plugin_opens_dock(desktop_with_deps):
     if report["raster"]:
         assert report["raster_layer_valid"]
         assert report["segment_layer"] == "scene"
+        # Run pressed in the real desktop: the task finishes and adds the styled class layer
+        assert report.get("layers_added") == ["scene_classes"], report.get("segment_log")
+        assert "Added 'scene_classes'" in report["segment_log"]
 
     assert report["screenshot_saved"]
     assert_png(report["screenshot"], min_size=(SCREEN[0] - 50, SCREEN[1] - 100))
