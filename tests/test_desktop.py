@@ -115,6 +115,9 @@ def _finish():
             json.dump(_report, f, indent=1, default=str)
         os.replace(_RESULT + ".partial", _RESULT)
     finally:
+        # Close the project while the GUI is intact: QGIS 3.22 can crash when it removes the
+        # layers only while tearing down the main window after QgsApplication.exit().
+        QgsProject.instance().clear()
         QgsProject.instance().setDirty(False)  # no "save project?" question
         QgsApplication.exit(0)
 
