@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 # GDAL's block cache otherwise grows to 5% of RAM while writing big rasters (MB; a user's
 # own setting wins).
-os.environ.setdefault("GDAL_CACHEMAX", "256")
+os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 
 class RasterError(ValueError):
@@ -94,11 +94,12 @@ def read_window(src, window: Window, bands: Sequence[int]) -> tuple[np.ndarray, 
     data = src.read(list(bands), window=window)
     if np.iscomplexobj(data):
         data = np.abs(data)
+    floating = np.issubdtype(data.dtype, np.floating)
     data = data.astype(np.float32, copy=False)
     valid = np.ones(data.shape[1:], dtype=bool)
     if src.nodata is not None and not np.isnan(src.nodata):
         valid &= ~np.any(data == np.float32(src.nodata), axis=0)
-    if np.issubdtype(data.dtype, np.floating):
+    if floating:
         valid &= ~np.any(np.isnan(data), axis=0)
     if src.nodata is None and any(flag & rasterio.enums.MaskFlags.per_dataset
                                   for flag in src.mask_flag_enums[0]):

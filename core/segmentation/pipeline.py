@@ -1,12 +1,14 @@
 """segment_raster: a raster of any size -> class raster (+ probabilities, + polygons).
 
-Tiles are read window by window, normalised as the model card says, run in batches,
-blended as probabilities (not argmaxes) and written strip by strip.
+Tiles are read window by window (the next batch is read while the model runs), normalised
+as the model card says, run in batches, blended as probabilities (not argmaxes) and written
+block by block as soon as no later tile touches them.
 """
 from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -115,16 +117,25 @@ def class_raster_dtype(card: ModelCard) -> tuple[str, int]:
 def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
     mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
-    values = np.asarray([c.value for c in card.classes])
     dtype, nodata = class_raster_dtype(card)
+    values = np.asarray([c.value for c in card.classes], dtype=dtype)
     common = dict(width=info.width, height=info.height, crs_wkt=info.crs_wkt, transform=info.transform)
     n_classes = len(card.classes)
 
     def forward(model, x):
         return torch.softmax(model(x), dim=1)
 
+    def read_batch(src, tiles):
+        inputs, valids = [], []
+        for t in tiles:
+            data, valid = read_window(src, Window(t.col, t.row, t.width, t.height), bands)
+            inputs.append(pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile))
+            valids.append(pad_tile(valid[None].astype(np.float32), grid.tile))
+        return tiles, np.stack(inputs), valids
+
     stitcher = TileStitcher(grid, n_classes + 1)  # last channel carries pixel validity
-    with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
+    with contextlib.ExitStack() as stack, open_raster(params.input_path) as src, \
+            ThreadPoolExecutor(max_workers=1) as reader:
         classes_out = stack.enter_context(GeoTiffWriter(
             params.output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap,
             band_names=["class"], **common))
@@ -133,18 +144,18 @@ def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
             probs_out = stack.enter_context(GeoTiffWriter(
                 params.probabilities_path, count=n_classes, dtype="float32", nodata=PROBABILITY_NODATA,
                 band_names=[c.name for c in card.classes], **common))
+        batches = _batches(grid, params.batch_size)
+        pending = reader.submit(read_batch, src, next(batches))
         done = 0
-        for tiles in _batches(grid, params.batch_size):
-            inputs, valids = [], []
-            for t in tiles:
-                data, valid = read_window(src, Window(t.col, t.row, t.width, t.height), bands)
-                inputs.append(pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile))
-                valids.append(pad_tile(valid[None].astype(np.float32), grid.tile))
-            preds = runner(torch.from_numpy(np.stack(inputs)), forward).numpy()
+        while pending is not None:
+            tiles, inputs, valids = pending.result()
+            upcoming = next(batches, None)
+            pending = reader.submit(read_batch, src, upcoming) if upcoming else None
+            preds = runner(torch.from_numpy(inputs), forward).numpy()
             for t, pred, valid in zip(tiles, preds, valids):
                 row, col, block = stitcher.add(t, np.concatenate([pred, valid]))
                 probs, ok = block[:n_classes], block[n_classes] > 0.5
-                labels = values[np.argmax(probs, axis=0)].astype(dtype)
+                labels = values[np.argmax(probs, axis=0)]
                 labels[~ok] = nodata
                 classes_out.write(labels, row=row, col=col)
                 if probs_out is not None:
