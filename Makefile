@@ -45,7 +45,7 @@ qgis: setup
 	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
-## starter-models: train the shipped starter models with our own CLI (CPU: ~15 min)
+## starter-models: train the shipped starter models with our own CLI (2 CPU cores: ~20 min)
 starter-models: setup
 	$(PY) -m training scenes --output runs/data/scenes --count 240 --size 256 --seed 1
 	$(PY) -m training segment --config training/configs/segmentation_starter.toml

@@ -86,3 +86,23 @@ def test_ddp_with_two_cpu_processes(tmp_path, dataset):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert log_steps(run) == [1, 2, 3]
     load_into(build_segmenter(load_card(run / "model").architecture), run / "model")
+
+
+def test_png_datasets_train_too(tmp_path):
+    """The folder format accepts PNG pairs (no georeferencing needed for training)."""
+    from PIL import Image
+
+    from core.data.scenes import SCENE_CLASSES, make_scene
+    root = tmp_path / "png"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(4):
+        image, labels = make_scene(64, 64, seed=i)
+        Image.fromarray(image.transpose(1, 2, 0)).save(root / "images" / f"t{i}.png")
+        Image.fromarray(labels).save(root / "masks" / f"t{i}.png")
+    (root / "classes.json").write_text(json.dumps({"classes": SCENE_CLASSES}))
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.json", root, run, steps=2)
+    training_main(["segment", "--config", str(config)])
+    card = load_card(run / "model")
+    assert card.bands == ["band 1", "band 2", "band 3"] and card.ground_resolution is None
