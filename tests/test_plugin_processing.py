@@ -1,18 +1,15 @@
 """rsdiffusion:segment_raster in real QGIS Processing: processing.run, a model, batch-style
 repeated runs, and the qgis_process command line with the packaged plugin."""
-import json
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
 
 import pytest
 import rasterio
 from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingModelAlgorithm,
                        QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource,
-                       QgsProcessingModelParameter, QgsProcessingOutputLayerDefinition,
-                       QgsProcessingParameterRasterLayer, QgsProject, QgsRasterLayer)
+                       QgsProcessingModelParameter, QgsProcessingParameterRasterLayer, QgsProject, QgsRasterLayer)
 
 from rs_diffusion_plugin.packaging import build_zip, install_into_profile
 from tests.conftest import files_in, make_scene_raster, shared_data

@@ -4,7 +4,7 @@ import pytest
 import rasterio
 import torch
 
-from core.checkpoint import ModelError, load_card
+from core.checkpoint import ModelError
 from core.device import BatchRunner, resolve_device
 from core.progress import Cancelled, Progress
 from core.raster import RasterError, read_array

@@ -5,11 +5,12 @@ import argparse
 import logging
 import sys
 
-from training import scenes, segment
+from training import satsynth, scenes, segment
 
 SUBCOMMANDS = {
     "scenes": (scenes, "write a procedural labelled dataset (no download needed)"),
     "segment": (segment, "train a segmentation model on a folder of image/mask pairs"),
+    "satsynth": (satsynth, "train the SatSynth joint image + label diffusion model"),
 }
 
 

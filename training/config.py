@@ -35,3 +35,13 @@ def load_config(cls: type[T], path: str, overrides=None) -> T:
         return cls(**values)
     except TypeError as exc:
         raise SystemExit(f"Config {path}: {exc}") from exc
+
+
+def add_run_arguments(parser, config_name: str) -> None:
+    """The options every training subcommand shares: a config file and a few overrides."""
+    parser.add_argument("--config", required=True, help=f"JSON or TOML file with the {config_name} fields")
+    parser.add_argument("--data", help="override: dataset folder (images/, masks/, classes.json)")
+    parser.add_argument("--output", help="override: run directory; the model goes to OUTPUT/model")
+    parser.add_argument("--steps", type=int, help="override: total optimiser steps")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="override: device")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")

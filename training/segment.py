@@ -13,13 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import ModelCard, Normalization, save_model
-from core.data.folder import IGNORE_INDEX, PatchDataset, band_statistics, list_pairs, read_class_table
+from core.checkpoint import ModelCard, Normalization
+from core.data.folder import IGNORE_INDEX, FolderDataset, PatchDataset, band_statistics
 from core.metrics.segmentation import confusion_matrix, scores
-from core.raster import raster_info
 from core.segmentation.model import STARTER_ARCHITECTURE, build_segmenter, load_encoder_weights
 from core.segmentation.pipeline import TASK
-from training.config import load_config
+from training.config import add_run_arguments, load_config
 from training.trainer import Trainer, TrainSettings
 
 
@@ -67,10 +66,8 @@ def evaluate(model: torch.nn.Module, loader, n_classes: int, names: list[str], d
 
 
 def train_segmenter(cfg: SegmentTrainConfig) -> Path:
-    pairs = list_pairs(cfg.data)
-    classes, band_names = read_class_table(cfg.data)
-    first = raster_info(pairs[0][0])
-    band_names = band_names or [f"band {i + 1}" for i in range(first.count)]
+    data = FolderDataset.open(cfg.data)
+    pairs, classes, band_names, first = data.pairs, data.classes, data.bands, data.first
     train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
     mean, std = band_statistics(train_pairs)
     names = [c.name for c in classes]
@@ -85,12 +82,7 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
         run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
         checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
     train_set = PatchDataset(train_pairs, classes, mean, std, cfg.patch_size, cfg.samples_per_image, train=True)
-    sampler = (torch.utils.data.distributed.DistributedSampler(train_set, seed=cfg.seed)
-               if trainer.dist.world > 1 else None)
-    per_process = len(train_set) // trainer.dist.world
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None,
-                                         sampler=sampler, num_workers=cfg.num_workers,
-                                         drop_last=per_process > cfg.batch_size)
+    loader = trainer.loader(train_set, cfg.batch_size, cfg.num_workers)
     val_loader = (torch.utils.data.DataLoader(PatchDataset(val_pairs, classes, mean, std, cfg.patch_size, train=False),
                                               batch_size=cfg.batch_size) if val_pairs else None)
 
@@ -102,27 +94,17 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
         return evaluate(net, val_loader, len(classes), names, trainer.device)
 
     metrics = trainer.fit(loader, loss_fn, validate if val_loader is not None else None)
-    model_dir = run / "model"
-    if trainer.dist.main:
-        card = ModelCard(
-            task=TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
-            normalization=Normalization(mean=mean, std=std), classes=classes, tile_size=cfg.tile_size,
-            ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
-            training_data=f"{Path(cfg.data).resolve().name}: {len(train_pairs)} train / {len(val_pairs)} val images",
-            metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},
-            extra={"steps": trainer.step, "patch_size": cfg.patch_size, "ema_decay": cfg.ema_decay})
-        save_model(model_dir, card, trainer.eval_model.state_dict())
-    trainer.dist.close()
-    return model_dir
+    return trainer.export(ModelCard(
+        task=TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
+        normalization=Normalization(mean=mean, std=std), classes=classes, tile_size=cfg.tile_size,
+        ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
+        training_data=f"{Path(cfg.data).resolve().name}: {len(train_pairs)} train / {len(val_pairs)} val images",
+        metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},
+        extra={"steps": trainer.step, "patch_size": cfg.patch_size, "ema_decay": cfg.ema_decay}))
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="JSON or TOML file with the SegmentTrainConfig fields")
-    parser.add_argument("--data", help="override: dataset folder (images/, masks/, classes.json)")
-    parser.add_argument("--output", help="override: run directory; the model goes to OUTPUT/model")
-    parser.add_argument("--steps", type=int, help="override: total optimiser steps")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="override: device")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
+    add_run_arguments(parser, "SegmentTrainConfig")
 
 
 def main(args) -> None:

@@ -101,6 +101,14 @@ class Trainer:
             self._load_state()
             self.rows = [r for r in self._read_log() if int(float(r["step"])) <= self.step]
 
+    def loader(self, dataset, batch_size: int, num_workers: int = 0) -> torch.utils.data.DataLoader:
+        """Shuffled batches; under torchrun each process gets its own share of the data."""
+        sampler = (torch.utils.data.distributed.DistributedSampler(dataset, seed=self.settings.seed)
+                   if self.dist.world > 1 else None)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                                           num_workers=num_workers,
+                                           drop_last=len(dataset) // self.dist.world > batch_size)
+
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 5% of the base rate."""
         s = self.settings
@@ -150,6 +158,15 @@ class Trainer:
         if self.dist.main:
             self._plot()
         return metrics
+
+    def export(self, card) -> Path:
+        """Write `<run>/model` (card + the evaluation weights) from the main process; end DDP."""
+        from core.checkpoint import save_model
+        model_dir = self.run_dir / "model"
+        if self.dist.main:
+            save_model(model_dir, card, self.eval_model.state_dict())
+        self.dist.close()
+        return model_dir
 
     def _train_step(self, batch, loss_fn) -> float:
         self.wrapped.train()

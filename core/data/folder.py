@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from rasterio.windows import Window
 
 from core.checkpoint import ClassInfo
-from core.raster import RasterError, open_raster, read_window
+from core.raster import RasterError, RasterInfo, open_raster, raster_info, read_window
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORE_INDEX = -100
@@ -47,6 +48,22 @@ def read_class_table(root: str | os.PathLike) -> tuple[list[ClassInfo], list[str
     return [ClassInfo(**c) for c in data["classes"]], data.get("bands")
 
 
+@dataclass
+class FolderDataset:
+    """A dataset folder as trainers see it: pairs, class table, band names, first image's info."""
+    pairs: list[tuple[Path, Path]]
+    classes: list[ClassInfo]
+    bands: list[str]
+    first: RasterInfo
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "FolderDataset":
+        pairs = list_pairs(root)
+        classes, bands = read_class_table(root)
+        first = raster_info(pairs[0][0])
+        return cls(pairs, classes, list(bands or (f"band {i + 1}" for i in range(first.count))), first)
+
+
 def band_statistics(pairs: list[tuple[Path, Path]], max_images: int = 64) -> tuple[list[float], list[float]]:
     """Per-band mean and std of valid pixels, from up to `max_images` images."""
     total = sq = count = None
@@ -60,6 +77,19 @@ def band_statistics(pairs: list[tuple[Path, Path]], max_images: int = 64) -> tup
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
     return mean.tolist(), std.tolist()
+
+
+def band_ranges(pairs: list[tuple[Path, Path]], max_images: int = 64) -> tuple[list[float], list[float]]:
+    """Per-band minimum and (maximum - minimum) of valid pixels: PatchDataset with these as
+    mean/std yields images in [0, 1], what the diffusion models expect."""
+    low = high = None
+    for image, _ in pairs[:max_images]:
+        with open_raster(image) as src:
+            data, valid = read_window(src, Window(0, 0, src.width, src.height), range(1, src.count + 1))
+        vals = data[:, valid]
+        low = vals.min(1) if low is None else np.minimum(low, vals.min(1))
+        high = vals.max(1) if high is None else np.maximum(high, vals.max(1))
+    return low.tolist(), np.maximum(high - low, 1e-6).tolist()
 
 
 class PatchDataset(torch.utils.data.Dataset):

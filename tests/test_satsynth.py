@@ -1,0 +1,65 @@
+"""SatSynth base model: the paper's loss and sampler contracts, and the training subcommand."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.checkpoint import load_card, load_into
+from core.data.scenes import write_scene_dataset
+from core.synthesis.satsynth import (architecture_for, build_denoiser, diffusion_loss, joint_tensor, sample,
+                                     training_scheduler)
+from training.__main__ import main as training_main
+
+ARCH = architecture_for("small", bands=3, n_classes=5)
+
+
+def test_schedule_is_the_papers():
+    s = training_scheduler()
+    assert s.config.num_train_timesteps == 1000 and s.config.prediction_type == "epsilon"
+    torch.testing.assert_close(s.betas, torch.linspace(1e-4, 2e-2, 1000))
+
+
+def test_loss_is_epsilon_mse_at_a_uniform_timestep():
+    torch.manual_seed(0)
+    model, scheduler = build_denoiser(ARCH), training_scheduler()
+    x0 = joint_tensor(torch.rand(2, 3, 16, 16), torch.randint(0, 5, (2, 16, 16)), 5)
+    loss = diffusion_loss(model, scheduler, x0, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    alpha_bar = scheduler.alphas_cumprod[t][:, None, None, None]
+    noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    torch.testing.assert_close(loss, F.mse_loss(model(noisy, t).sample, noise))
+
+
+def test_joint_tensor_layout():
+    x = joint_tensor(torch.ones(1, 3, 4, 4), torch.full((1, 4, 4), 4), 5)
+    assert x.shape == (1, 3 + 3, 4, 4) and x.min() >= -1 and x.max() <= 1
+    assert x[0, 3:, 0, 0].tolist() == [1, -1, -1]   # 4 = 100, most significant bit first
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 1000)])
+def test_sampler_output_shapes_and_valid_labels(sampler, steps):
+    model = build_denoiser(ARCH)
+    pairs = sample(model, ARCH, count=2, sampler=sampler, steps=steps, size=16)
+    assert pairs.images.shape == (2, 3, 16, 16) and pairs.images.min() >= 0 and pairs.images.max() <= 1
+    assert pairs.labels.shape == (2, 16, 16) and pairs.labels.max() < 5
+    assert pairs.probabilities.shape == (2, 5, 16, 16)
+
+
+def test_training_subcommand_writes_a_model_and_sample_grids(tmp_path):
+    data = write_scene_dataset(tmp_path / "data", count=4, size=32, seed=1)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data": str(data), "output": str(tmp_path / "run"), "patch_size": 16,
+                                  "batch_size": 4, "steps": 3, "sample_every": 3, "checkpoint_every": 3}))
+    training_main(["satsynth", "--config", str(config)])
+    card = load_card(tmp_path / "run" / "model", task="satsynth")
+    assert card.architecture["unet"]["in_channels"] == 6
+    low, span = card.normalization.mean, card.normalization.std   # the dataset's range per band -> [0, 1]
+    assert all(0 <= lo and 0 < sp and lo + sp <= 255 for lo, sp in zip(low, span))
+    model = load_into(build_denoiser(card.architecture), tmp_path / "run" / "model")
+    assert sample(model, card.architecture, count=1, steps=2, size=16).labels.shape == (1, 16, 16)
+    assert (tmp_path / "run" / "samples_000003.png").stat().st_size > 100
+    training_main(["satsynth", "--config", str(config), "--steps", "4", "--resume"])
+    assert load_card(tmp_path / "run" / "model").extra["steps"] == 4
