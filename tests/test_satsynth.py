@@ -63,3 +63,33 @@ def test_training_subcommand_writes_a_model_and_sample_grids(tmp_path):
     assert (tmp_path / "run" / "samples_000003.png").stat().st_size > 100
     training_main(["satsynth", "--config", str(config), "--steps", "4", "--resume"])
     assert load_card(tmp_path / "run" / "model").extra["steps"] == 4
+
+
+def test_super_resolution_doubles_height_and_width():
+    base_arch = ARCH
+    from core.synthesis.satsynth import sr_architecture_for, super_resolve
+    sr_arch = sr_architecture_for("small", 3, 5)
+    assert sr_arch["unet"]["in_channels"] == 2 * 6 and sr_arch["unet"]["out_channels"] == 6
+    low = sample(build_denoiser(base_arch), base_arch, count=2, steps=2, size=16)
+    high = super_resolve(build_denoiser(sr_arch), sr_arch, low, steps=2)
+    assert high.images.shape == (2, 3, 32, 32) and high.labels.shape == (2, 32, 32) and high.labels.max() < 5
+
+
+def test_sr_training_pairs_are_area_and_nearest_downsampled():
+    from core.synthesis.satsynth import downsample_pair
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    labels = torch.tensor([[[0, 1, 2, 3], [4, 4, 4, 4], [1, 1, 0, 0], [2, 2, 2, 2]]])
+    low_image, low_labels = downsample_pair(image, labels)
+    assert low_image[0, 0].tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    assert low_labels[0].tolist() == [[0, 2], [1, 0]]
+
+
+def test_sr_subcommand_trains_and_writes_a_model(tmp_path):
+    data = write_scene_dataset(tmp_path / "data", count=4, size=32, seed=2)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data": str(data), "output": str(tmp_path / "sr"), "patch_size": 32,
+                                  "batch_size": 4, "steps": 2, "sample_every": 2, "checkpoint_every": 2}))
+    training_main(["satsynth-sr", "--config", str(config)])
+    card = load_card(tmp_path / "sr" / "model", task="satsynth-sr")
+    assert card.architecture["unet"]["sample_size"] == 128 and card.architecture["unet"]["in_channels"] == 12
+    assert (tmp_path / "sr" / "samples_000002.png").is_file()

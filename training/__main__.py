@@ -7,21 +7,22 @@ import sys
 
 from training import satsynth, scenes, segment
 
-SUBCOMMANDS = {
-    "scenes": (scenes, "write a procedural labelled dataset (no download needed)"),
-    "segment": (segment, "train a segmentation model on a folder of image/mask pairs"),
-    "satsynth": (satsynth, "train the SatSynth joint image + label diffusion model"),
+SUBCOMMANDS = {  # name: (add the arguments, run, help)
+    "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
+    "segment": (segment.add_arguments, segment.main, "train a segmentation model on a folder of image/mask pairs"),
+    "satsynth": (satsynth.add_arguments, satsynth.main, "train the SatSynth joint image + label diffusion model"),
+    "satsynth-sr": (satsynth.add_arguments, satsynth.main_sr, "train the SatSynth x2 super-resolution stage"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+    for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    SUBCOMMANDS[args.command][0].main(args)
+    SUBCOMMANDS[args.command][1](args)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`python -m training satsynth`: fit the joint image + label DDPM (SatSynth base model).
+"""`python -m training satsynth` / `satsynth-sr`: fit the joint image + label DDPM (SatSynth
+base model) and its x2 super-resolution stage.
 
 Reads the folder dataset format; images are scaled to [0, 1] per band with the dataset's
 range (stored in the card), labels become analog bits. Pixels whose label is not in the
@@ -15,8 +16,9 @@ import numpy as np
 from core.checkpoint import ModelCard, Normalization
 from core.data.folder import FolderDataset, PatchDataset, band_ranges
 from core.raster import hex_to_rgba
-from core.synthesis.satsynth import (TASK, architecture_for, build_denoiser, diffusion_loss, joint_tensor, sample,
-                                     training_scheduler)
+from core.synthesis.satsynth import (SR_TASK, TASK, GeneratedPairs, architecture_for, build_denoiser,
+                                     diffusion_loss, downsample_pair, joint_tensor, sample, sr_architecture_for,
+                                     sr_loss, super_resolve, training_scheduler)
 from training.config import add_run_arguments, load_config
 from training.trainer import Trainer, TrainSettings
 
@@ -27,7 +29,7 @@ class SatSynthTrainConfig:
     output: str
     name: str = ""
     preset: str = "small"
-    patch_size: int = 64
+    patch_size: int = 64           # base: generated size; SR: the high-res patch (2x the base)
     batch_size: int = 16
     samples_per_image: int = 4
     steps: int = 5000
@@ -53,11 +55,14 @@ def save_sample_grid(pairs, colors: list[str], path: Path) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def train_satsynth(cfg: SatSynthTrainConfig) -> Path:
+def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> Path:
+    """The base model, or with `super_resolution` the x2 stage, trained on real high-res
+    patches and their 2x-downsampled versions."""
     data = FolderDataset.open(cfg.data)
     pairs, classes, band_names, first = data.pairs, data.classes, data.bands, data.first
     low, span = band_ranges(pairs)
-    architecture = architecture_for(cfg.preset, len(band_names), len(classes))
+    k, bands = len(classes), len(band_names)
+    architecture = (sr_architecture_for if super_resolution else architecture_for)(cfg.preset, bands, k)
     model = build_denoiser(architecture)
     scheduler = training_scheduler()
     run = Path(cfg.output)
@@ -70,16 +75,26 @@ def train_satsynth(cfg: SatSynthTrainConfig) -> Path:
 
     def loss_fn(net, batch):
         image, labels = batch
-        return diffusion_loss(net, scheduler, joint_tensor(image, labels.clamp(min=0), len(classes)))
+        labels = labels.clamp(min=0)
+        x0 = joint_tensor(image, labels, k)
+        if not super_resolution:
+            return diffusion_loss(net, scheduler, x0)
+        return sr_loss(net, scheduler, x0, joint_tensor(*downsample_pair(image, labels), k), bands)
 
     def sample_grid(net):
-        pairs_ = sample(net, architecture, count=4, steps=20, seed=cfg.seed, size=cfg.patch_size)
-        save_sample_grid(pairs_, [c.color for c in classes], run / f"samples_{trainer.step:06d}.png")
+        if super_resolution:  # real patches, downsampled and brought back up
+            image, labels = next(iter(loader))
+            low_image, low_labels = downsample_pair(image[:4], labels[:4].clamp(min=0))
+            low = GeneratedPairs(low_image, low_labels, probabilities=None)
+            generated = super_resolve(net, architecture, low, steps=20, seed=cfg.seed)
+        else:
+            generated = sample(net, architecture, count=4, steps=20, seed=cfg.seed, size=cfg.patch_size)
+        save_sample_grid(generated, [c.color for c in classes], run / f"samples_{trainer.step:06d}.png")
         return {}
 
     trainer.fit(loader, loss_fn, sample_grid)
     return trainer.export(ModelCard(
-        task=TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
+        task=SR_TASK if super_resolution else TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
         normalization=Normalization(mean=low, std=span), classes=classes, tile_size=cfg.patch_size,
         ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(pairs)} images",
@@ -93,3 +108,8 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     print(f"model written to {train_satsynth(load_config(SatSynthTrainConfig, args.config, args))}")
+
+
+def main_sr(args) -> None:
+    cfg = load_config(SatSynthTrainConfig, args.config, args)
+    print(f"model written to {train_satsynth(cfg, super_resolution=True)}")

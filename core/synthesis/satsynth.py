@@ -96,3 +96,73 @@ def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler
     bits = x[:, bands:]
     return GeneratedPairs(images=(x[:, :bands] + 1) / 2, labels=decode_bits(bits, k),
                           probabilities=bit_class_probabilities(bits, k))
+
+
+# --- x2 super-resolution stage ----------------------------------------------------------------------
+SR_TASK = "satsynth-sr"
+SR_CONDITION_NOISE = 100   # training corrupts the condition at a level drawn from 0..this (cascaded DDPM)
+SR_SAMPLING_NOISE = 50     # ... and sampling conditions on that fixed level
+
+
+def sr_architecture_for(preset: str, bands: int, n_classes: int) -> dict[str, Any]:
+    """Same UNet family at twice the size; input = noisy high-res pair + upsampled low-res pair."""
+    arch = architecture_for(preset, bands, n_classes)
+    channels = arch["unet"]["in_channels"]
+    arch["unet"].update(in_channels=2 * channels, out_channels=channels,
+                        sample_size=2 * arch["unet"]["sample_size"])
+    return arch
+
+
+def downsample_pair(image01: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's low-res training inputs: area for the image, nearest for the labels."""
+    return F.avg_pool2d(image01, 2), labels[..., ::2, ::2]
+
+
+def upsample_joint(low: torch.Tensor, bands: int) -> torch.Tensor:
+    """Low-res joint tensor -> 2x: bilinear for the image, nearest for the bits (kept at +-1)."""
+    image = F.interpolate(low[:, :bands], scale_factor=2, mode="bilinear", align_corners=False)
+    bits = F.interpolate(low[:, bands:], scale_factor=2, mode="nearest")
+    return torch.cat([image, bits], dim=1)
+
+
+def _noisy_condition(scheduler, condition: torch.Tensor, levels: torch.Tensor,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    noise = torch.randn(condition.shape, device=condition.device, generator=generator)
+    return torch.where(levels[:, None, None, None] > 0, scheduler.add_noise(condition, noise, levels), condition)
+
+
+def sr_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0_high: torch.Tensor, low: torch.Tensor, bands: int,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Epsilon-MSE of the high-res pair given the (noise-augmented) upsampled low-res pair."""
+    levels = torch.randint(0, SR_CONDITION_NOISE + 1, (low.shape[0],), device=low.device, generator=generator)
+    condition = _noisy_condition(scheduler, upsample_joint(low, bands), levels, generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0_high.shape[0],), device=x0_high.device,
+                      generator=generator)
+    noise = torch.randn(x0_high.shape, device=x0_high.device, generator=generator)
+    noisy = scheduler.add_noise(x0_high, noise, t)
+    return F.mse_loss(model(torch.cat([noisy, condition], dim=1), t).sample, noise)
+
+
+@torch.inference_mode()
+def super_resolve(model: UNet2DModel, architecture: dict[str, Any], low: GeneratedPairs, steps: int = 50,
+                  seed: int = 0, progress: Progress | None = None) -> GeneratedPairs:
+    """2x image/label pairs from base-model pairs (DDIM-N)."""
+    progress = progress or Progress()
+    scheduler = DDIMScheduler.from_config(training_scheduler().config)
+    scheduler.set_timesteps(steps)
+    bands, k = architecture["bands"], architecture["classes"]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    low_joint = joint_tensor(low.images, low.labels, k)
+    levels = torch.full((low_joint.shape[0],), SR_SAMPLING_NOISE)
+    condition = _noisy_condition(training_scheduler(), upsample_joint(low_joint, bands), levels, generator).to(device)
+    x = torch.randn(condition.shape[0], architecture["unet"]["out_channels"], *condition.shape[-2:],
+                    generator=generator).to(device)
+    model.eval()
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model(torch.cat([x, condition], dim=1), t).sample, t, x).prev_sample
+        progress.step(i + 1, len(scheduler.timesteps))
+    x = x.clamp(-1, 1).cpu()
+    bits = x[:, bands:]
+    return GeneratedPairs(images=(x[:, :bands] + 1) / 2, labels=decode_bits(bits, k),
+                          probabilities=bit_class_probabilities(bits, k))
