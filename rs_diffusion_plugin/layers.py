@@ -18,6 +18,15 @@ def raster_source(layer: QgsRasterLayer) -> str:
     return layer.source().split("|")[0]
 
 
+def vector_source(layer) -> tuple[str, str]:
+    """(file, layer name inside it) of an OGR vector layer."""
+    if layer is None or not layer.isValid() or layer.providerType() != "ogr":
+        raise RasterError("Pick a valid file-based vector layer (GeoPackage, Shapefile, GeoJSON...).")
+    parts = layer.source().split("|")
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    return parts[0], options.get("layername", "")
+
+
 def style_class_layer(layer: QgsRasterLayer, classes: list[dict]) -> None:
     entries = [QgsPalettedRasterRenderer.Class(c["value"], QColor(c["color"]), c["name"]) for c in classes]
     layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries))

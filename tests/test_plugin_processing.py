@@ -114,3 +114,35 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model):
         assert dst.crs == src.crs and dst.shape == src.shape
     bundled = profiles / "profiles" / "default" / "python" / "plugins" / "rs_diffusion_plugin" / "vendor" / "core"
     assert bundled.is_dir()
+
+
+def test_build_training_set_from_layers(processing, tmp_path):
+    """rsdiffusion:build_training_set with a polygon layer (GeoPackage) and with a class raster."""
+    import fiona
+    import numpy as np
+    from qgis.core import QgsVectorLayer
+    from shapely.geometry import box, mapping
+
+    from core.data.folder import FolderDataset
+    image, labels = make_scene_raster(tmp_path, size=(128, 128))
+    with rasterio.open(image) as src:
+        left, top, crs = src.transform.c, src.transform.f, src.crs.to_wkt()
+    schema = {"geometry": "Polygon", "properties": {"cls": "int"}}
+    with fiona.open(tmp_path / "polys.gpkg", "w", driver="GPKG", schema=schema, crs=crs, layer="fields") as dst:
+        dst.write({"geometry": mapping(box(left + 2, top - 10, left + 12, top - 4)), "properties": {"cls": 3}})
+    vector = QgsVectorLayer(f"{tmp_path / 'polys.gpkg'}|layername=fields", "fields", "ogr")
+    assert vector.isValid()
+    out = processing.run("rsdiffusion:build_training_set", {
+        "INPUT": str(image), "LABELS": vector, "CLASS_FIELD": "cls", "PATCH_SIZE": 64, "STRIDE": 64,
+        "OUTPUT": str(tmp_path / "from_polygons")})
+    assert out["PATCHES"] == 4 and out["SKIPPED"] == 0
+    mask = rasterio.open(tmp_path / "from_polygons" / "masks" / "scene_r000000_c000000.tif").read(1)
+    assert (mask[8:20, 4:24] == 3).all() and mask.sum() == 3 * 12 * 20
+
+    out = processing.run("rsdiffusion:build_training_set", {
+        "INPUT": str(image), "LABELS": str(labels), "PATCH_SIZE": 64, "STRIDE": 32,
+        "OUTPUT": str(tmp_path / "from_raster")})
+    data = FolderDataset.open(out["OUTPUT"])
+    assert len(data.pairs) == out["PATCHES"] == 9 and data.bands == ["red", "green", "blue"]
+    with rasterio.open(labels) as full, rasterio.open(data.pairs[4][1]) as patch:
+        np.testing.assert_array_equal(patch.read(1), full.read(1)[32:96, 32:96])

@@ -1,4 +1,5 @@
 """Processing algorithms: thin adapters from Processing parameters to core calls."""
+from rs_diffusion_plugin.algorithms.build_training_set import BuildTrainingSetAlgorithm
 from rs_diffusion_plugin.algorithms.segment_raster import SegmentRasterAlgorithm
 
-ALGORITHMS = (SegmentRasterAlgorithm,)
+ALGORITHMS = (SegmentRasterAlgorithm, BuildTrainingSetAlgorithm)

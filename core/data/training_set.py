@@ -1,0 +1,176 @@
+"""Cut an image and its labels into aligned patches in the folder dataset format.
+
+Labels are a class raster (resampled onto the image grid with nearest neighbour when the
+grids differ) or polygons with a class field (rasterised onto the image grid). Patches are
+read and written window by window, so the image may be larger than memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import fiona
+import numpy as np
+import rasterio
+import rasterio.features
+from rasterio.warp import Resampling, reproject, transform_geom
+from rasterio.windows import Window
+
+from core.progress import Progress
+from core.raster import RasterError, open_raster, raster_info, read_window, write_geotiff
+
+VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".kml", ".sqlite")
+LABEL_NODATA = 255
+PALETTE = ["#b5926b", "#3f8f3a", "#2f6db5", "#8c8c8c", "#d9463b", "#e0c341", "#8e44ad", "#16a085",
+           "#d35400", "#7f8c8d", "#c0392b", "#2c3e50"]
+
+
+@dataclass
+class TrainingSetParams:
+    image_path: str
+    labels_path: str              # class raster, or polygons with `class_field`
+    output_dir: str
+    patch_size: int = 256
+    stride: int = 256
+    class_field: str = ""         # polygons only: integer class values, or names (numbered 1.. in sorted order)
+    labels_layer: str = ""        # polygons only: layer inside a multi-layer file (GeoPackage)
+    max_nodata_fraction: float = 0.0   # skip a patch with more image nodata or unlabelled pixels than this
+
+
+@dataclass
+class TrainingSetResult:
+    output_dir: str
+    patches: int
+    skipped: int
+    classes: list[dict]
+
+
+def build_training_set(params: TrainingSetParams, progress: Progress | None = None) -> TrainingSetResult:
+    """Write the dataset into a temporary sibling folder and rename it at the end, so a failed
+    or cancelled run leaves no half dataset."""
+    progress = progress or Progress()
+    info = raster_info(params.image_path)
+    final = Path(params.output_dir)
+    if final.exists() and any(final.iterdir()):
+        raise RasterError(f"Output folder '{final}' is not empty; choose a new or empty folder.")
+    labels = _VectorLabels(params, info) if Path(params.labels_path).suffix.lower() in VECTOR_SUFFIXES \
+        else _RasterLabels(params, info)
+    out = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        result = _write_patches(params, info, labels, out, progress)
+        if final.exists():
+            final.rmdir()
+        os.replace(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    progress.info(f"{result.patches} patch pairs written to {final}, {result.skipped} skipped for nodata.")
+    return TrainingSetResult(str(final), result.patches, result.skipped, result.classes)
+
+
+def _write_patches(params: TrainingSetParams, info, labels, out: Path, progress: Progress) -> TrainingSetResult:
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    size, stride = params.patch_size, params.stride
+    positions = [(r, c) for r in range(0, max(info.height - size, 0) + 1, stride)
+                 for c in range(0, max(info.width - size, 0) + 1, stride)]
+    seen, written, skipped = set(), 0, 0
+    stem = Path(params.image_path).stem
+    with open_raster(params.image_path) as src:
+        for i, (row, col) in enumerate(positions):
+            window = Window(col, row, min(size, info.width), min(size, info.height))
+            image, valid = read_window(src, window, range(1, info.count + 1))
+            mask = labels.read(window)
+            bad = ~valid | (mask == LABEL_NODATA)
+            if bad.mean() > params.max_nodata_fraction:
+                skipped += 1
+            else:
+                name = f"{stem}_r{row:06d}_c{col:06d}.tif"
+                transform = tuple(src.window_transform(window))[:6]
+                write_geotiff(out / "images" / name, src.read(window=window), crs_wkt=info.crs_wkt,
+                              transform=transform, nodata=info.nodata, band_names=info.band_names)
+                write_geotiff(out / "masks" / name, mask.astype(np.uint8), crs_wkt=info.crs_wkt,
+                              transform=transform, nodata=LABEL_NODATA)
+                seen.update(np.unique(mask[~bad]).tolist())
+                written += 1
+            progress.step(i + 1, len(positions))
+    classes = labels.class_table(sorted(seen))
+    (out / "classes.json").write_text(json.dumps({"classes": classes, "bands": list(info.band_names)}, indent=2))
+    return TrainingSetResult(str(out), written, skipped, classes)
+
+
+class _RasterLabels:
+    def __init__(self, params: TrainingSetParams, info):
+        self.path, self.info = params.labels_path, info
+        self.src = open_raster(self.path)
+        self.same_grid = (self.src.width, self.src.height) == (info.width, info.height) and \
+            np.allclose(tuple(self.src.transform)[:6], info.transform) and \
+            (self.src.crs.to_wkt() if self.src.crs else None) == info.crs_wkt
+        if self.src.count != 1:
+            raise RasterError(f"Label raster '{Path(self.path).name}' has {self.src.count} bands; expected one band "
+                              "of class values.")
+
+    def read(self, window: Window) -> np.ndarray:
+        if self.same_grid:
+            data = self.src.read(1, window=window)
+        else:  # nearest-neighbour onto the image's window grid
+            data = np.full((int(window.height), int(window.width)), LABEL_NODATA, dtype=np.int64)
+            reproject(rasterio.band(self.src, 1), data,
+                      dst_transform=rasterio.windows.transform(window, rasterio.Affine(*self.info.transform)),
+                      dst_crs=self.info.crs_wkt, dst_nodata=LABEL_NODATA, resampling=Resampling.nearest)
+        data = data.astype(np.int64)
+        if self.src.nodata is not None:
+            data[data == self.src.nodata] = LABEL_NODATA
+        if data.max(initial=0) > LABEL_NODATA or data.min(initial=0) < 0:
+            raise RasterError(f"Label raster '{Path(self.path).name}' holds values outside 0..254; class values must "
+                              "be small non-negative integers.")
+        return data
+
+    def class_table(self, values: list[int]) -> list[dict]:
+        try:
+            colormap = self.src.colormap(1)
+        except ValueError:
+            colormap = {}
+        return [{"value": v, "name": f"class {v}",
+                 "color": "#%02x%02x%02x" % colormap[v][:3] if v in colormap else PALETTE[v % len(PALETTE)]}
+                for v in values]
+
+
+class _VectorLabels:
+    """Polygons burnt onto the image grid; pixels outside every polygon are class 0 ("background")."""
+
+    def __init__(self, params: TrainingSetParams, info):
+        if not params.class_field:
+            raise RasterError("Polygons need a class field: choose the attribute that holds the class.")
+        self.info = info
+        with fiona.open(params.labels_path, layer=params.labels_layer or None) as src:
+            if params.class_field not in src.schema["properties"]:
+                raise RasterError(f"Layer '{Path(params.labels_path).name}' has no field '{params.class_field}' "
+                                  f"(fields: {', '.join(src.schema['properties'])}).")
+            crs = src.crs_wkt or None
+            features = [(f["geometry"], f["properties"][params.class_field]) for f in src if f["geometry"]]
+        raw = sorted({v for _, v in features if v is not None}, key=str)
+        numeric = all(isinstance(v, int) for v in raw)
+        self.names = {int(v): str(v) for v in raw} if numeric else {i + 1: str(v) for i, v in enumerate(raw)}
+        to_value = (lambda v: int(v)) if numeric else {str(v): i + 1 for i, v in enumerate(raw)}.__getitem__
+        if numeric and raw and (min(raw) < 1 or max(raw) >= LABEL_NODATA):
+            raise RasterError(f"Class values in '{params.class_field}' must be 1..254 (0 is the background).")
+        if crs and info.crs_wkt and rasterio.crs.CRS.from_wkt(crs) != rasterio.crs.CRS.from_wkt(info.crs_wkt):
+            features = [(transform_geom(crs, info.crs_wkt, g), v) for g, v in features]
+        self.shapes = [(g, to_value(v if numeric else str(v))) for g, v in features if v is not None]
+
+    def read(self, window: Window) -> np.ndarray:
+        transform = rasterio.windows.transform(window, rasterio.Affine(*self.info.transform))
+        shape = (int(window.height), int(window.width))
+        if not self.shapes:
+            return np.zeros(shape, dtype=np.int64)
+        return rasterio.features.rasterize(self.shapes, out_shape=shape, transform=transform, fill=0,
+                                           dtype="int32").astype(np.int64)
+
+    def class_table(self, values: list[int]) -> list[dict]:
+        names = {0: "background", **self.names}
+        return [{"value": v, "name": names.get(v, f"class {v}"), "color": PALETTE[v % len(PALETTE)]}
+                for v in sorted(set(values) | set(self.names))]
