@@ -48,11 +48,18 @@ def test_sampler_output_shapes_and_valid_labels(sampler, steps):
     assert pairs.probabilities.shape == (2, 5, 16, 16)
 
 
-def test_training_subcommand_writes_a_model_and_sample_grids(tmp_path):
+def tiny_run_config(tmp_path, run: str, patch_size: int, steps: int):
+    """A 4-scene dataset and a config that trains `steps` steps, sampling and saving at the end."""
     data = write_scene_dataset(tmp_path / "data", count=4, size=32, seed=1)
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"data": str(data), "output": str(tmp_path / "run"), "patch_size": 16,
-                                  "batch_size": 4, "steps": 3, "sample_every": 3, "checkpoint_every": 3}))
+    config = tmp_path / f"{run}.json"
+    config.write_text(json.dumps({"data": str(data), "output": str(tmp_path / run), "patch_size": patch_size,
+                                  "batch_size": 4, "steps": steps, "sample_every": steps,
+                                  "checkpoint_every": steps}))
+    return config
+
+
+def test_training_subcommand_writes_a_model_and_sample_grids(tmp_path):
+    config = tiny_run_config(tmp_path, "run", patch_size=16, steps=3)
     training_main(["satsynth", "--config", str(config)])
     card = load_card(tmp_path / "run" / "model", task="satsynth")
     assert card.architecture["unet"]["in_channels"] == 6
@@ -85,10 +92,7 @@ def test_sr_training_pairs_are_area_and_nearest_downsampled():
 
 
 def test_sr_subcommand_trains_and_writes_a_model(tmp_path):
-    data = write_scene_dataset(tmp_path / "data", count=4, size=32, seed=2)
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"data": str(data), "output": str(tmp_path / "sr"), "patch_size": 32,
-                                  "batch_size": 4, "steps": 2, "sample_every": 2, "checkpoint_every": 2}))
+    config = tiny_run_config(tmp_path, "sr", patch_size=32, steps=2)
     training_main(["satsynth-sr", "--config", str(config)])
     card = load_card(tmp_path / "sr" / "model", task="satsynth-sr")
     assert card.architecture["unet"]["sample_size"] == 128 and card.architecture["unet"]["in_channels"] == 12
