@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench package qgis starter-models clean
+.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth clean
 
 ## setup: QGIS + xvfb from apt when missing, .venv on the system Python, the project in editable mode
 setup: $(STAMP)
@@ -45,14 +45,31 @@ qgis: setup
 	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
-## starter-models: train the shipped starter models with our own CLI (2 CPU cores: ~20 min)
-starter-models: setup
+## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~2 h)
+starter-models: starter-segmentation starter-satsynth
+
+runs/data/scenes/classes.json: | setup
 	$(PY) -m training scenes --output runs/data/scenes --count 240 --size 256 --seed 1
+
+## starter-segmentation: the segmenter (~20 min)
+starter-segmentation: setup runs/data/scenes/classes.json
 	$(PY) -m training segment --config training/configs/segmentation_starter.toml
-	rm -rf resources/models/segmentation_starter
+	$(call ship,runs/starter/segmentation,segmentation_starter)
+
+## starter-satsynth: SatSynth base + x2 SR (~60 min)
+starter-satsynth: setup runs/data/scenes/classes.json
+	$(PY) -m training satsynth --config training/configs/satsynth_starter.toml
+	$(call ship,runs/starter/satsynth,satsynth_starter)
+	$(PY) -m training satsynth-sr --config training/configs/satsynth_sr_starter.toml
+	$(call ship,runs/starter/satsynth_sr,satsynth_sr_starter)
+
+# ship RUN,NAME: copy a run's model (+ its training curves) into resources/models/NAME
+define ship
+	rm -rf resources/models/$(2)
 	mkdir -p resources/models
-	cp -r runs/starter/segmentation/model resources/models/segmentation_starter
-	cp runs/starter/segmentation/curves.png resources/models/segmentation_starter/training_curves.png
+	cp -r $(1)/model resources/models/$(2)
+	cp $(1)/curves.png resources/models/$(2)/training_curves.png
+endef
 
 clean:
 	rm -rf $(VENV) dist runs demo_output .qgis_profile

@@ -29,7 +29,8 @@ class SatSynthTrainConfig:
     output: str
     name: str = ""
     preset: str = "small"
-    patch_size: int = 64           # base: generated size; SR: the high-res patch (2x the base)
+    patch_size: int = 64           # base: generated size; SR: the high-res training crop
+    base_downsample: int = 1       # base only: learn the data at 1/2^k resolution (1, 2, 4...) for the SR cascade
     batch_size: int = 16
     samples_per_image: int = 4
     steps: int = 5000
@@ -70,12 +71,17 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
         run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
         val_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
         resume=cfg.resume))
-    dataset = PatchDataset(pairs, classes, low, span, cfg.patch_size, cfg.samples_per_image, train=True)
+    factor = 1 if super_resolution else cfg.base_downsample
+    if factor < 1 or factor & (factor - 1):
+        raise SystemExit(f"base_downsample must be a power of two (1, 2, 4...), not {factor}.")
+    dataset = PatchDataset(pairs, classes, low, span, cfg.patch_size * factor, cfg.samples_per_image, train=True)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
 
     def loss_fn(net, batch):
         image, labels = batch
         labels = labels.clamp(min=0)
+        for _ in range(factor.bit_length() - 1):
+            image, labels = downsample_pair(image, labels)
         x0 = joint_tensor(image, labels, k)
         if not super_resolution:
             return diffusion_loss(net, scheduler, x0)
@@ -96,9 +102,9 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
     return trainer.export(ModelCard(
         task=SR_TASK if super_resolution else TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
         normalization=Normalization(mean=low, std=span), classes=classes, tile_size=cfg.patch_size,
-        ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
+        ground_resolution=round(first.resolution[0] * factor, 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(pairs)} images",
-        extra={"steps": trainer.step, "scaling": "x01 = (raw - mean) / std per band (dataset range)",
+        extra={"steps": trainer.step, "base_downsample": factor, "scaling": "x01 = (raw - mean) / std per band (dataset range)",
                "unlabelled_pixels_trained_as": classes[0].name}))
 
 

@@ -105,11 +105,17 @@ SR_SAMPLING_NOISE = 50     # ... and sampling conditions on that fixed level
 
 
 def sr_architecture_for(preset: str, bands: int, n_classes: int) -> dict[str, Any]:
-    """Same UNet family at twice the size; input = noisy high-res pair + upsampled low-res pair."""
+    """Same UNet family at twice the size; input = noisy high-res pair + upsampled low-res pair.
+
+    Without self-attention (as the SR stages of cascaded diffusion): the model is fully
+    convolutional, so it trains on crops and runs on any size.
+    """
     arch = architecture_for(preset, bands, n_classes)
-    channels = arch["unet"]["in_channels"]
-    arch["unet"].update(in_channels=2 * channels, out_channels=channels,
-                        sample_size=2 * arch["unet"]["sample_size"])
+    unet = arch["unet"]
+    channels = unet["in_channels"]
+    unet.update(in_channels=2 * channels, out_channels=channels, sample_size=2 * unet["sample_size"],
+                down_block_types=[b.replace("Attn", "") for b in unet["down_block_types"]],
+                up_block_types=[b.replace("Attn", "") for b in unet["up_block_types"]])
     return arch
 
 
