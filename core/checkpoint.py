@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,17 +118,9 @@ def load_into(model: torch.nn.Module, model_dir: str | os.PathLike) -> torch.nn.
 
 def save_model(model_dir: str | os.PathLike, card: ModelCard, state_dict: dict[str, torch.Tensor]) -> Path:
     """Write card + weights to a temporary directory, then swap it in place."""
-    final = Path(model_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
-    tmp.mkdir()
-    try:
+    from core.raster import staged_dir
+    with staged_dir(model_dir, replace=True) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         (tmp / CARD_NAME).write_text(card.to_json(), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return Path(model_dir)

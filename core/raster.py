@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         for leftover in final.parent.glob(tmp.name + "*"):
             leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield a new temporary sibling folder; it becomes `path` only if the block succeeds.
+
+    An existing `path` must be empty unless `replace` (then it is swapped out at the end), so a
+    failed or cancelled run never leaves a half-written folder or mixes old and new files.
+    """
+    final = Path(path)
+    if final.exists() and not replace and (not final.is_dir() or any(final.iterdir())):
+        raise RasterError(f"Output folder '{final}' is not empty; choose a new or empty folder.")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class GeoTiffWriter:

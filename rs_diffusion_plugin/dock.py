@@ -2,10 +2,44 @@
 from __future__ import annotations
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtWidgets import (QDockWidget, QHBoxLayout, QPlainTextEdit, QProgressBar, QPushButton, QTabWidget,
-                                 QVBoxLayout, QWidget)
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtWidgets import (QDockWidget, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
+                                 QTabWidget, QVBoxLayout, QWidget)
 
+from core.catalog import starter_model_dir
 from rs_diffusion_plugin.task import CoreTask
+
+
+class ModelPicker(QWidget):
+    """A model folder (starter by default) and one line saying what the card holds, or what is wrong."""
+
+    def __init__(self, task: str, parent=None):
+        super().__init__(parent)
+        self.task = task
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.file_widget = QgsFileWidget()
+        self.file_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        layout.addWidget(self.file_widget)
+        layout.addWidget(self.label)
+        self.file_widget.fileChanged.connect(self.describe)
+        self.file_widget.setFilePath(str(starter_model_dir(task)))
+        self.describe(self.path())
+
+    def path(self) -> str:
+        return self.file_widget.filePath()
+
+    def describe(self, path: str) -> None:
+        from core.checkpoint import ModelError, load_card
+        try:
+            card = load_card(path, task=self.task)
+        except ModelError as exc:
+            self.label.setText(f"<span style='color:#b00'>{exc}</span>")
+            return
+        classes = ", ".join(c.name for c in card.classes)
+        self.label.setText(f"{card.name}: bands {', '.join(card.bands)}; classes {classes}")
 
 
 class TaskTab(QWidget):
@@ -93,7 +127,10 @@ class RsDiffusionDock(QDockWidget):
         super().__init__("rs-diffusion", parent)
         self.setObjectName("RsDiffusionDock")
         from rs_diffusion_plugin.segment_tab import SegmentTab
+        from rs_diffusion_plugin.synthesize_tab import SynthesizeTab
         self.tabs = QTabWidget()
         self.segment_tab = SegmentTab()
-        self.tabs.addTab(self.segment_tab, SegmentTab.title)
+        self.synthesize_tab = SynthesizeTab()
+        for tab in (self.segment_tab, self.synthesize_tab):
+            self.tabs.addTab(tab, tab.title)
         self.setWidget(self.tabs)

@@ -1,6 +1,8 @@
 """QGIS layer <-> file conversions and styling from a model card's classes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsPalettedRasterRenderer, QgsProject,
                        QgsRasterLayer, QgsRendererCategory, QgsVectorLayer)
 from qgis.PyQt.QtGui import QColor
@@ -59,4 +61,24 @@ def add_class_outputs(raster_path: str, polygons_path: str, classes: list[dict],
             style_polygon_layer(polygons, classes)
             project.addMapLayer(polygons)
             added.append(polygons)
+    return added
+
+
+def add_pair_layers(pairs: list[tuple[str, str]], classes: list[dict], group_name: str,
+                    project: QgsProject | None = None) -> list:
+    """Image + styled mask layers of generated pairs, in a new (collapsed) layer group."""
+    project = project or QgsProject.instance()
+    group = project.layerTreeRoot().insertGroup(0, group_name)
+    group.setExpanded(False)
+    added = []
+    for image_path, mask_path in pairs:
+        stem = Path(image_path).stem
+        image, mask = QgsRasterLayer(image_path, f"{stem} image"), QgsRasterLayer(mask_path, f"{stem} mask")
+        if not (image.isValid() and mask.isValid()):
+            continue
+        style_class_layer(mask, classes)
+        for layer in (mask, image):
+            project.addMapLayer(layer, False)
+            group.addLayer(layer)
+        added += [image, mask]
     return added

@@ -6,12 +6,11 @@ from pathlib import Path
 
 from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QSpinBox
+from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QSpinBox
 
-from core.catalog import DEVICE_CHOICES, starter_model_dir
-from core.checkpoint import ModelError, load_card
+from core.catalog import DEVICE_CHOICES
 from core.segmentation.pipeline import TASK, SegmentParams, segment_raster
-from rs_diffusion_plugin.dock import TaskTab
+from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import add_class_outputs, raster_source
 from rs_diffusion_plugin.task import CoreTask
 
@@ -24,13 +23,8 @@ class SegmentTab(TaskTab):
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         form.addRow("Raster layer", self.layer_combo)
-        self.model_widget = QgsFileWidget()
-        self.model_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.model_widget.setFilePath(str(starter_model_dir(TASK)))
-        form.addRow("Model", self.model_widget)
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
-        form.addRow("", self.model_label)
+        self.model_picker = ModelPicker(TASK)
+        form.addRow("Model", self.model_picker)
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
         form.addRow("Device", self.device_combo)
@@ -52,17 +46,6 @@ class SegmentTab(TaskTab):
         self.probabilities_check = QCheckBox("Also write class probabilities")
         form.addRow("", self.probabilities_check)
         layout.addLayout(form)
-        self.model_widget.fileChanged.connect(self.describe_model)
-        self.describe_model(self.model_widget.filePath())
-
-    def describe_model(self, path: str) -> None:
-        try:
-            card = load_card(path, task=TASK)
-        except ModelError as exc:
-            self.model_label.setText(f"<span style='color:#b00'>{exc}</span>")
-            return
-        classes = ", ".join(c.name for c in card.classes)
-        self.model_label.setText(f"{card.name}: bands {', '.join(card.bands)}; classes {classes}")
 
     def make_task(self) -> CoreTask:
         layer = self.layer_combo.currentLayer()
@@ -72,7 +55,7 @@ class SegmentTab(TaskTab):
             output = str(folder / f"{layer.name() if layer else 'segmentation'}_classes.tif")
         stem = str(Path(output).with_suffix(""))
         params = SegmentParams(
-            input_path=raster_source(layer), output_path=output, model_dir=self.model_widget.filePath(),
+            input_path=raster_source(layer), output_path=output, model_dir=self.model_picker.path(),
             device=self.device_combo.currentText(), tile_size=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
             polygons_path=f"{stem}_polygons.gpkg" if self.polygons_check.isChecked() else "",

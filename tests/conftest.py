@@ -54,6 +54,15 @@ def starter_model():
     return path
 
 
+@pytest.fixture(scope="session")
+def satsynth_starters():
+    """The shipped SatSynth base and x2 models."""
+    from core.catalog import starter_model_dir
+    paths = starter_model_dir("satsynth"), starter_model_dir("satsynth-sr")
+    assert all((p / "model.json").is_file() for p in paths), "SatSynth starter missing: run `make starter-models`"
+    return paths
+
+
 def make_scene_raster(folder: Path, size=(200, 260), seed=3, nodata_border=0, name="scene"):
     from core.data.scenes import write_scene
     image, labels = folder / f"{name}.tif", folder / f"{name}_labels.tif"

@@ -179,7 +179,7 @@ def _inspect_dock():
     _report["current_tab"] = tabs.tabText(tabs.currentIndex()) if tabs else None
     segment = getattr(dock, "segment_tab", None)
     if segment is not None:
-        _report["model_label"] = segment.model_label.text()
+        _report["model_label"] = segment.model_picker.label.text()
         layer = segment.layer_combo.currentLayer()
         _report["segment_layer"] = layer.name() if layer else None
         _report["segment_device_choices"] = [segment.device_combo.itemText(i)

@@ -38,7 +38,7 @@ def test_segment_tab_adds_a_styled_class_layer(qtbot, dock, project, tmp_path, s
     tab.layer_combo.setLayer(layer)
     tab.output_widget.setFilePath(str(tmp_path / "classes.tif"))
     tab.polygons_check.setChecked(True)
-    assert "bare soil" in tab.model_label.text()
+    assert "bare soil" in tab.model_picker.label.text()
 
     with qtbot.waitSignal(project.layersAdded, timeout=120000):
         tab.run_button.click()
@@ -97,3 +97,39 @@ def test_no_layer_selected(qtbot, dock, project):
     dock.segment_tab.run_button.click()
     assert "No valid raster layer selected" in dock.segment_tab.log.toPlainText()
     assert QgsApplication.taskManager().countActiveTasks() == 0
+
+
+def test_synthesize_tab_previews_pairs_and_adds_them_as_layers(qtbot, dock, project, tmp_path, satsynth_starters):
+    tab = dock.synthesize_tab
+    assert "SatSynth" in tab.model_picker.label.text() and not tab.sr_picker.isEnabled()
+    tab.count_spin.setValue(2)
+    tab.steps_spin.setValue(3)
+    tab.sr_check.setChecked(True)
+    tab.add_layers_check.setChecked(True)
+    tab.output_widget.setFilePath(str(tmp_path / "pairs"))
+    tab.run_button.click()
+    qtbot.waitUntil(lambda: tab.run_button.isEnabled(), timeout=120000)
+
+    assert tab.preview.pixmap() is not None and not tab.preview.pixmap().isNull()
+    assert "2 pairs of 128 px written" in tab.log.toPlainText()
+    group = project.layerTreeRoot().findGroup("Synthetic pairs")
+    layers = [node.layer() for node in group.findLayers()]
+    assert sorted(layer.name() for layer in layers) == ["pair_00000 image", "pair_00000 mask",
+                                                       "pair_00001 image", "pair_00001 mask"]
+    masks = [layer for layer in layers if layer.name().endswith("mask")]
+    assert all(isinstance(m.renderer(), QgsPalettedRasterRenderer) for m in masks)
+    assert all(layer.width() == 128 for layer in layers)
+
+
+def test_synthesize_tab_cancel_writes_nothing(qtbot, dock, project, tmp_path, satsynth_starters):
+    tab = dock.synthesize_tab
+    tab.sampler_combo.setCurrentIndex(tab.sampler_combo.findData("ddpm"))
+    assert not tab.steps_spin.isEnabled()
+    tab.count_spin.setValue(2)
+    tab.output_widget.setFilePath(str(tmp_path / "out"))
+    tab.run_button.click()
+    qtbot.waitUntil(lambda: tab.progress_bar.value() > 0, timeout=60000)
+    tab.cancel_button.click()
+    qtbot.waitUntil(lambda: tab.run_button.isEnabled(), timeout=60000)
+    assert "Cancelled" in tab.log.toPlainText()
+    assert list(tmp_path.iterdir()) == []

@@ -134,15 +134,44 @@ def test_build_training_set_from_layers(processing, tmp_path):
     assert vector.isValid()
     out = processing.run("rsdiffusion:build_training_set", {
         "INPUT": str(image), "LABELS": vector, "CLASS_FIELD": "cls", "PATCH_SIZE": 64, "STRIDE": 64,
-        "OUTPUT": str(tmp_path / "from_polygons")})
+        "OUTPUT_FOLDER": str(tmp_path / "from_polygons")})
     assert out["PATCHES"] == 4 and out["SKIPPED"] == 0
     mask = rasterio.open(tmp_path / "from_polygons" / "masks" / "scene_r000000_c000000.tif").read(1)
     assert (mask[8:20, 4:24] == 3).all() and mask.sum() == 3 * 12 * 20
 
     out = processing.run("rsdiffusion:build_training_set", {
         "INPUT": str(image), "LABELS": str(labels), "PATCH_SIZE": 64, "STRIDE": 32,
-        "OUTPUT": str(tmp_path / "from_raster")})
-    data = FolderDataset.open(out["OUTPUT"])
+        "OUTPUT_FOLDER": str(tmp_path / "from_raster")})
+    data = FolderDataset.open(out["OUTPUT_FOLDER"])
     assert len(data.pairs) == out["PATCHES"] == 9 and data.bands == ["red", "green", "blue"]
     with rasterio.open(labels) as full, rasterio.open(data.pairs[4][1]) as patch:
         np.testing.assert_array_equal(patch.read(1), full.read(1)[32:96, 32:96])
+
+
+def test_synthesize_pairs_with_the_starter_models(processing, tmp_path, satsynth_starters):
+    from core.data.folder import FolderDataset
+    out = processing.run("rsdiffusion:synthesize_pairs", {
+        "COUNT": 3, "SAMPLER": "ddim", "STEPS": 4, "SR": True, "SEED": 7, "OUTPUT_FOLDER": str(tmp_path / "pairs")})
+    assert out["PAIRS"] == 3 and out["OUTPUT_FOLDER"] == str(tmp_path / "pairs")
+    data = FolderDataset.open(out["OUTPUT_FOLDER"])
+    assert len(data.pairs) == 3 and data.bands == ["red", "green", "blue"]
+    with rasterio.open(data.pairs[0][0]) as image, rasterio.open(data.pairs[0][1]) as mask:
+        assert (image.width, image.height, image.dtypes[0], image.crs) == (128, 128, "uint8", None)
+        assert set(mask.read(1).ravel()) <= {c.value for c in data.classes}
+    index = (tmp_path / "pairs" / "index.csv").read_text().splitlines()
+    assert len(index) == 4 and index[0].startswith("id,image,mask") and ",ddim-4," in index[1]
+
+
+def test_synthesize_pairs_ddpm_and_refusals(processing, tmp_path, satsynth_starters):
+    from qgis.core import QgsProcessingException
+    out = processing.run("rsdiffusion:synthesize_pairs", {
+        "COUNT": 1, "SAMPLER": "ddpm", "OUTPUT_FOLDER": str(tmp_path / "ddpm")})
+    assert ",ddpm-1000," in (tmp_path / "ddpm" / "index.csv").read_text()
+    with rasterio.open(tmp_path / "ddpm" / "images" / "pair_00000.tif") as image:
+        assert image.width == 64
+    with pytest.raises(QgsProcessingException, match="not empty"):
+        processing.run("rsdiffusion:synthesize_pairs", {"COUNT": 1, "STEPS": 2, "OUTPUT_FOLDER": out["OUTPUT_FOLDER"]})
+    with pytest.raises(QgsProcessingException, match="'satsynth' model"):
+        processing.run("rsdiffusion:synthesize_pairs", {"MODEL": str(satsynth_starters[1]), "COUNT": 1,
+                                                        "OUTPUT_FOLDER": str(tmp_path / "wrong")})
+    assert not (tmp_path / "wrong").exists()

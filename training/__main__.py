@@ -5,13 +5,17 @@ import argparse
 import logging
 import sys
 
-from training import satsynth, scenes, segment
+from training import augment_eval, satsynth, scenes, segment
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
     "segment": (segment.add_arguments, segment.main, "train a segmentation model on a folder of image/mask pairs"),
     "satsynth": (satsynth.add_arguments, satsynth.main, "train the SatSynth joint image + label diffusion model"),
     "satsynth-sr": (satsynth.add_arguments, satsynth.main_sr, "train the SatSynth x2 super-resolution stage"),
+    "synthesize": (satsynth.add_synthesize_arguments, satsynth.main_synthesize,
+                   "generate image/label pairs with a SatSynth model (+ x2 stage) into a dataset folder"),
+    "augment-eval": (augment_eval.add_arguments, augment_eval.main,
+                     "train one segmenter per synthetic ratio R and score each on held-out real data"),
 }
 
 

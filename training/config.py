@@ -9,7 +9,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 # Fields holding paths: relative values in a config file are relative to that file.
-PATH_FIELDS = ("data", "output", "encoder_weights", "synthetic", "init")
+PATH_FIELDS = ("data", "output", "encoder_weights", "synthetic", "eval_data", "init")
 
 
 def load_config(cls: type[T], path: str, overrides=None) -> T:

@@ -11,16 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from core.checkpoint import ModelCard, Normalization
 from core.data.folder import FolderDataset, PatchDataset, band_ranges
-from core.raster import hex_to_rgba
-from core.synthesis.satsynth import (SR_TASK, TASK, GeneratedPairs, architecture_for, build_denoiser,
+from core.synthesis.generate import save_pair_grid
+from core.synthesis.satsynth import (SAMPLERS, SR_TASK, TASK, GeneratedPairs, architecture_for, build_denoiser,
                                      diffusion_loss, downsample_pair, joint_tensor, sample, sr_architecture_for,
                                      sr_loss, super_resolve, training_scheduler)
 from training.config import add_run_arguments, load_config
-from training.trainer import Trainer, TrainSettings
+from training.trainer import Trainer, TrainSettings, seed_everything
 
 
 @dataclass
@@ -44,18 +42,6 @@ class SatSynthTrainConfig:
     resume: bool = False
 
 
-def save_sample_grid(pairs, colors: list[str], path: Path) -> None:
-    """Rows of image | label map, as a PNG for a quick look at training progress."""
-    from PIL import Image
-    palette = np.array([hex_to_rgba(c)[:3] for c in colors], dtype=np.uint8)
-    rows = []
-    for image, labels in zip(pairs.images, pairs.labels):
-        rgb = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
-        rgb = (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        rows.append(np.concatenate([rgb, palette[labels.numpy()]], axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-
-
 def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> Path:
     """The base model, or with `super_resolution` the x2 stage, trained on real high-res
     patches and their 2x-downsampled versions."""
@@ -64,6 +50,7 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
     low, span = band_ranges(pairs)
     k, bands = len(classes), len(band_names)
     architecture = (sr_architecture_for if super_resolution else architecture_for)(cfg.preset, bands, k)
+    seed_everything(cfg.seed)   # same config, same initial weights
     model = build_denoiser(architecture)
     scheduler = training_scheduler()
     run = Path(cfg.output)
@@ -95,7 +82,7 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
             generated = super_resolve(net, architecture, low, steps=20, seed=cfg.seed)
         else:
             generated = sample(net, architecture, count=4, steps=20, seed=cfg.seed, size=cfg.patch_size)
-        save_sample_grid(generated, [c.color for c in classes], run / f"samples_{trainer.step:06d}.png")
+        save_pair_grid(generated, [c.color for c in classes], run / f"samples_{trainer.step:06d}.png")
         return {}
 
     trainer.fit(loader, loss_fn, sample_grid)
@@ -104,7 +91,7 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
         normalization=Normalization(mean=low, std=span), classes=classes, tile_size=cfg.patch_size,
         ground_resolution=round(first.resolution[0] * factor, 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(pairs)} images",
-        extra={"steps": trainer.step, "base_downsample": factor, "scaling": "x01 = (raw - mean) / std per band (dataset range)",
+        extra={"steps": trainer.step, "base_downsample": factor, "dtype": first.dtype, "scaling": "x01 = (raw - mean) / std per band (dataset range)",
                "unlabelled_pixels_trained_as": classes[0].name}))
 
 
@@ -119,3 +106,28 @@ def main(args) -> None:
 def main_sr(args) -> None:
     cfg = load_config(SatSynthTrainConfig, args.config, args)
     print(f"model written to {train_satsynth(cfg, super_resolution=True)}")
+
+
+def add_synthesize_arguments(parser) -> None:
+    parser.add_argument("--output", required=True, help="new or empty folder for the pairs (dataset format)")
+    parser.add_argument("--count", type=int, default=16, help="number of pairs")
+    parser.add_argument("--model", default="", help="SatSynth model directory (default: the starter model)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddpm = the paper's 1000 steps")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--sr", action="store_true", help="add the x2 super-resolution stage")
+    parser.add_argument("--sr-model", default="", help="x2 model directory (default: the starter x2 model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+
+
+def main_synthesize(args) -> None:
+    from core.progress import TqdmProgress
+    from core.synthesis.generate import SynthesisParams, synthesize_pairs
+    progress = TqdmProgress("synthesize")
+    result = synthesize_pairs(SynthesisParams(
+        output_dir=args.output, count=args.count, model_dir=args.model, sampler=args.sampler, steps=args.steps,
+        super_resolution=args.sr, sr_model_dir=args.sr_model, seed=args.seed, batch_size=args.batch_size,
+        device=args.device), progress)
+    progress.close()
+    print(f"{len(result.pairs)} pairs written to {result.output_dir} (index: {result.index_path})")

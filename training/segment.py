@@ -19,7 +19,7 @@ from core.metrics.segmentation import confusion_matrix, scores
 from core.segmentation.model import STARTER_ARCHITECTURE, build_segmenter, load_encoder_weights
 from core.segmentation.pipeline import TASK
 from training.config import add_run_arguments, load_config
-from training.trainer import Trainer, TrainSettings
+from training.trainer import Trainer, TrainSettings, seed_everything
 
 
 @dataclass
@@ -36,6 +36,8 @@ class SegmentTrainConfig:
     batch_size: int = 8
     samples_per_image: int = 4
     val_fraction: float = 0.2
+    synthetic: str = ""              # optional folder of generated pairs (e.g. from synthesize_pairs)
+    synthetic_ratio: float = 0.0     # R synthetic per real sample in every batch; 0: real data only
     steps: int = 1000
     lr: float = 1e-3
     ema_decay: float = 0.0
@@ -65,6 +67,19 @@ def evaluate(model: torch.nn.Module, loader, n_classes: int, names: list[str], d
     return scores(cm, names)
 
 
+def open_synthetic(folder: str, real: FolderDataset) -> FolderDataset:
+    """Generated pairs must use the real data's bands and class values."""
+    synthetic = FolderDataset.open(folder)
+    if len(synthetic.bands) != len(real.bands):
+        raise SystemExit(f"Synthetic set {folder} has {len(synthetic.bands)} bands; the real data has "
+                         f"{len(real.bands)}.")
+    unknown = {c.value for c in synthetic.classes} - {c.value for c in real.classes}
+    if unknown:
+        raise SystemExit(f"Synthetic set {folder} has class values {sorted(unknown)} that the real data's "
+                         "class table does not know.")
+    return synthetic
+
+
 def train_segmenter(cfg: SegmentTrainConfig) -> Path:
     data = FolderDataset.open(cfg.data)
     pairs, classes, band_names, first = data.pairs, data.classes, data.bands, data.first
@@ -73,6 +88,7 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
     names = [c.name for c in classes]
     architecture = {"arch": cfg.arch, "encoder": cfg.encoder, "in_channels": len(band_names),
                     "classes": len(classes), "decoder": cfg.decoder}
+    seed_everything(cfg.seed)   # same config, same initial weights
     model = build_segmenter(architecture)
     if cfg.encoder_weights:
         load_encoder_weights(model, cfg.encoder_weights)
@@ -82,7 +98,14 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
         run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
         checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
     train_set = PatchDataset(train_pairs, classes, mean, std, cfg.patch_size, cfg.samples_per_image, train=True)
-    loader = trainer.loader(train_set, cfg.batch_size, cfg.num_workers)
+    if cfg.synthetic and cfg.synthetic_ratio > 0:
+        synthetic = open_synthetic(cfg.synthetic, data)
+        synthetic_set = PatchDataset(synthetic.pairs, classes, mean, std, cfg.patch_size, cfg.samples_per_image,
+                                     train=True)
+        loader = trainer.balanced_loader(train_set, synthetic_set, cfg.batch_size, cfg.synthetic_ratio,
+                                         cfg.num_workers)
+    else:
+        loader = trainer.loader(train_set, cfg.batch_size, cfg.num_workers)
     val_loader = (torch.utils.data.DataLoader(PatchDataset(val_pairs, classes, mean, std, cfg.patch_size, train=False),
                                               batch_size=cfg.batch_size) if val_pairs else None)
 
@@ -98,7 +121,9 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
         task=TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
         normalization=Normalization(mean=mean, std=std), classes=classes, tile_size=cfg.tile_size,
         ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
-        training_data=f"{Path(cfg.data).resolve().name}: {len(train_pairs)} train / {len(val_pairs)} val images",
+        training_data=f"{Path(cfg.data).resolve().name}: {len(train_pairs)} train / {len(val_pairs)} val images"
+                      + (f" + {Path(cfg.synthetic).resolve().name} (synthetic, R={cfg.synthetic_ratio:g})"
+                         if cfg.synthetic and cfg.synthetic_ratio > 0 else ""),
         metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},
         extra={"steps": trainer.step, "patch_size": cfg.patch_size, "ema_decay": cfg.ema_decay}))
 

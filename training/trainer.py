@@ -109,6 +109,15 @@ class Trainer:
                                            num_workers=num_workers,
                                            drop_last=len(dataset) // self.dist.world > batch_size)
 
+    def balanced_loader(self, real, synthetic, batch_size: int, ratio: float,
+                        num_workers: int = 0) -> torch.utils.data.DataLoader:
+        """Batches mixing real and synthetic samples 1 : ratio; each torchrun process takes its share."""
+        from core.data.balanced import BalancedBatchSampler
+        sampler = BalancedBatchSampler(len(real), len(synthetic), batch_size, ratio, self.settings.seed,
+                                       self.dist.rank, self.dist.world)
+        return torch.utils.data.DataLoader(torch.utils.data.ConcatDataset([real, synthetic]), batch_sampler=sampler,
+                                           num_workers=num_workers)
+
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 5% of the base rate."""
         s = self.settings

@@ -48,6 +48,12 @@ def read_class_table(root: str | os.PathLike) -> tuple[list[ClassInfo], list[str
     return [ClassInfo(**c) for c in data["classes"]], data.get("bands")
 
 
+def write_class_table(root: str | os.PathLike, classes: list[dict], bands) -> None:
+    """classes.json: [{value, name, color}] and the band names, as every trainer reads it."""
+    Path(root, "classes.json").write_text(json.dumps({"classes": classes, "bands": list(bands)}, indent=2),
+                                          encoding="utf-8")
+
+
 @dataclass
 class FolderDataset:
     """A dataset folder as trainers see it: pairs, class table, band names, first image's info."""

@@ -8,7 +8,6 @@ takes texture, colour and shape rather than a colour lookup.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
+from core.data.folder import write_class_table
 from core.raster import hex_to_rgba, write_geotiff
 
 SCENE_CLASSES = [
@@ -128,8 +128,7 @@ def write_scene_dataset(folder: str | os.PathLike, count: int, size: int, seed: 
         name = f"scene_{index:04d}.tif"
         write_scene(folder / "images" / name, folder / "masks" / name, size, size, int(scene_seed), nir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "classes.json").write_text(
-        json.dumps({"classes": SCENE_CLASSES, "bands": scene_bands(nir)}, indent=2))
+    write_class_table(folder, SCENE_CLASSES, scene_bands(nir))
     return folder
 
 

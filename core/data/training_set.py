@@ -6,10 +6,6 @@ read and written window by window, so the image may be larger than memory.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +16,9 @@ import rasterio.features
 from rasterio.warp import Resampling, reproject, transform_geom
 from rasterio.windows import Window
 
+from core.data.folder import write_class_table
 from core.progress import Progress
-from core.raster import RasterError, open_raster, raster_info, read_window, write_geotiff
+from core.raster import RasterError, open_raster, raster_info, read_window, staged_dir, write_geotiff
 
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".kml", ".sqlite")
 LABEL_NODATA = 255
@@ -55,18 +52,10 @@ def build_training_set(params: TrainingSetParams, progress: Progress | None = No
     progress = progress or Progress()
     info = raster_info(params.image_path)
     final = Path(params.output_dir)
-    if final.exists() and any(final.iterdir()):
-        raise RasterError(f"Output folder '{final}' is not empty; choose a new or empty folder.")
     labels = _VectorLabels(params, info) if Path(params.labels_path).suffix.lower() in VECTOR_SUFFIXES \
         else _RasterLabels(params, info)
-    out = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
+    with staged_dir(final) as out:
         result = _write_patches(params, info, labels, out, progress)
-        if final.exists():
-            final.rmdir()
-        os.replace(out, final)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
     progress.info(f"{result.patches} patch pairs written to {final}, {result.skipped} skipped for nodata.")
     return TrainingSetResult(str(final), result.patches, result.skipped, result.classes)
 
@@ -98,7 +87,7 @@ def _write_patches(params: TrainingSetParams, info, labels, out: Path, progress:
                 written += 1
             progress.step(i + 1, len(positions))
     classes = labels.class_table(sorted(seen))
-    (out / "classes.json").write_text(json.dumps({"classes": classes, "bands": list(info.band_names)}, indent=2))
+    write_class_table(out, classes, info.band_names)
     return TrainingSetResult(str(out), written, skipped, classes)
 
 

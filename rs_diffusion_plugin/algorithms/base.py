@@ -52,6 +52,21 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
     def device(self, parameters, context) -> str:
         return DEVICE_CHOICES[self.parameterAsEnum(parameters, "DEVICE", context)]
 
+    def run_core(self, call, feedback):
+        """Run `call(progress)` with Processing feedback; None when the user cancelled.
+
+        `call` builds the core parameters too, so a bad parameter value reaches the user as a
+        plain message like any other core error.
+        """
+        from core.progress import Cancelled
+        from rs_diffusion_plugin.progress import FeedbackProgress
+        try:
+            return call(FeedbackProgress(feedback))
+        except Cancelled:
+            return None
+        except Exception as exc:
+            raise self.user_error(exc) from exc
+
     @staticmethod
     def user_error(exc: Exception) -> QgsProcessingException:
         """Our own errors are already worded for the user; keep them free of tracebacks."""

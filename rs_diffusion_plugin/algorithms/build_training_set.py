@@ -29,32 +29,31 @@ class BuildTrainingSetAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_NODATA", self.tr("Largest share of nodata/unlabelled pixels in a patch (%)"),
             QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=100.0))
-        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", self.tr("Dataset folder")))
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", self.tr("Dataset folder")))
         self.addOutput(QgsProcessingOutputNumber("PATCHES", self.tr("Patch pairs written")))
         self.addOutput(QgsProcessingOutputNumber("SKIPPED", self.tr("Patches skipped for nodata")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from core.data.training_set import TrainingSetParams, build_training_set
-        from core.progress import Cancelled
         from rs_diffusion_plugin.layers import raster_source, vector_source
-        from rs_diffusion_plugin.progress import FeedbackProgress
         image = self.parameterAsRasterLayer(parameters, "INPUT", context)
         labels = self.parameterAsLayer(parameters, "LABELS", context)
-        try:
+
+        def run(progress):
             if isinstance(labels, QgsRasterLayer):
                 labels_path, labels_layer = raster_source(labels), ""
             else:
                 labels_path, labels_layer = vector_source(labels)
             params = TrainingSetParams(
                 image_path=raster_source(image), labels_path=labels_path, labels_layer=labels_layer,
-                output_dir=self.parameterAsString(parameters, "OUTPUT", context),
+                output_dir=self.parameterAsString(parameters, "OUTPUT_FOLDER", context),
                 patch_size=self.parameterAsInt(parameters, "PATCH_SIZE", context),
                 stride=self.parameterAsInt(parameters, "STRIDE", context),
                 class_field=self.parameterAsString(parameters, "CLASS_FIELD", context) or "",
                 max_nodata_fraction=self.parameterAsDouble(parameters, "MAX_NODATA", context) / 100.0)
-            result = build_training_set(params, FeedbackProgress(feedback))
-        except Cancelled:
+            return build_training_set(params, progress)
+
+        result = self.run_core(run, feedback)
+        if result is None:
             return {}
-        except Exception as exc:
-            raise self.user_error(exc) from exc
-        return {"OUTPUT": result.output_dir, "PATCHES": result.patches, "SKIPPED": result.skipped}
+        return {"OUTPUT_FOLDER": result.output_dir, "PATCHES": result.patches, "SKIPPED": result.skipped}

@@ -45,12 +45,11 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         # torch & co. load on first use, not while QGIS starts
-        from core.progress import Cancelled
         from core.segmentation.pipeline import SegmentParams, segment_raster
         from rs_diffusion_plugin.layers import raster_source
-        from rs_diffusion_plugin.progress import FeedbackProgress
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
-        try:
+
+        def run(progress):
             params = SegmentParams(
                 input_path=raster_source(layer),
                 output_path=self.parameterAsOutputLayer(parameters, "OUTPUT", context),
@@ -64,11 +63,11 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
                 polygons_path=_gpkg(self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context)),
                 layer_name=layer.name(),
             )
-            result = segment_raster(params, FeedbackProgress(feedback))
-        except Cancelled:
+            return segment_raster(params, progress)
+
+        result = self.run_core(run, feedback)
+        if result is None:
             return {}
-        except Exception as exc:
-            raise self.user_error(exc) from exc
         self.style_on_load(context, result.output_path, result.classes)
         outputs = {"OUTPUT": result.output_path}
         if result.probabilities_path:
