@@ -8,7 +8,6 @@ adds noise, which interleaved best-of-N timings damp.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from benchmarks.harness import step, timed
 from core.checkpoint import load_card, load_into
 from core.data.scenes import SCENE_CRS, make_scene, scene_transform, write_scene
 from core.device import describe_device, resolve_device
@@ -48,7 +48,12 @@ def bench_tiling(cfg: argparse.Namespace) -> dict:
         return {**tiling_throughput(cfg, Path(tmp)), **tiling_rss(cfg, Path(tmp))}
 
 
-BENCHMARKS = {"tiling": bench_tiling}
+def bench_satsynth(cfg: argparse.Namespace) -> dict:
+    from benchmarks.satsynth import bench
+    return bench(cfg)
+
+
+BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------
@@ -176,20 +181,6 @@ def peak_rss_mb() -> float:
 
 
 # --- harness ------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def step(label: str):
-    print(f"  {label} ...", end="", flush=True)
-    start = time.perf_counter()
-    yield
-    print(f" {time.perf_counter() - start:.1f} s", flush=True)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
 
 def pick_model(explicit: str | None) -> tuple[str, bool]:
     """(model dir, is the shipped starter): an explicit --model wins, else the starter."""
