@@ -93,7 +93,7 @@ def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
 
 
 @pytest.mark.slow
-def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model):
+def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters):
     """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
     binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
     if not os.path.exists(binary):
@@ -112,6 +112,12 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     with rasterio.open(out) as dst, rasterio.open(image) as src:
         assert dst.crs == src.crs and dst.shape == src.shape
+    pairs = tmp_path / "qp_pairs"
+    run = subprocess.run([binary, "run", "rsdiffusion:synthesize_pairs", "--", "COUNT=1", "SAMPLER=ddim", "STEPS=2",
+                          "SR=true", f"OUTPUT_FOLDER={pairs}"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    with rasterio.open(pairs / "masks" / "pair_00000.tif") as mask:   # the bundled starter base + x2 models
+        assert mask.width == 128
     bundled = profiles / "profiles" / "default" / "python" / "plugins" / "rs_diffusion_plugin" / "vendor" / "core"
     assert bundled.is_dir()
 
