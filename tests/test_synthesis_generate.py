@@ -104,3 +104,13 @@ def test_cancel_leaves_no_folder(models, tmp_path):
         synthesize_pairs(SynthesisParams(str(tmp_path / "out"), count=4, model_dir=str(models[0]), steps=2,
                                          batch_size=2), CancelSecondBatch())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_generates_the_same_folder(models, tmp_path):
+    from training.__main__ import main as training_main
+    training_main(["synthesize", "--output", str(tmp_path / "cli"), "--count", "2", "--model", str(models[0]),
+                   "--steps", "2", "--sr", "--sr-model", str(models[1]), "--sr-steps", "2", "--seed", "5", "--batch-size", "2"])
+    reference = run(models, tmp_path / "api", count=2, super_resolution=True)
+    with rasterio.open(tmp_path / "cli" / "images" / "pair_00001.tif") as cli, \
+            rasterio.open(reference.pairs[1][0]) as api:
+        assert cli.width == 32 and (cli.read() == api.read()).all()

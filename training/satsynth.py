@@ -116,6 +116,7 @@ def add_synthesize_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--sr", action="store_true", help="add the x2 super-resolution stage")
     parser.add_argument("--sr-model", default="", help="x2 model directory (default: the starter x2 model)")
+    parser.add_argument("--sr-steps", type=int, default=50, help="DDIM steps of the x2 stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -127,7 +128,8 @@ def main_synthesize(args) -> None:
     progress = TqdmProgress("synthesize")
     result = synthesize_pairs(SynthesisParams(
         output_dir=args.output, count=args.count, model_dir=args.model, sampler=args.sampler, steps=args.steps,
-        super_resolution=args.sr, sr_model_dir=args.sr_model, seed=args.seed, batch_size=args.batch_size,
+        super_resolution=args.sr, sr_model_dir=args.sr_model, sr_steps=args.sr_steps, seed=args.seed,
+        batch_size=args.batch_size,
         device=args.device), progress)
     progress.close()
     print(f"{len(result.pairs)} pairs written to {result.output_dir} (index: {result.index_path})")
