@@ -22,7 +22,7 @@ from core.data.scenes import make_scene, write_scene_dataset
 from core.device import describe_device, resolve_device
 from core.metrics.fid import FEATURE_STAGES, SegmenterFeatures, frechet_distance
 from core.synthesis.generate import SynthesisParams, load_denoiser, synthesize_pairs, to_raw
-from core.synthesis.satsynth import TASK, sample
+from core.synthesis.satsynth import DDIM_ETA, TASK, sample
 from training.augment_eval import AugmentEvalConfig, run_augment_eval
 
 DDIM_TARGET = 0.10       # DDIM-50's proxy FID within 10% of DDPM-1000's
@@ -53,10 +53,12 @@ def sampler_figures(cfg: argparse.Namespace) -> dict:
     with step(f"{2 * n} real crops -> features"):
         real = features(real_crops(2 * n, seed=50_000, factor=factor))
     generated, seconds = {}, {}
-    for name, sampler, steps in (("ddim50", "ddim", 50), ("ddpm1000", "ddpm", 1000)):
-        with step(f"{n} pairs with {sampler.upper()}-{steps}"):
+    runs = (("ddim50", "DDIM-50", "ddim", 50, DDIM_ETA), ("ddim50_eta0", "DDIM-50 deterministic", "ddim", 50, 0.0),
+            ("ddpm1000", "DDPM-1000", "ddpm", 1000, DDIM_ETA))   # eta: DDIM's only
+    for name, label, sampler, steps, eta in runs:
+        with step(f"{n} pairs with {label}"):
             start = time.perf_counter()
-            generated[name] = sample(model, card.architecture, n, sampler, steps, seed=1)
+            generated[name] = sample(model, card.architecture, n, sampler, steps, seed=1, eta=eta)
             seconds[name] = time.perf_counter() - start
     fid = {name: frechet_distance(real[:n], features(to_raw(pairs.images, card).astype(np.float32)))
            for name, pairs in generated.items()}
@@ -67,6 +69,7 @@ def sampler_figures(cfg: argparse.Namespace) -> dict:
         "ddim50_speedup": round(speedup, 2), "ddim50_speedup_target": SPEEDUP_TARGET,
         "ddim50_speedup_pass": speedup >= SPEEDUP_TARGET,
         "proxy_fid_ddpm1000": round(fid["ddpm1000"], 3), "proxy_fid_ddim50": round(fid["ddim50"], 3),
+        "proxy_fid_ddim50_deterministic": round(fid["ddim50_eta0"], 3), "ddim_eta": DDIM_ETA,
         "proxy_fid_real_vs_real": round(floor, 3),
         "proxy_fid_ddim50_vs_ddpm1000": round(gap, 3), "proxy_fid_target": f"<= +{DDIM_TARGET:.0%}",
         "proxy_fid_pass": gap <= DDIM_TARGET,

@@ -124,3 +124,34 @@ def test_multiband_uint16_data_trains_and_generates_in_its_own_range(tmp_path):
     with rasterio.open(result.pairs[0][0]) as image:
         assert image.count == 4 and image.dtypes[0] == "uint16" and image.descriptions[3] == "nir"
         assert image.read().min() >= min(card.normalization.mean)
+
+
+def test_sr_stage_regresses_v_and_old_cards_stay_epsilon():
+    from core.synthesis.satsynth import prediction_type, sr_architecture_for, sr_loss, upsample_joint
+    sr_arch = sr_architecture_for("small", 3, 5)
+    assert prediction_type(sr_arch) == "v_prediction" and prediction_type(ARCH) == "epsilon"
+
+    def zero_model(x, t):   # loss = mean(target^2): shows which target sr_loss regresses
+        return type("Out", (), {"sample": torch.zeros(x.shape[0], 6, *x.shape[-2:])})()
+
+    x0 = joint_tensor(torch.rand(2, 3, 16, 16), torch.randint(0, 5, (2, 16, 16)), 5)
+    low = joint_tensor(torch.rand(2, 3, 8, 8), torch.randint(0, 5, (2, 8, 8)), 5)
+    for kind in ("v_prediction", "epsilon"):
+        scheduler = training_scheduler(kind)
+        loss = sr_loss(zero_model, scheduler, x0, low, 3, generator=torch.Generator().manual_seed(3))
+        g = torch.Generator().manual_seed(3)   # replay sr_loss's draws
+        torch.randint(0, 101, (2,), generator=g)
+        torch.randn(upsample_joint(low, 3).shape, generator=g)
+        t = torch.randint(0, 1000, (2,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        target = scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else noise
+        torch.testing.assert_close(loss, (target ** 2).mean())
+
+
+def test_ddim_eta_is_reproducible_and_changes_the_path():
+    torch.manual_seed(0)
+    model = build_denoiser(ARCH)
+    stochastic = [sample(model, ARCH, count=1, steps=3, size=16, seed=5, eta=1.0).images for _ in range(2)]
+    deterministic = sample(model, ARCH, count=1, steps=3, size=16, seed=5, eta=0.0).images
+    torch.testing.assert_close(stochastic[0], stochastic[1])
+    assert not torch.allclose(stochastic[0], deterministic)

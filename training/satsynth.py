@@ -14,8 +14,9 @@ from pathlib import Path
 from core.checkpoint import ModelCard, Normalization
 from core.data.folder import FolderDataset, PatchDataset, band_ranges
 from core.synthesis.generate import save_pair_grid
-from core.synthesis.satsynth import (SAMPLERS, SR_TASK, TASK, GeneratedPairs, architecture_for, build_denoiser,
-                                     diffusion_loss, downsample_pair, joint_tensor, sample, sr_architecture_for,
+from core.synthesis.satsynth import (DDIM_ETA, SAMPLERS, SR_TASK, TASK, GeneratedPairs, architecture_for, build_denoiser,
+                                     diffusion_loss, downsample_pair, joint_tensor, prediction_type, sample,
+                                     sr_architecture_for,
                                      sr_loss, super_resolve, training_scheduler)
 from training.config import add_run_arguments, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
@@ -52,7 +53,7 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
     architecture = (sr_architecture_for if super_resolution else architecture_for)(cfg.preset, bands, k)
     seed_everything(cfg.seed)   # same config, same initial weights
     model = build_denoiser(architecture)
-    scheduler = training_scheduler()
+    scheduler = training_scheduler(prediction_type(architecture))
     run = Path(cfg.output)
     trainer = Trainer(model, TrainSettings(
         run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
@@ -114,6 +115,7 @@ def add_synthesize_arguments(parser) -> None:
     parser.add_argument("--model", default="", help="SatSynth model directory (default: the starter model)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddpm = the paper's 1000 steps")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--eta", type=float, default=DDIM_ETA, help="DDIM eta: 1 = stochastic (default), 0 = deterministic")
     parser.add_argument("--sr", action="store_true", help="add the x2 super-resolution stage")
     parser.add_argument("--sr-model", default="", help="x2 model directory (default: the starter x2 model)")
     parser.add_argument("--sr-steps", type=int, default=50, help="DDIM steps of the x2 stage")
@@ -127,7 +129,7 @@ def main_synthesize(args) -> None:
     from core.synthesis.generate import SynthesisParams, synthesize_pairs
     progress = TqdmProgress("synthesize")
     result = synthesize_pairs(SynthesisParams(
-        output_dir=args.output, count=args.count, model_dir=args.model, sampler=args.sampler, steps=args.steps,
+        output_dir=args.output, count=args.count, model_dir=args.model, sampler=args.sampler, steps=args.steps, eta=args.eta,
         super_resolution=args.sr, sr_model_dir=args.sr_model, sr_steps=args.sr_steps, seed=args.seed,
         batch_size=args.batch_size,
         device=args.device), progress)

@@ -21,7 +21,8 @@ from core.data.folder import write_class_table
 from core.device import describe_device, resolve_device
 from core.progress import Progress, SubProgress
 from core.raster import hex_to_rgba, staged_dir, write_geotiff
-from core.synthesis.satsynth import SAMPLERS, SR_TASK, TASK, GeneratedPairs, build_denoiser, sample, super_resolve
+from core.synthesis.satsynth import (DDIM_ETA, SAMPLERS, SR_TASK, TASK, GeneratedPairs, build_denoiser, sample,
+                                     super_resolve)
 
 PREVIEW_PAIRS = 8
 
@@ -34,6 +35,7 @@ class SynthesisParams:
     model_dir: str = ""            # empty: the shipped starter base model
     sampler: str = "ddim"          # "ddpm": the paper's 1000 ancestral steps; "ddim": `steps` steps
     steps: int = 50
+    eta: float = DDIM_ETA          # DDIM only: 1 = fresh noise every step (better pairs from small models), 0 = deterministic
     super_resolution: bool = False
     sr_model_dir: str = ""         # empty: the shipped starter x2 model
     sr_steps: int = 50
@@ -91,7 +93,8 @@ def synthesize_pairs(params: SynthesisParams, progress: Progress | None = None) 
             count = min(params.batch_size, params.count - start)
             seed = params.seed + start   # batch seeds: a run is reproducible and its batches independent
             share = SubProgress(progress, b / len(batches), (b + (0.5 if sr else 1.0)) / len(batches))
-            pairs = sample(base, card.architecture, count, params.sampler, params.steps, seed, progress=share)
+            pairs = sample(base, card.architecture, count, params.sampler, params.steps, seed, progress=share,
+                           eta=params.eta)
             if sr:
                 share = SubProgress(progress, (b + 0.5) / len(batches), (b + 1) / len(batches))
                 pairs = super_resolve(sr, sr_card.architecture, pairs, params.sr_steps, seed, progress=share)
@@ -156,7 +159,7 @@ def _write_batch(out: Path, pairs: GeneratedPairs, card: ModelCard, start: int, 
 
 def _write_index(path: Path, rows: list[dict], params: SynthesisParams, card: ModelCard,
                  sr_card: ModelCard | None) -> None:
-    sampler = f"{params.sampler}-{params.steps if params.sampler == 'ddim' else 1000}"
+    sampler = f"ddim-{params.steps} (eta {params.eta:g})" if params.sampler == "ddim" else "ddpm-1000"
     extra = {"model": card.name, "sampler": sampler,
              "super_resolution": f"{sr_card.name} (ddim-{params.sr_steps})" if sr_card else "off"}
     with open(path, "w", newline="", encoding="utf-8") as f:

@@ -3,7 +3,7 @@
 The joint tensor is [image scaled to [-1, 1], analog bits of the labels] ((bands + n_bits)
 channels); the denoiser is a diffusers UNet2DModel predicting epsilon, with the paper's
 linear beta schedule (1e-4 .. 2e-2, T = 1000). Sampling uses DDPM (the paper's 1000
-ancestral steps) or DDIM-N (the fast path).
+ancestral steps) or DDIM-N (the fast path; stochastic, eta = 1, by default: see DDIM_ETA).
 """
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ PRESETS: dict[str, dict[str, Any]] = {
               "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"], "norm_num_groups": 8},
 }
 SAMPLERS = ("ddim", "ddpm")
+# DDIM's eta (0 = deterministic, 1 = the DDPM posterior's noise at every skipped step). The paper does not use
+# DDIM. Measured on the starter (proxy FID, 32 pairs, DDPM-1000 = 7.3): eta 0 -> 19.6, eta 0.5 -> 15.3,
+# eta 1 -> 9.1. A small, briefly trained model's deterministic path drifts off the data; fresh noise at every
+# step corrects it, so eta 1 is the default and 0 stays available for reproducible interpolation.
+DDIM_ETA = 1.0
 
 
 def architecture_for(preset: str, bands: int, n_classes: int) -> dict[str, Any]:
@@ -40,13 +45,18 @@ def architecture_for(preset: str, bands: int, n_classes: int) -> dict[str, Any]:
             "unet": dict(PRESETS[preset], in_channels=channels, out_channels=channels)}
 
 
+def prediction_type(architecture: dict[str, Any]) -> str:
+    """What the denoiser predicts; cards written before the key existed are epsilon models."""
+    return architecture.get("prediction", "epsilon")
+
+
 def build_denoiser(architecture: dict[str, Any]) -> UNet2DModel:
     return UNet2DModel(**architecture["unet"])
 
 
-def training_scheduler() -> DDPMScheduler:
+def training_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
-                         prediction_type="epsilon")
+                         prediction_type=prediction_type)
 
 
 def joint_tensor(image01: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -73,8 +83,9 @@ class GeneratedPairs:
 
 @torch.inference_mode()
 def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler: str = "ddim", steps: int = 50,
-           seed: int = 0, size: int | None = None, progress: Progress | None = None) -> GeneratedPairs:
-    """Generate `count` image/label pairs; DDPM always runs all T steps (the paper's sampler)."""
+           seed: int = 0, size: int | None = None, progress: Progress | None = None,
+           eta: float = DDIM_ETA) -> GeneratedPairs:
+    """Generate `count` image/label pairs; DDPM always runs all T steps (the paper's sampler), `eta` is DDIM's."""
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
     progress = progress or Progress()
@@ -89,7 +100,7 @@ def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler
     for i, t in enumerate(scheduler.timesteps):
         eps = model(x, t).sample
         x = scheduler.step(eps, t, x, generator=generator).prev_sample if sampler == "ddpm" else \
-            scheduler.step(eps, t, x).prev_sample
+            scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
         progress.step(i + 1, len(scheduler.timesteps))
     x = x.clamp(-1, 1).cpu()
     bands, k = architecture["bands"], architecture["classes"]
@@ -102,6 +113,11 @@ def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler
 SR_TASK = "satsynth-sr"
 SR_CONDITION_NOISE = 100   # training corrupts the condition at a level drawn from 0..this (cascaded DDPM)
 SR_SAMPLING_NOISE = 50     # ... and sampling conditions on that fixed level
+# The x2 stage predicts v, not epsilon: with epsilon a small model ignored its condition at high noise
+# (from pure noise it reached MSE 0.075 to the truth where plain bilinear upsampling gives 0.0008), because
+# at t ~ T epsilon is almost the input and the loss never asks for the condition. v = sqrt(a) eps - sqrt(1-a) x0
+# is mostly x0 there, so the condition is needed at every t. The paper's eps-vs-x0 ablation is about the base.
+SR_PREDICTION = "v_prediction"
 
 
 def sr_architecture_for(preset: str, bands: int, n_classes: int) -> dict[str, Any]:
@@ -110,7 +126,7 @@ def sr_architecture_for(preset: str, bands: int, n_classes: int) -> dict[str, An
     Without self-attention (as the SR stages of cascaded diffusion): the model is fully
     convolutional, so it trains on crops and runs on any size.
     """
-    arch = architecture_for(preset, bands, n_classes)
+    arch = dict(architecture_for(preset, bands, n_classes), prediction=SR_PREDICTION)
     unet = arch["unet"]
     channels = unet["in_channels"]
     unet.update(in_channels=2 * channels, out_channels=channels, sample_size=2 * unet["sample_size"],
@@ -139,14 +155,16 @@ def _noisy_condition(scheduler, condition: torch.Tensor, levels: torch.Tensor,
 
 def sr_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0_high: torch.Tensor, low: torch.Tensor, bands: int,
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Epsilon-MSE of the high-res pair given the (noise-augmented) upsampled low-res pair."""
+    """MSE of the scheduler's prediction target (v for our x2 stage) for the high-res pair, given the
+    (noise-augmented) upsampled low-res pair."""
     levels = torch.randint(0, SR_CONDITION_NOISE + 1, (low.shape[0],), device=low.device, generator=generator)
     condition = _noisy_condition(scheduler, upsample_joint(low, bands), levels, generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0_high.shape[0],), device=x0_high.device,
                       generator=generator)
     noise = torch.randn(x0_high.shape, device=x0_high.device, generator=generator)
     noisy = scheduler.add_noise(x0_high, noise, t)
-    return F.mse_loss(model(torch.cat([noisy, condition], dim=1), t).sample, noise)
+    target = scheduler.get_velocity(x0_high, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    return F.mse_loss(model(torch.cat([noisy, condition], dim=1), t).sample, target)
 
 
 @torch.inference_mode()
@@ -154,7 +172,7 @@ def super_resolve(model: UNet2DModel, architecture: dict[str, Any], low: Generat
                   seed: int = 0, progress: Progress | None = None) -> GeneratedPairs:
     """2x image/label pairs from base-model pairs (DDIM-N)."""
     progress = progress or Progress()
-    scheduler = DDIMScheduler.from_config(training_scheduler().config)
+    scheduler = DDIMScheduler.from_config(training_scheduler(prediction_type(architecture)).config)
     scheduler.set_timesteps(steps)
     bands, k = architecture["bands"], architecture["classes"]
     device = next(model.parameters()).device

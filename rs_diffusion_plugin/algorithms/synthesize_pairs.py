@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qgis.core import (QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber)
 
 from core.catalog import starter_model_dir
@@ -17,7 +17,9 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
     GROUP = "Synthesis"
     HELP = ("Generates new image + class mask pairs with a SatSynth joint diffusion model, to enlarge a "
             "segmentation training set. Sampler: DDPM runs the paper's 1000 steps; DDIM runs STEPS steps "
-            "(50 is a good default, about 20x faster). SR adds the x2 super-resolution stage. Output: a "
+            "(50 is a good default, about 20x faster; advanced ETA: 1 adds fresh noise at every step, which "
+            "gives better pairs from small models, 0 makes DDIM deterministic). SR adds the x2 super-resolution "
+            "stage. Output: a "
             "dataset folder (images/, masks/, classes.json) that the trainers read, an index.csv with one "
             "row per pair, and preview.png. Generated pairs have no location: their GeoTIFFs carry no CRS.")
 
@@ -32,6 +34,11 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("DDIM steps"), QgsProcessingParameterNumber.Integer,
             defaultValue=50, minValue=1, maxValue=1000))
+        eta = QgsProcessingParameterNumber(
+            "ETA", self.tr("DDIM eta (1: fresh noise each step, better pairs; 0: deterministic)"),
+            QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=0.0, maxValue=1.0)
+        eta.setFlags(eta.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(eta)
         self.addParameter(QgsProcessingParameterBoolean(
             "SR", self.tr("x2 super-resolution stage"), defaultValue=False))
         self.addParameter(QgsProcessingParameterFile(
@@ -59,6 +66,7 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
                 model_dir=self.parameterAsFile(parameters, "MODEL", context),
                 sampler=self.parameterAsEnumString(parameters, "SAMPLER", context),
                 steps=self.parameterAsInt(parameters, "STEPS", context),
+                eta=self.parameterAsDouble(parameters, "ETA", context),
                 super_resolution=self.parameterAsBool(parameters, "SR", context),
                 sr_model_dir=self.parameterAsFile(parameters, "SR_MODEL", context),
                 seed=self.parameterAsInt(parameters, "SEED", context),
