@@ -6,14 +6,22 @@ one hands back its finished part at once, so the stitcher only keeps what is sti
 waiting for a neighbour: the right-hand overlap of the previous tile and the bottom
 overlap of the previous tile row (`overlap` rows). Memory therefore does not depend on the
 raster height, and only those `overlap` rows depend on its width.
+
+`run_tiles` is the loop every raster pipeline shares: read a batch of tiles on a worker
+thread while the model runs on the previous one, blend the predictions with a validity
+channel, and hand each finished block to the caller for writing.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import numpy as np
+
+from core.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -106,3 +114,55 @@ class TileStitcher:
         w = tile.width if last_col else s
         block = acc[:-1, :h, :w] / acc[-1:, :h, :w]
         return tile.row, tile.col, block
+
+
+def tile_batches(grid: TileGrid, size: int) -> Iterator[list[Tile]]:
+    """The grid's tiles in order, `size` at a time (the last batch may be shorter)."""
+    batch = []
+    for tile in grid:
+        batch.append(tile)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_tiles(grid: TileGrid, channels: int, read_tile: Callable[[Tile], tuple[Any, np.ndarray]],
+              predict: Callable[[list[Tile], list[Any]], np.ndarray],
+              write_block: Callable[[int, int, np.ndarray, np.ndarray], None],
+              batch_size: int, progress: Progress) -> None:
+    """Predict every tile of `grid`, blend the overlaps and write the raster block by block.
+
+    read_tile(tile) -> (inputs, valid): the tile's model inputs, padded to the tile size, and its
+        pixel validity (tile.height, tile.width). Runs on a worker thread, one batch ahead of the model.
+    predict(tiles, inputs) -> (len(tiles), channels, tile, tile) predictions to blend (probabilities,
+        not labels: blending averages them).
+    write_block(row, col, block, valid): a finished block (channels, h, w) of blended predictions at
+        raster pixel (row, col) and where it is valid (more than half of its blended validity).
+    progress.step runs after each batch, so a cancelled run stops there.
+    """
+    stitcher = TileStitcher(grid, channels + 1)  # the last channel carries pixel validity
+
+    def read_batch(tiles: list[Tile]):
+        inputs, valids = [], []
+        for tile in tiles:
+            tile_inputs, valid = read_tile(tile)
+            inputs.append(tile_inputs)
+            valids.append(pad_tile(valid[None].astype(np.float32), grid.tile))
+        return tiles, inputs, valids
+
+    batches = tile_batches(grid, batch_size)
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read_batch, next(batches))
+        while pending is not None:
+            tiles, inputs, valids = pending.result()
+            upcoming = next(batches, None)
+            pending = reader.submit(read_batch, upcoming) if upcoming else None
+            predictions = predict(tiles, inputs)
+            for tile, prediction, valid in zip(tiles, predictions, valids):
+                row, col, block = stitcher.add(tile, np.concatenate([prediction, valid]))
+                write_block(row, col, block[:channels], block[channels] > 0.5)
+            done += len(tiles)
+            progress.step(done, len(grid))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
-from core.checkpoint import ModelError
+from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.progress import Progress
 from core.refinement.embedding import LabelEmbedding
 
@@ -132,6 +132,20 @@ def build_model(architecture: dict[str, Any], sd_path: str | Path | None = None,
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
     return IDGBR(architecture, unet, vae, empty_prompt_states(folder, progress or Progress()))
+
+
+def load_refiner(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[IDGBR, ModelCard]:
+    """A trained IDGBR model directory (task "idgbr"): everything, VAE and siamese copy included, is in its weights."""
+    card = load_card(model_dir, task=TASK)
+    model = load_into(build_model(card.architecture), model_dir)
+    return model.to(device).eval(), card
+
+
+def scale_image(raw: torch.Tensor, card: ModelCard) -> torch.Tensor:
+    """(B, bands, H, W) raw values -> [-1, 1] with the training data's per-band range (card: mean = min, std = span)."""
+    low = torch.tensor(card.normalization.mean, dtype=torch.float32, device=raw.device)[:, None, None]
+    span = torch.tensor(card.normalization.std, dtype=torch.float32, device=raw.device)[:, None, None]
+    return ((raw.float() - low) / span * 2 - 1).clamp(-1, 1)
 
 
 def empty_prompt_states(folder: Path, progress: Progress) -> torch.Tensor | None:

@@ -1,14 +1,12 @@
 """segment_raster: a raster of any size -> class raster (+ probabilities, + polygons).
 
-Tiles are read window by window (the next batch is read while the model runs), normalised
-as the model card says, run in batches, blended as probabilities (not argmaxes) and written
-block by block as soon as no later tile touches them.
+Tiles are read window by window, normalised as the model card says, run in batches, blended
+as probabilities (not argmaxes) and written block by block by core.tiling.run_tiles.
 """
 from __future__ import annotations
 
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from core.device import BatchRunner, describe_device, resolve_device
 from core.progress import Progress, SubProgress
 from core.raster import GeoTiffWriter, RasterError, check_bands, open_raster, raster_info, read_window
 from core.segmentation.model import build_segmenter
-from core.tiling import TileGrid, TileStitcher, pad_tile
+from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygonize
 
 TASK = "segmentation"
@@ -125,17 +123,21 @@ def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
     def forward(model, x):
         return torch.softmax(model(x), dim=1)
 
-    def read_batch(src, tiles):
-        inputs, valids = [], []
-        for t in tiles:
-            data, valid = read_window(src, Window(t.col, t.row, t.width, t.height), bands)
-            inputs.append(pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile))
-            valids.append(pad_tile(valid[None].astype(np.float32), grid.tile))
-        return tiles, np.stack(inputs), valids
+    def read_tile(tile):
+        data, valid = read_window(src, Window(tile.col, tile.row, tile.width, tile.height), bands)
+        return pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile), valid
 
-    stitcher = TileStitcher(grid, n_classes + 1)  # last channel carries pixel validity
-    with contextlib.ExitStack() as stack, open_raster(params.input_path) as src, \
-            ThreadPoolExecutor(max_workers=1) as reader:
+    def predict(tiles, inputs):
+        return runner(torch.from_numpy(np.stack(inputs)), forward).numpy()
+
+    def write_block(row, col, probs, valid):
+        labels = values[np.argmax(probs, axis=0)]
+        labels[~valid] = nodata
+        classes_out.write(labels, row=row, col=col)
+        if probs_out is not None:
+            probs_out.write(np.where(valid, probs, PROBABILITY_NODATA), row=row, col=col)
+
+    with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
         classes_out = stack.enter_context(GeoTiffWriter(
             params.output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap,
             band_names=["class"], **common))
@@ -144,32 +146,4 @@ def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
             probs_out = stack.enter_context(GeoTiffWriter(
                 params.probabilities_path, count=n_classes, dtype="float32", nodata=PROBABILITY_NODATA,
                 band_names=[c.name for c in card.classes], **common))
-        batches = _batches(grid, params.batch_size)
-        pending = reader.submit(read_batch, src, next(batches))
-        done = 0
-        while pending is not None:
-            tiles, inputs, valids = pending.result()
-            upcoming = next(batches, None)
-            pending = reader.submit(read_batch, src, upcoming) if upcoming else None
-            preds = runner(torch.from_numpy(inputs), forward).numpy()
-            for t, pred, valid in zip(tiles, preds, valids):
-                row, col, block = stitcher.add(t, np.concatenate([pred, valid]))
-                probs, ok = block[:n_classes], block[n_classes] > 0.5
-                labels = values[np.argmax(probs, axis=0)]
-                labels[~ok] = nodata
-                classes_out.write(labels, row=row, col=col)
-                if probs_out is not None:
-                    probs_out.write(np.where(ok, probs, PROBABILITY_NODATA), row=row, col=col)
-            done += len(tiles)
-            progress.step(done, len(grid))
-
-
-def _batches(grid: TileGrid, size: int):
-    batch = []
-    for tile in grid:
-        batch.append(tile)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        run_tiles(grid, n_classes, read_tile, predict, write_block, params.batch_size, progress)
