@@ -1,10 +1,11 @@
-"""QGIS layer <-> file conversions and styling from a model card's classes."""
+"""QGIS layer <-> file conversions and styling (from a model card's classes, or like another layer)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsPalettedRasterRenderer, QgsProject,
-                       QgsRasterLayer, QgsRendererCategory, QgsVectorLayer)
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsContrastEnhancement, QgsFillSymbol, QgsPalettedRasterRenderer,
+                       QgsProject, QgsRasterLayer, QgsRasterRenderer, QgsRendererCategory, QgsSingleBandGrayRenderer,
+                       QgsVectorLayer)
 from qgis.PyQt.QtGui import QColor
 
 from core.raster import RasterError
@@ -81,4 +82,73 @@ def add_pair_layers(pairs: list[tuple[str, str]], classes: list[dict], group_nam
             project.addMapLayer(layer, False)
             group.addLayer(layer)
         added += [image, mask]
+    return added
+
+
+# Renderers that show a classification's classes value by value: unique values, or classified pseudocolour.
+CLASS_RENDERERS = ("paletted", "singlebandpseudocolor")
+
+
+def class_values(layer: QgsRasterLayer) -> list[tuple[int, str]]:
+    """(value, legend label) of every class value present in band 1 of a classification layer.
+
+    The values come from the provider's histogram (nodata excluded), not from the legend: a GDAL
+    colour table gives QGIS a 256-entry legend whatever the raster holds. Labels come from the
+    layer's unique-values legend when it has one ("" otherwise, or when the label is just the value).
+    """
+    renderer = layer.renderer()
+    legend = {}
+    if renderer is not None and renderer.type() == "paletted":
+        legend = {int(c.value): c.label for c in renderer.classes() if c.label != f"{int(c.value)}"}
+    present = QgsPalettedRasterRenderer.classDataFromRaster(layer.dataProvider(), 1)
+    return [(int(c.value), legend.get(int(c.value), "")) for c in present]
+
+
+def class_style(layer: QgsRasterLayer) -> QgsRasterRenderer | None:
+    """A copy of the renderer showing a classification layer's classes, to style a layer derived from it.
+
+    None when the layer shows its values otherwise (e.g. grey): the derived layer then gets the
+    QGIS default, which is the raster's own colour table when it has one.
+    """
+    renderer = layer.renderer() if layer is not None else None
+    if renderer is None or renderer.type() not in CLASS_RENDERERS:
+        return None
+    return renderer.clone()
+
+
+def apply_class_style(layer: QgsRasterLayer, style: QgsRasterRenderer | None) -> None:
+    if style is not None:
+        layer.setRenderer(style.clone())  # the layer owns its renderer: keep `style` reusable
+        layer.triggerRepaint()
+
+
+def style_uncertainty_layer(layer: QgsRasterLayer) -> None:
+    """Grey from 0 (certain) to 1 (uncertain) on band 1 (entropy) of an uncertainty raster."""
+    provider = layer.dataProvider()
+    stretch = QgsContrastEnhancement(provider.dataType(1))
+    stretch.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    stretch.setMinimumValue(0.0)
+    stretch.setMaximumValue(1.0)
+    renderer = QgsSingleBandGrayRenderer(provider, 1)
+    renderer.setContrastEnhancement(stretch)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def add_refined_outputs(refined_path: str, uncertainty_path: str, style: QgsRasterRenderer | None, name: str,
+                        project: QgsProject | None = None) -> list:
+    """Add a refined classification, styled like its input, and its uncertainty raster; returns the layers."""
+    project = project or QgsProject.instance()
+    added = []
+    refined = QgsRasterLayer(refined_path, f"{name} (refined)")
+    if refined.isValid():
+        apply_class_style(refined, style)
+        project.addMapLayer(refined)
+        added.append(refined)
+    if uncertainty_path:
+        uncertainty = QgsRasterLayer(uncertainty_path, f"{name} (uncertainty)")
+        if uncertainty.isValid():
+            style_uncertainty_layer(uncertainty)
+            project.addMapLayer(uncertainty)
+            added.append(uncertainty)
     return added

@@ -76,22 +76,28 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
             return QgsProcessingException(str(exc))
         return QgsProcessingException(f"{type(exc).__name__}: {exc}")
 
-    def style_on_load(self, context, layer_id: str, classes: list[dict], polygons: bool = False) -> None:
-        """Style an output with the card's class colours when Processing loads it."""
+    @staticmethod
+    def style_on_load(context, layer_id: str, style) -> None:
+        """Run `style(layer)` on an output when Processing loads it into the project."""
         if not context.willLoadLayerOnCompletion(layer_id):
             return
-        styler = ClassStyler(classes, polygons)
+        styler = LayerStyler(style)
         _STYLERS.append(styler)  # Processing keeps only a pointer; Python must keep the object
         context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(styler)
+
+    def style_classes_on_load(self, context, layer_id: str, classes: list[dict], polygons: bool = False) -> None:
+        """Style an output with the card's class colours when Processing loads it."""
+        self.style_on_load(context, layer_id,
+                           lambda layer: (style_polygon_layer if polygons else style_class_layer)(layer, classes))
 
 
 _STYLERS: list = []
 
 
-class ClassStyler(QgsProcessingLayerPostProcessorInterface):
-    def __init__(self, classes: list[dict], polygons: bool):
+class LayerStyler(QgsProcessingLayerPostProcessorInterface):
+    def __init__(self, style):
         super().__init__()
-        self.classes, self.polygons = classes, polygons
+        self.style = style
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        (style_polygon_layer if self.polygons else style_class_layer)(layer, self.classes)
+        self.style(layer)

@@ -68,12 +68,12 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
         result = self.run_core(run, feedback)
         if result is None:
             return {}
-        self.style_on_load(context, result.output_path, result.classes)
+        self.style_classes_on_load(context, result.output_path, result.classes)
         outputs = {"OUTPUT": result.output_path}
         if result.probabilities_path:
             outputs["OUTPUT_PROBABILITIES"] = result.probabilities_path
         if result.polygons_path:
-            self.style_on_load(context, result.polygons_path, result.classes, polygons=True)
+            self.style_classes_on_load(context, result.polygons_path, result.classes, polygons=True)
             outputs["OUTPUT_POLYGONS"] = result.polygons_path
         return outputs
 

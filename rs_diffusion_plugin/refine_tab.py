@@ -1,0 +1,131 @@
+"""The dock's "Refine" tab: image + classification layer + IDGBR model -> refined classification layer."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFormLayout, QHeaderView, QLabel, QSpinBox,
+                                 QTableWidget, QTableWidgetItem)
+
+from core.catalog import DEVICE_CHOICES
+from core.refinement.model import TASK
+from core.refinement.pipeline import RefineParams, refine_raster
+from rs_diffusion_plugin.dock import ModelPicker, TaskTab
+from rs_diffusion_plugin.layers import add_refined_outputs, class_style, class_values, raster_source
+from rs_diffusion_plugin.task import CoreTask
+
+NOT_MAPPED = "(choose a model class)"
+
+
+class RefineTab(TaskTab):
+    title = "Refine"
+
+    def build_form(self, layout) -> None:
+        form = QFormLayout()
+        self.image_combo = QgsMapLayerComboBox()
+        self.image_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        form.addRow("Image layer", self.image_combo)
+        self.classification_combo = QgsMapLayerComboBox()
+        self.classification_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        form.addRow("Classification layer", self.classification_combo)
+        self.model_picker = ModelPicker(TASK)
+        form.addRow("Model", self.model_picker)
+        self.samples_spin = QSpinBox()
+        self.samples_spin.setRange(1, 64)
+        form.addRow("Samples per tile", self.samples_spin)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(0, 1000)
+        self.steps_spin.setSpecialValueText("model's")
+        form.addRow("Sampling steps", self.steps_spin)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        form.addRow("Device", self.device_combo)
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif)")
+        self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
+        form.addRow("Refined raster", self.output_widget)
+        self.uncertainty_check = QCheckBox("Also add an uncertainty layer (entropy, sample disagreement)")
+        form.addRow("", self.uncertainty_check)
+        layout.addLayout(form)
+        self.mapping_label = QLabel("Model class of each classification value (matching values are set "
+                                    "automatically):")
+        self.mapping_label.setWordWrap(True)
+        layout.addWidget(self.mapping_label)
+        self.mapping_table = QTableWidget(0, 2)
+        self.mapping_table.setHorizontalHeaderLabels(["Classification value", "Model class"])
+        self.mapping_table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.mapping_table.verticalHeader().setVisible(False)
+        self.mapping_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        layout.addWidget(self.mapping_table)
+        self.layer_values: list[tuple[int, str]] = []   # (value, legend label) of the classification layer
+        self.model_readable = False
+        # How the running task's result is named and styled: after the classification it refines
+        self.result_name, self.result_style = "", None
+        self.classification_combo.layerChanged.connect(self.read_layer_values)
+        self.model_picker.file_widget.fileChanged.connect(self.fill_mapping_table)
+        self.read_layer_values(self.classification_combo.currentLayer())
+
+    def read_layer_values(self, layer) -> None:
+        self.layer_values = class_values(layer) if layer is not None and layer.isValid() else []
+        self.fill_mapping_table()
+
+    def fill_mapping_table(self) -> None:
+        """One row per classification value, its model class preselected when the values match."""
+        from core.checkpoint import ModelError, load_card
+        try:
+            classes = load_card(self.model_picker.path(), task=TASK).classes
+        except ModelError:
+            classes = []   # the model picker says what is wrong, and so will a run
+        self.model_readable = bool(classes)
+        self.mapping_table.setRowCount(len(self.layer_values))
+        for row, (value, label) in enumerate(self.layer_values):
+            self.mapping_table.setItem(row, 0, QTableWidgetItem(f"{value} {label}".strip()))
+            combo = QComboBox()
+            combo.addItem(NOT_MAPPED, None)
+            for model_class in classes:
+                combo.addItem(f"{model_class.value}: {model_class.name}", model_class.value)
+            combo.setCurrentIndex(max(combo.findData(value), 0))
+            self.mapping_table.setCellWidget(row, 1, combo)
+        visible = bool(self.layer_values)
+        self.mapping_label.setVisible(visible)
+        self.mapping_table.setVisible(visible)
+
+    def value_map(self, layer_name: str) -> dict[int, int] | None:
+        """The table as a value map; None (by value) when the model cannot be read, so the run reports why."""
+        if not self.model_readable:
+            return None
+        mapping = {}
+        for row, (value, _) in enumerate(self.layer_values):
+            model_value = self.mapping_table.cellWidget(row, 1).currentData()
+            if model_value is None:
+                raise ValueError(f"Value {value} of layer '{layer_name}' has no model class: "
+                                 "choose one in the value table.")
+            mapping[value] = model_value
+        return mapping
+
+    def make_task(self) -> CoreTask:
+        image, classification = self.image_combo.currentLayer(), self.classification_combo.currentLayer()
+        image_path, classification_path = raster_source(image), raster_source(classification)
+        value_map = self.value_map(classification.name())
+        output = self.output_widget.filePath()
+        if not output:
+            folder = Path(tempfile.mkdtemp(prefix="refine_", dir=QgsProcessingUtils.tempFolder()))
+            output = str(folder / f"{classification.name()}_refined.tif")
+        stem = str(Path(output).with_suffix(""))
+        params = RefineParams(
+            image_path=image_path, classification_path=classification_path, output_path=output,
+            model_dir=self.model_picker.path(), samples=self.samples_spin.value(), steps=self.steps_spin.value(),
+            uncertainty_path=f"{stem}_uncertainty.tif" if self.uncertainty_check.isChecked() else "",
+            value_map=value_map, device=self.device_combo.currentText(),
+            image_layer_name=image.name(), classification_layer_name=classification.name())
+        self.result_name, self.result_style = classification.name(), class_style(classification)
+        return CoreTask(f"Refine {classification.name()}", refine_raster, params)
+
+    def on_success(self, result) -> None:
+        added = add_refined_outputs(result.output_path, result.uncertainty_path, self.result_style, self.result_name)
+        names = ", ".join(f"'{layer.name()}'" for layer in added)
+        self.write(f"Added {names}: {result.changed_fraction:.1%} of the pixels changed class "
+                   f"({result.tiles} tiles, {result.seconds:.1f} s on {result.device}).")
