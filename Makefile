@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth clean
+.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr clean
 
 ## setup: QGIS + xvfb from apt when missing, .venv on the system Python, the project in editable mode
 setup: $(STAMP)
@@ -45,8 +45,8 @@ qgis: setup
 	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
-## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~2 h)
-starter-models: starter-segmentation starter-satsynth
+## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~3 h)
+starter-models: starter-segmentation starter-satsynth starter-idgbr
 
 runs/data/scenes/classes.json: | setup
 	$(PY) -m training scenes --output runs/data/scenes --count 240 --size 256 --seed 1
@@ -62,6 +62,15 @@ starter-satsynth: setup runs/data/scenes/classes.json
 	$(call ship,runs/starter/satsynth,satsynth_starter)
 	$(PY) -m training satsynth-sr --config training/configs/satsynth_sr_starter.toml
 	$(call ship,runs/starter/satsynth_sr,satsynth_sr_starter)
+
+## starter-idgbr: IDGBR label embedding, autoencoder and refiner, on the starter segmenter's maps (~60 min)
+starter-idgbr: setup runs/data/scenes/classes.json
+	rm -rf runs/data/scenes/coarse
+	$(PY) -m training coarse-labels --data runs/data/scenes
+	$(PY) -m training idgbr-embed --config training/configs/idgbr_embed_starter.toml
+	$(PY) -m training idgbr-vae --config training/configs/idgbr_vae_starter.toml
+	$(PY) -m training idgbr --config training/configs/idgbr_starter.toml
+	$(call ship,runs/starter/idgbr,idgbr_starter)
 
 # ship RUN,NAME: copy a run's model (+ its training curves) into resources/models/NAME
 define ship

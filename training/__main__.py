@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from training import augment_eval, satsynth, scenes, segment
+from training import augment_eval, idgbr, idgbr_data, satsynth, scenes, segment
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
@@ -16,6 +16,16 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
                    "generate image/label pairs with a SatSynth model (+ x2 stage) into a dataset folder"),
     "augment-eval": (augment_eval.add_arguments, augment_eval.main,
                      "train one segmenter per synthetic ratio R and score each on held-out real data"),
+    "coarse-labels": (idgbr_data.add_coarse_arguments, idgbr_data.main_coarse,
+                      "write coarse class maps for a dataset (a segmenter's predictions and/or degraded masks)"),
+    "idgbr-embed": (idgbr.add_embed_arguments, idgbr.main_embed,
+                    "train the IDGBR label embedding (class map <-> 3-channel image)"),
+    "idgbr-vae": (idgbr.add_vae_arguments, idgbr.main_vae,
+                  "train the small IDGBR autoencoder on image patches and embedded masks"),
+    "idgbr": (idgbr.add_arguments, idgbr.main,
+              "train the IDGBR boundary-refinement diffusion model on image/mask/coarse triplets"),
+    "evaluate-refinement": (idgbr_data.add_evaluate_arguments, idgbr_data.main_evaluate,
+                            "refine a dataset's coarse maps and compare coarse vs refined boundary metrics"),
 }
 
 

@@ -1,0 +1,393 @@
+"""`python -m training idgbr-embed` / `idgbr-vae` / `idgbr`: the three training stages of IDGBR refinement.
+
+1. idgbr-embed: the label embedding (class map <-> 3-channel image in [-1, 1]) on random class maps.
+2. idgbr-vae (small preset): a small AutoencoderKL on image patches and embedded mask patches; afterwards its
+   scaling factor is set to 1 / std of its latents (how SD's 0.18215 was chosen), so that the diffusion
+   model sees unit-variance latents.
+3. idgbr: the refinement diffusion model on images/ + masks/ + coarse/ triplets (coarse maps from
+   `python -m training coarse-labels`). Embedding and VAE come from the stages above (sd15: SD's VAE) and
+   stay frozen; only the denoiser, the guidance modules and the REPA projector train.
+
+The small preset's pseudo-siamese encoder is a frozen copy of the randomly initialised UNet, made when the
+model is built. That is the honest small-scale analogue of the paper, whose copy is SD1.5's pretrained
+encoder: random frozen convolutions still carry the conditions' spatial layout, and the trainable guidance
+modules learn what to take from them, but the features are not the rich pretrained ones of sd15.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from core.checkpoint import ClassInfo, ModelCard, Normalization, load_card, load_into
+from core.data.folder import FolderDataset, PatchDataset, band_ranges
+from core.raster import hex_to_rgba
+from core.refinement.embedding import NOISE_STD, LabelEmbedding, embedding_loss, random_class_maps
+from core.refinement.model import (GUIDANCE_SCALE, REPA_WEIGHT, SAMPLING_STEPS, TASK, architecture_for,
+                                   build_model, noise_scheduler, refine, training_loss)
+from training.config import add_run_arguments, load_config
+from training.idgbr_data import TripletPatchDataset, coarse_source, list_triplets
+from training.trainer import Trainer, TrainSettings, seed_everything
+
+log = logging.getLogger("rs_diffusion")
+EMBEDDING_TASK, VAE_TASK = "idgbr-embedding", "idgbr-vae"
+SCALING_BATCHES = 8     # batches of latents whose std sets the VAE's scaling factor
+DINOV2_SIZE = 224       # REPA's DINOv2 input size: 16 x 16 patch tokens at patch 14
+PREVIEW_COUNT = 4       # fixed patches refined for the preview grids
+
+
+def dataset_card_fields(data: FolderDataset) -> dict:
+    """The card fields every IDGBR stage takes from the dataset: classes, bands and per-band range."""
+    low, span = band_ranges(data.pairs)
+    return {"classes": data.classes, "bands": list(data.bands), "normalization": Normalization(mean=low, std=span)}
+
+
+def stacked(dataset) -> list[torch.Tensor]:
+    """Every item of a small fixed dataset as one batch per field (the preview / validation patches)."""
+    return [torch.stack(field) for field in zip(*(dataset[i] for i in range(len(dataset))))]
+
+
+def load_embedding(model_dir: str, classes: list[ClassInfo]) -> LabelEmbedding:
+    """A trained idgbr-embed model, checked against the dataset's class values (index i <-> classes[i])."""
+    card = load_card(model_dir, task=EMBEDDING_TASK)
+    if [c.value for c in card.classes] != [c.value for c in classes]:
+        raise ValueError(f"Embedding '{card.name}' ({model_dir}) was trained for the class values "
+                         f"{[c.value for c in card.classes]}; the dataset has {[c.value for c in classes]}.")
+    return load_into(LabelEmbedding(card.architecture["classes"]), model_dir).requires_grad_(False).eval()
+
+
+# --- stage 1: label embedding -----------------------------------------------------------------------------
+@dataclass
+class EmbeddingTrainConfig:
+    data: str                      # only its classes.json (and bands, for the card) are used
+    output: str
+    name: str = ""
+    map_size: int = 32
+    batch_size: int = 32
+    steps: int = 2000
+    lr: float = 1e-2
+    val_every: int = 250
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+class RandomClassMaps(torch.utils.data.Dataset):
+    """Fresh uniform random class maps on every access (torch's RNG, seeded by the trainer); one epoch = `length`."""
+
+    def __init__(self, n_classes: int, size: int, length: int):
+        self.n_classes, self.size, self.length = n_classes, size, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return random_class_maps(1, self.size, self.n_classes)[0]
+
+
+@torch.no_grad()
+def round_trip_accuracy(embedding: LabelEmbedding, size: int = 32, noise_std: float = 0.0, seed: int = 0) -> float:
+    """Share of pixels of random class maps that decode(encode(labels) + noise) gives back."""
+    device = embedding.table.weight.device
+    generator = torch.Generator().manual_seed(seed)
+    labels = random_class_maps(8, size, embedding.n_classes, generator=generator)
+    encoded = embedding.encode(labels.to(device))
+    encoded = encoded + noise_std * torch.randn(encoded.shape, generator=generator).to(device)
+    return float((embedding.decode(encoded).argmax(1).cpu() == labels).float().mean())
+
+
+def train_embedding(cfg: EmbeddingTrainConfig) -> Path:
+    data = FolderDataset.open(cfg.data)
+    n_classes = len(data.classes)
+    seed_everything(cfg.seed)
+    embedding = LabelEmbedding(n_classes)
+    run = Path(cfg.output)
+    trainer = Trainer(embedding, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
+        seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    loader = trainer.loader(RandomClassMaps(n_classes, cfg.map_size, cfg.batch_size * 100), cfg.batch_size)
+
+    def validate(net):
+        return {"round_trip_accuracy": round_trip_accuracy(net, cfg.map_size),
+                "noisy_accuracy": round_trip_accuracy(net, cfg.map_size, NOISE_STD)}
+
+    metrics = trainer.fit(loader, lambda net, labels: embedding_loss(net, labels), validate)
+    return trainer.export(ModelCard(
+        task=EMBEDDING_TASK, name=cfg.name or run.name, architecture={"classes": n_classes},
+        tile_size=cfg.map_size, training_data=f"uniform random {cfg.map_size} px maps of the {n_classes} classes of "
+                                              f"{Path(cfg.data).resolve().name}",
+        metrics={k: round(v, 4) for k, v in metrics.items()},
+        extra={"steps": trainer.step, "noise_std": NOISE_STD,
+               "normalization": "placeholder: the dataset's band range, unused by the embedding"},
+        **dataset_card_fields(data)))
+
+
+# --- stage 2: the small VAE -----------------------------------------------------------------------------
+@dataclass
+class VaeTrainConfig:
+    data: str
+    output: str
+    embedding: str                 # the idgbr-embed model directory
+    name: str = ""
+    patch_size: int = 64
+    batch_size: int = 8            # patches per step; each adds its image and its embedded mask
+    samples_per_image: int = 4
+    steps: int = 3000
+    lr: float = 1e-3
+    kl_weight: float = 1e-4        # on the per-element KL; small: latents stay informative, scale set afterwards
+    ema_decay: float = 0.0
+    val_every: int = 500
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+def vae_inputs(embedding: LabelEmbedding, image01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The VAE's two kinds of input in one batch: images in [-1, 1] and embedded masks (unlabelled -> class 0)."""
+    with torch.no_grad():
+        return torch.cat([image01 * 2 - 1, embedding.encode(labels.clamp(min=0))])
+
+
+@torch.no_grad()
+def vae_quality(vae: AutoencoderKL, embedding: LabelEmbedding, image01: torch.Tensor,
+                labels: torch.Tensor) -> dict[str, float]:
+    """Image PSNR (dB, on the [0, 1] scale) and label round-trip accuracy (embed -> VAE -> decode -> argmax)."""
+    image, labels = image01 * 2 - 1, labels.clamp(min=0)
+    recon = vae.decode(vae.encode(image).latent_dist.mode()).sample.clamp(-1, 1)
+    psnr = 10 * math.log10(4 / max(F.mse_loss(recon, image).item(), 1e-10))
+    embedded = vae.decode(vae.encode(embedding.encode(labels)).latent_dist.mode()).sample
+    accuracy = (embedding.decode(embedded).argmax(1) == labels).float().mean().item()
+    return {"image_psnr": psnr, "label_accuracy": accuracy}
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, embedding: LabelEmbedding, loader, device) -> float:
+    """1 / std of the latents (mode) of images and embedded masks over a few batches."""
+    latents = [vae.encode(vae_inputs(embedding, image.to(device), labels.to(device))).latent_dist.mode().flatten()
+               for _, (image, labels) in zip(range(SCALING_BATCHES), loader)]
+    return 1.0 / torch.cat(latents).std().item()
+
+
+def train_vae(cfg: VaeTrainConfig) -> Path:
+    data = FolderDataset.open(cfg.data)
+    fields = dataset_card_fields(data)
+    low, span = fields["normalization"].mean, fields["normalization"].std
+    _check_rgb(data)
+    embedding = load_embedding(cfg.embedding, data.classes)
+    vae_config = architecture_for("small", len(data.classes))["vae"]
+    seed_everything(cfg.seed)
+    vae = AutoencoderKL.from_config(vae_config)
+    run = Path(cfg.output)
+    trainer = Trainer(vae, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
+        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    embedding.to(trainer.device)
+    dataset = PatchDataset(data.pairs, data.classes, low, span, cfg.patch_size, cfg.samples_per_image, train=True)
+    loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
+    fixed = PatchDataset(data.pairs[:PREVIEW_COUNT], data.classes, low, span, cfg.patch_size, train=False)
+    fixed_image, fixed_labels = (t.to(trainer.device) for t in stacked(fixed))
+
+    def loss_fn(net, batch):
+        x = vae_inputs(embedding, *batch)
+        posterior = net.encode(x).latent_dist
+        recon = net.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * kl
+
+    def validate(net):
+        net.eval()
+        return vae_quality(net, embedding, fixed_image, fixed_labels)
+
+    metrics = trainer.fit(loader, loss_fn, validate)
+    trainer.eval_model.eval()
+    factor = latent_scaling_factor(trainer.eval_model, embedding, loader, trainer.device)
+    return trainer.export(ModelCard(
+        task=VAE_TASK, name=cfg.name or run.name, tile_size=cfg.patch_size,
+        architecture={"preset": "small", "classes": len(data.classes),
+                      "vae": {**vae_config, "scaling_factor": round(factor, 6)}},
+        training_data=f"{Path(cfg.data).resolve().name}: {len(data.pairs)} images + their embedded masks",
+        metrics={k: round(v, 4) for k, v in metrics.items()},
+        extra={"steps": trainer.step, "loss": f"L1 + MSE + {cfg.kl_weight:g} x per-element KL",
+               "embedding": _source(cfg.embedding), "dtype": data.first.dtype,
+               "metrics_on": f"top-left {cfg.patch_size} px patches of the first {len(fixed)} training images",
+               "scaling": "image in [-1, 1] = 2 (raw - mean) / std - 1 per band (dataset range)"},
+        **fields))
+
+
+def _check_rgb(data: FolderDataset) -> None:
+    if len(data.bands) != 3:
+        raise ValueError(f"IDGBR encodes images with an RGB autoencoder; the dataset has {len(data.bands)} bands "
+                         f"({', '.join(data.bands)}). Keep three bands in images/.")
+
+
+def _source(model_dir: str) -> str:
+    """A model directory as the cards cite it: its name and where it was."""
+    return f"{load_card(model_dir).name} ({Path(model_dir).resolve()})"
+
+
+# --- stage 3: the refinement diffusion model ----------------------------------------------------------------
+@dataclass
+class IdgbrTrainConfig:
+    data: str                      # images/, masks/, coarse/, classes.json
+    output: str
+    embedding: str                 # the idgbr-embed model directory
+    vae: str = ""                  # small preset: the idgbr-vae model directory
+    name: str = ""
+    preset: str = "small"          # "small" | "sd15"
+    sd_path: str = ""              # sd15: a local Stable Diffusion 1.5 diffusers folder
+    dinov2: str = ""               # optional LOCAL timm DINOv2 weights file for REPA; empty: REPA off
+    dinov2_model: str = "vit_small_patch14_dinov2"
+    repa_steps: int = 200          # REPA only during the first steps (paper)
+    patch_size: int = 64
+    batch_size: int = 4
+    samples_per_image: int = 4
+    steps: int = 5000
+    lr: float = 1e-4               # the paper's 1e-5 is for the pretrained sd15 UNet
+    ema_decay: float = 0.999
+    sample_every: int = 1000       # refine fixed patches into a preview grid this often; 0: never
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+class Dinov2Tokens:
+    """Frozen DINOv2 loaded from a local timm weights file: patch tokens (B, N, D) of images in [-1, 1], for REPA."""
+
+    def __init__(self, model_name: str, weights: str):
+        import timm
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"DINOv2 weights file '{weights}' not found (weights are never downloaded).")
+        self.net = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)},
+                                     img_size=DINOV2_SIZE).eval().requires_grad_(False)
+        self.dim = self.net.num_features
+        self.mean = torch.tensor(self.net.pretrained_cfg["mean"])[:, None, None]
+        self.std = torch.tensor(self.net.pretrained_cfg["std"])[:, None, None]
+
+    def to(self, device) -> Dinov2Tokens:
+        self.net, self.mean, self.std = self.net.to(device), self.mean.to(device), self.std.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate((image + 1) / 2, size=(DINOV2_SIZE, DINOV2_SIZE), mode="bilinear", align_corners=False)
+        return self.net.forward_features((x - self.mean) / self.std)[:, self.net.num_prefix_tokens:]
+
+
+def build_refiner(cfg: IdgbrTrainConfig, classes: list[ClassInfo], repa_dim: int | None):
+    """The IDGBR model with the trained embedding (and small VAE) loaded, and its architecture for the card."""
+    sd_path = cfg.sd_path or None
+    architecture = architecture_for(cfg.preset, len(classes), sd_path, repa_dim)
+    if cfg.preset == "small":
+        if not cfg.vae:
+            raise SystemExit("The small preset needs `vae`: the model directory written by `idgbr-vae`.")
+        architecture["vae"] = load_card(cfg.vae, task=VAE_TASK).architecture["vae"]
+    elif cfg.vae:
+        log.info("sd15 preset: `vae` is ignored, SD1.5's own VAE is used.")
+    seed_everything(cfg.seed)   # same config, same initial weights (and the same siamese copy)
+    model = build_model(architecture, sd_path if cfg.preset == "sd15" else None)
+    embedding = load_embedding(cfg.embedding, classes)
+    model.label_embedding.load_state_dict(embedding.state_dict())
+    if cfg.preset == "small":
+        load_into(model.vae, cfg.vae)
+    return model, architecture
+
+
+def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
+    data = FolderDataset.open(cfg.data)
+    _check_rgb(data)
+    triplets = list_triplets(cfg.data)
+    fields = dataset_card_fields(data)
+    low, span = fields["normalization"].mean, fields["normalization"].std
+    dinov2 = Dinov2Tokens(cfg.dinov2_model, cfg.dinov2) if cfg.dinov2 else None
+    if dinov2 is None:
+        log.info("REPA off: no DINOv2 weights file given (`dinov2`).")
+    model, architecture = build_refiner(cfg, data.classes, dinov2.dim if dinov2 else None)
+    run = Path(cfg.output)
+    trainer = Trainer(model, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=1e-2, ema_decay=cfg.ema_decay,
+        val_every=max(1, cfg.sample_every), checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
+        device=cfg.device, resume=cfg.resume), parameters=model.diffusion_parameters())
+    if trainer.dist.world > 1:
+        raise SystemExit("idgbr trains in one process: its loss calls the model's parts directly, which "
+                         "DistributedDataParallel cannot wrap.")
+    dinov2 = dinov2.to(trainer.device) if dinov2 else None
+    scheduler = noise_scheduler()
+    dataset = TripletPatchDataset(triplets, data.classes, low, span, cfg.patch_size, cfg.samples_per_image)
+    loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
+    preview = TripletPatchDataset(triplets[:PREVIEW_COUNT], data.classes, low, span, cfg.patch_size, train=False)
+    preview_batch = stacked(preview)
+
+    def loss_fn(net, batch):
+        image, labels, coarse = batch
+        tokens = dinov2(image) if dinov2 is not None and trainer.step < cfg.repa_steps else None
+        return training_loss(net, scheduler, image, labels, coarse, dinov2_tokens=tokens)["loss"]
+
+    def preview_grid(net):
+        image, labels, coarse = preview_batch
+        refined = refine(net, image, coarse, seed=cfg.seed).argmax(1).cpu()
+        save_preview(run / f"samples_{trainer.step:06d}.png", image, coarse, refined, labels, data.classes)
+        return {"coarse_accuracy": float((coarse == labels).float().mean()),
+                "refined_accuracy": float((refined == labels).float().mean())}
+
+    metrics = trainer.fit(loader, loss_fn, preview_grid if cfg.sample_every > 0 else None)
+    repa = (f"on: {cfg.dinov2_model} from {Path(cfg.dinov2).resolve()}, first {cfg.repa_steps} steps, "
+            f"weight {REPA_WEIGHT}") if dinov2 else "off"
+    return trainer.export(ModelCard(
+        task=TASK, name=cfg.name or run.name, architecture=architecture, tile_size=cfg.patch_size,
+        ground_resolution=round(data.first.resolution[0], 4) if data.first.crs_wkt else None,
+        training_data=f"{Path(cfg.data).resolve().name}: {len(triplets)} image/mask/coarse triplets",
+        metrics={k: round(v, 4) for k, v in metrics.items()},
+        extra={"steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
+               "guidance_scale": GUIDANCE_SCALE, "preset": cfg.preset, "embedding": _source(cfg.embedding),
+               "vae": _source(cfg.vae) if cfg.preset == "small" else f"SD1.5 ({Path(cfg.sd_path).resolve()})",
+               "coarse_source": coarse_source(cfg.data) or "unknown", "repa": repa, "lr": cfg.lr,
+               "patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "ema_decay": cfg.ema_decay,
+               "scaling": "image in [-1, 1] = 2 (raw - mean) / std - 1 per band (dataset range)"},
+        **fields))
+
+
+def save_preview(path: Path, image: torch.Tensor, coarse: torch.Tensor, refined: torch.Tensor, truth: torch.Tensor,
+                 classes: list[ClassInfo]) -> None:
+    """One row per patch: image | coarse | refined | truth."""
+    from PIL import Image
+    palette = np.array([hex_to_rgba(c.color)[:3] for c in classes], dtype=np.uint8)
+    rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    rows = [np.concatenate([rgb[i], *(palette[m[i].numpy()] for m in (coarse, refined, truth))], axis=1)
+            for i in range(len(rgb))]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+# --- command line ----------------------------------------------------------------------------------------
+def add_embed_arguments(parser) -> None:
+    add_run_arguments(parser, "EmbeddingTrainConfig")
+
+
+def main_embed(args) -> None:
+    print(f"model written to {train_embedding(load_config(EmbeddingTrainConfig, args.config, args))}")
+
+
+def add_vae_arguments(parser) -> None:
+    add_run_arguments(parser, "VaeTrainConfig")
+
+
+def main_vae(args) -> None:
+    print(f"model written to {train_vae(load_config(VaeTrainConfig, args.config, args))}")
+
+
+def add_arguments(parser) -> None:
+    add_run_arguments(parser, "IdgbrTrainConfig")
+
+
+def main(args) -> None:
+    print(f"model written to {train_idgbr(load_config(IdgbrTrainConfig, args.config, args))}")
