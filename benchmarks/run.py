@@ -53,7 +53,12 @@ def bench_satsynth(cfg: argparse.Namespace) -> dict:
     return bench(cfg)
 
 
-BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth}
+def bench_idgbr(cfg: argparse.Namespace) -> dict:
+    from benchmarks.idgbr import bench
+    return bench(cfg)
+
+
+BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------

@@ -99,3 +99,13 @@ def read_polygons(path) -> tuple[list[dict], object]:
     with fiona.open(path) as src:
         rows = [dict(f["properties"], geometry=shape(f["geometry"])) for f in src]
         return rows, src.crs
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads; one thread avoids contention on a busy 2-core machine."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

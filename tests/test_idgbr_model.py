@@ -36,13 +36,7 @@ K = 4
 SIZE = 16  # pixels; the tiny VAE halves it: 8x8 latents
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads; one thread avoids contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_architecture(repa_dim=None):

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 from core.progress import Cancelled, Progress
 from core.raster import RasterError
@@ -17,13 +16,7 @@ COLORS = {0: (10, 20, 30, 255), 1: (200, 0, 0, 255), 2: (0, 200, 0, 255), 10: (1
           20: (4, 5, 6, 255), 30: (7, 8, 9, 255)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model gains nothing from threads; one thread avoids contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from scipy import ndimage
 
 from core.catalog import starter_model_dir
 from core.checkpoint import ClassInfo, load_card
-from core.data.folder import IMAGE_SUFFIXES, FolderDataset, PatchDataset, list_pairs
+from core.data.folder import IMAGE_SUFFIXES, FolderDataset, PatchDataset, list_pairs, read_class_indices
 from core.metrics.boundary import BoundaryMetrics
 from core.progress import Progress, SubProgress, TqdmProgress
-from core.raster import (RasterError, hex_to_rgba, open_raster, raster_info, read_array, read_window, staged_dir,
+from core.raster import (RasterError, hex_to_rgba, open_raster, raster_info, read_window, staged_dir,
                          write_geotiff)
 
 COARSE_DIR = "coarse"
@@ -201,7 +201,7 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
                 image_layer_name=image.name, classification_layer_name=f"{COARSE_DIR}/{coarse.name}"),
                 SubProgress(progress, index / n, (index + 1) / n))
             changed.append(result.changed_fraction)
-            truth, coarse_ids, refined_ids = (class_indices(p, classes) for p in (mask, coarse, refined))
+            truth, coarse_ids, refined_ids = (read_class_indices(p, classes) for p in (mask, coarse, refined))
             counted = (truth >= 0) & (coarse_ids >= 0) & (refined_ids >= 0)
             truth = np.where(counted, truth, -1)
             metrics["coarse"].add(np.where(counted, coarse_ids, 0), truth)
@@ -211,16 +211,6 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
         table = _markdown(results, data, model_dir, n, samples, steps, float(np.mean(changed)))
         (tmp / "metrics.md").write_text(table, encoding="utf-8")
     return table
-
-
-def class_indices(path: Path, classes: list[ClassInfo]) -> np.ndarray:
-    """Class raster -> class indices (the order of `classes`); nodata and unknown values -> -1."""
-    data, valid = read_array(path, [1])
-    lookup = np.full(65536, -1, np.int64)
-    for i, c in enumerate(classes):
-        lookup[c.value] = i
-    values = np.clip(data[0], 0, 65535).astype(np.int64)
-    return np.where(valid & (data[0] == values), lookup[values], -1)
 
 
 def _write_csv(path: Path, results: dict[str, dict[str, float]]) -> None:

@@ -18,7 +18,7 @@ import torch
 from rasterio.windows import Window
 
 from core.checkpoint import ClassInfo
-from core.raster import RasterError, RasterInfo, open_raster, raster_info, read_window
+from core.raster import RasterError, RasterInfo, open_raster, raster_info, read_array, read_window
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORE_INDEX = -100
@@ -68,6 +68,16 @@ class FolderDataset:
         classes, bands = read_class_table(root)
         first = raster_info(pairs[0][0])
         return cls(pairs, classes, list(bands or (f"band {i + 1}" for i in range(first.count))), first)
+
+
+def read_class_indices(path: str | os.PathLike, classes: list[ClassInfo]) -> np.ndarray:
+    """Class raster -> class indices (the order of `classes`); nodata and unknown values -> -1."""
+    data, valid = read_array(path, [1])
+    lookup = np.full(65536, -1, np.int64)
+    for i, c in enumerate(classes):
+        lookup[c.value] = i
+    values = np.clip(data[0], 0, 65535).astype(np.int64)
+    return np.where(valid & (data[0] == values), lookup[values], -1)
 
 
 def band_statistics(pairs: list[tuple[Path, Path]], max_images: int = 64) -> tuple[list[float], list[float]]:

@@ -3,7 +3,7 @@ error translation and output styling."""
 from __future__ import annotations
 
 from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFile)
+                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterFile)
 from qgis.PyQt.QtCore import QCoreApplication
 
 from core.catalog import DEVICE_CHOICES
@@ -44,6 +44,11 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFile(
             "MODEL", self.tr(description), behavior=QgsProcessingParameterFile.Folder, defaultValue=default_dir,
             optional=True))
+
+    def add_advanced(self, parameter: QgsProcessingParameterDefinition) -> None:
+        """A parameter shown under "Advanced parameters" in the algorithm dialog."""
+        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)
 
     def add_device_parameter(self):
         self.addParameter(QgsProcessingParameterEnum(

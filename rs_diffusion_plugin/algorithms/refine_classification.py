@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qgis.core import (QgsProcessingOutputNumber,
-                       QgsProcessingParameterBand, QgsProcessingParameterDefinition, QgsProcessingParameterNumber,
+                       QgsProcessingParameterBand, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString)
 
@@ -42,21 +42,21 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             "SAMPLES", self.tr("Samples per tile (averaged)"), QgsProcessingParameterNumber.Integer,
             defaultValue=1, minValue=1, maxValue=64))
         self.add_device_parameter()
-        self._add_advanced(QgsProcessingParameterString(
+        self.add_advanced(QgsProcessingParameterString(
             "VALUE_MAP", self.tr("Value mapping 'raster value:model class value, ...' (empty: the same values)"),
             optional=True))
-        self._add_advanced(QgsProcessingParameterNumber(
+        self.add_advanced(QgsProcessingParameterNumber(
             "STEPS", self.tr("Sampling steps (0: the model's)"), QgsProcessingParameterNumber.Integer,
             defaultValue=0, minValue=0, maxValue=1000))
-        self._add_advanced(QgsProcessingParameterNumber(
+        self.add_advanced(QgsProcessingParameterNumber(
             "GUIDANCE", self.tr("Guidance scale (0: the model's)"), QgsProcessingParameterNumber.Double,
             defaultValue=0.0, minValue=0.0, maxValue=50.0))
-        self._add_advanced(QgsProcessingParameterBand(
+        self.add_advanced(QgsProcessingParameterBand(
             "BANDS", self.tr("Image bands, in the model's order (empty: the first bands)"),
             parentLayerParameterName="INPUT", allowMultiple=True, optional=True))
-        self._add_advanced(QgsProcessingParameterNumber(
+        self.add_advanced(QgsProcessingParameterNumber(
             "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
-        self._add_advanced(QgsProcessingParameterNumber(
+        self.add_advanced(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Tiles per batch"), QgsProcessingParameterNumber.Integer,
             defaultValue=4, minValue=1, maxValue=256))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Refined classification")))
@@ -64,10 +64,6 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             "OUTPUT_UNCERTAINTY", self.tr("Uncertainty (entropy, disagreement)"), optional=True,
             createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", self.tr("Share of pixels that changed class")))
-
-    def _add_advanced(self, parameter: QgsProcessingParameterDefinition) -> None:
-        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(parameter)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         # torch & co. load on first use, not while QGIS starts

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from qgis.core import (QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterFile,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFile,
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber)
 
 from core.catalog import starter_model_dir
@@ -34,11 +34,9 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("DDIM steps"), QgsProcessingParameterNumber.Integer,
             defaultValue=50, minValue=1, maxValue=1000))
-        eta = QgsProcessingParameterNumber(
+        self.add_advanced(QgsProcessingParameterNumber(
             "ETA", self.tr("DDIM eta (1: fresh noise each step, better pairs; 0: deterministic)"),
-            QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=0.0, maxValue=1.0)
-        eta.setFlags(eta.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(eta)
+            QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterBoolean(
             "SR", self.tr("x2 super-resolution stage"), defaultValue=False))
         self.addParameter(QgsProcessingParameterFile(
