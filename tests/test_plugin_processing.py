@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sysconfig
 
+import numpy as np
 import pytest
 import rasterio
 from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessingModelAlgorithm,
@@ -42,7 +43,6 @@ def test_processing_run_on_a_layer(processing, tmp_path, scene_raster, starter_m
 
 def test_bad_input_gives_a_clear_processing_error(processing, tmp_path, starter_model):
     from qgis.core import QgsProcessingException
-    import numpy as np
     from tests.conftest import write_test_raster
     two = write_test_raster(tmp_path / "two.tif", np.zeros((2, 32, 32), np.uint8))
     with pytest.raises(QgsProcessingException, match=r"has 2 band\(s\) but the model needs 3"):
@@ -93,7 +93,7 @@ def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
 
 
 @pytest.mark.slow
-def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters):
+def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters, idgbr_starter):
     """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
     binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
     if not os.path.exists(binary):
@@ -112,6 +112,14 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     with rasterio.open(out) as dst, rasterio.open(image) as src:
         assert dst.crs == src.crs and dst.shape == src.shape
+    refined = tmp_path / "qp_refined.tif"   # the starter segmenter's map, refined by the starter IDGBR model
+    run = subprocess.run([binary, "run", "rsdiffusion:refine_classification", "--", f"INPUT={image}",
+                          f"CLASSIFICATION={out}", "STEPS=2", f"OUTPUT={refined}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    with rasterio.open(refined) as dst, rasterio.open(out) as coarse:
+        assert dst.crs == coarse.crs and dst.transform == coarse.transform and dst.shape == coarse.shape
+        assert set(np.unique(dst.read(1))) <= set(np.unique(coarse.read(1)))
     pairs = tmp_path / "qp_pairs"
     run = subprocess.run([binary, "run", "rsdiffusion:synthesize_pairs", "--", "COUNT=1", "SAMPLER=ddim", "STEPS=2",
                           "SR=true", f"OUTPUT_FOLDER={pairs}"], capture_output=True, text=True, env=env, timeout=300)
@@ -125,7 +133,6 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
 def test_build_training_set_from_layers(processing, tmp_path):
     """rsdiffusion:build_training_set with a polygon layer (GeoPackage) and with a class raster."""
     import fiona
-    import numpy as np
     from qgis.core import QgsVectorLayer
     from shapely.geometry import box, mapping
 
