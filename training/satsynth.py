@@ -14,10 +14,9 @@ from pathlib import Path
 from core.checkpoint import ModelCard, Normalization
 from core.data.folder import FolderDataset, PatchDataset, band_ranges
 from core.synthesis.generate import save_pair_grid
-from core.synthesis.satsynth import (DDIM_ETA, SAMPLERS, SR_TASK, TASK, GeneratedPairs, architecture_for, build_denoiser,
-                                     diffusion_loss, downsample_pair, joint_tensor, prediction_type, sample,
-                                     sr_architecture_for,
-                                     sr_loss, super_resolve, training_scheduler)
+from core.synthesis.satsynth import (DDIM_ETA, SAMPLERS, SR_TASK, TASK, GeneratedPairs, architecture_for,
+                                     build_denoiser, diffusion_loss, downsample_pair, joint_tensor, prediction_type,
+                                     sample, sr_architecture_for, sr_loss, super_resolve, training_scheduler)
 from training.config import add_run_arguments, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
 
@@ -115,7 +114,8 @@ def add_synthesize_arguments(parser) -> None:
     parser.add_argument("--model", default="", help="SatSynth model directory (default: the starter model)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddpm = the paper's 1000 steps")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--eta", type=float, default=DDIM_ETA, help="DDIM eta: 1 = stochastic (default), 0 = deterministic")
+    parser.add_argument("--eta", type=float, default=DDIM_ETA,
+                        help="DDIM eta: 1 = stochastic (default), 0 = deterministic")
     parser.add_argument("--sr", action="store_true", help="add the x2 super-resolution stage")
     parser.add_argument("--sr-model", default="", help="x2 model directory (default: the starter x2 model)")
     parser.add_argument("--sr-steps", type=int, default=50, help="DDIM steps of the x2 stage")

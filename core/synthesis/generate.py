@@ -35,7 +35,7 @@ class SynthesisParams:
     model_dir: str = ""            # empty: the shipped starter base model
     sampler: str = "ddim"          # "ddpm": the paper's 1000 ancestral steps; "ddim": `steps` steps
     steps: int = 50
-    eta: float = DDIM_ETA          # DDIM only: 1 = fresh noise every step (better pairs from small models), 0 = deterministic
+    eta: float = DDIM_ETA          # DDIM only: 1 = fresh noise each step (better from small models), 0 = deterministic
     super_resolution: bool = False
     sr_model_dir: str = ""         # empty: the shipped starter x2 model
     sr_steps: int = 50
