@@ -56,7 +56,8 @@ def test_writes_a_dataset_folder_the_trainers_read(models, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == [f"images/pair_{i:05d}.tif" for i in range(3)]
     assert all(abs(sum(float(r[f"fraction_{c.name}"]) for c in CLASSES) - 1) < 1e-3 for r in rows)
-    assert rows[0]["sampler"] == "ddim-2" and rows[0]["super_resolution"].endswith("(ddim-2)")
+    assert rows[0]["sampler"] == "ddim-2" and rows[0]["ddim_eta"] == "1"
+    assert rows[0]["super_resolution"].endswith("(ddim-2)")
     assert (tmp_path / "pairs" / "preview.png").stat().st_size > 100
 
 

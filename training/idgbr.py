@@ -254,6 +254,7 @@ class IdgbrTrainConfig:
     lr: float = 1e-4               # the paper's 1e-5 is for the pretrained sd15 UNet
     ema_decay: float = 0.999
     sample_every: int = 1000       # refine fixed patches into a preview grid this often; 0: never
+    guidance_scale: float = GUIDANCE_SCALE   # CFG weight stored in the card: what previews and users sample with
     checkpoint_every: int = 500
     num_workers: int = 0
     seed: int = 0
@@ -335,7 +336,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
 
     def preview_grid(net):
         image, labels, coarse = preview_batch
-        refined = refine(net, image, coarse, seed=cfg.seed).argmax(1).cpu()
+        refined = refine(net, image, coarse, guidance_scale=cfg.guidance_scale, seed=cfg.seed).argmax(1).cpu()
         save_preview(run / f"samples_{trainer.step:06d}.png", image, coarse, refined, labels, data.classes)
         return {"coarse_accuracy": float((coarse == labels).float().mean()),
                 "refined_accuracy": float((refined == labels).float().mean())}
@@ -349,7 +350,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         training_data=f"{Path(cfg.data).resolve().name}: {len(triplets)} image/mask/coarse triplets",
         metrics={k: round(v, 4) for k, v in metrics.items()},
         extra={"steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
-               "guidance_scale": GUIDANCE_SCALE, "preset": cfg.preset, "embedding": _source(cfg.embedding),
+               "guidance_scale": cfg.guidance_scale, "preset": cfg.preset, "embedding": _source(cfg.embedding),
                "vae": _source(cfg.vae) if cfg.preset == "small" else f"SD1.5 ({Path(cfg.sd_path).resolve()})",
                "coarse_source": coarse_source(cfg.data) or "unknown", "repa": repa, "lr": cfg.lr,
                "patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "ema_decay": cfg.ema_decay,

@@ -164,6 +164,8 @@ class Trainer:
                     break
             epoch += 1
         bar.close()
+        if validate is not None and not metrics and self.dist.main:   # resumed a finished run: still report
+            metrics = validate(self.eval_model)
         if self.dist.main:
             self._plot()
         return metrics

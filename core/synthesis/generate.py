@@ -159,8 +159,9 @@ def _write_batch(out: Path, pairs: GeneratedPairs, card: ModelCard, start: int, 
 
 def _write_index(path: Path, rows: list[dict], params: SynthesisParams, card: ModelCard,
                  sr_card: ModelCard | None) -> None:
-    sampler = f"ddim-{params.steps} (eta {params.eta:g})" if params.sampler == "ddim" else "ddpm-1000"
-    extra = {"model": card.name, "sampler": sampler,
+    ddim = params.sampler == "ddim"
+    extra = {"model": card.name, "sampler": f"ddim-{params.steps}" if ddim else "ddpm-1000",
+             "ddim_eta": f"{params.eta:g}" if ddim else "",
              "super_resolution": f"{sr_card.name} (ddim-{params.sr_steps})" if sr_card else "off"}
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=[*rows[0], *extra])
