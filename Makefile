@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr clean
+.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr starter-sar clean
 
 ## setup: QGIS + xvfb from apt when missing, .venv on the system Python, the project in editable mode
 setup: $(STAMP)
@@ -46,7 +46,7 @@ qgis: setup
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
 ## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~3 h)
-starter-models: starter-segmentation starter-satsynth starter-idgbr
+starter-models: starter-segmentation starter-satsynth starter-idgbr starter-sar
 
 runs/data/scenes/classes.json: | setup
 	$(PY) -m training scenes --output runs/data/scenes --count 240 --size 256 --seed 1
@@ -71,6 +71,22 @@ starter-idgbr: setup runs/data/scenes/classes.json
 	$(PY) -m training idgbr-vae --config training/configs/idgbr_vae_starter.toml
 	$(PY) -m training idgbr --config training/configs/idgbr_starter.toml
 	$(call ship,runs/starter/idgbr,idgbr_starter)
+
+## starter-sar: procedural SAR scenes, SAR-JointNet (3 stages), 128 generated pairs, SAROSS-Net with DAKD and
+## the same SAROSS-Net without generated data (the benchmark's control; not shipped) (~75 min)
+starter-sar: setup
+	rm -rf runs/data/sar_scenes runs/data/sar_generated
+	$(PY) -m training sar-scenes --output runs/data/sar_scenes --count 200 --size 256 --seed 7
+	$(PY) -m training sar-jointnet --config training/configs/sar_jointnet_stage1_starter.toml
+	$(PY) -m training sar-jointnet --config training/configs/sar_jointnet_stage2_starter.toml
+	$(PY) -m training sar-jointnet --config training/configs/sar_jointnet_stage3_starter.toml
+	$(call ship,runs/starter/sar_jointnet,sar_jointnet_starter)
+	$(PY) -m training sar-synthesize --model resources/models/sar_jointnet_starter --output runs/data/sar_generated \
+		--count 128 --steps 50 --seed 1
+	$(PY) -m training saross --config training/configs/saross_starter.toml
+	$(call ship,runs/starter/saross,saross_starter)
+	$(PY) -m training saross --config training/configs/saross_starter.toml --synthetic "" \
+		--output runs/starter/saross_real_only
 
 # ship RUN,NAME: copy a run's model (+ its training curves) into resources/models/NAME
 define ship

@@ -126,6 +126,7 @@ class RsDiffusionDock(QDockWidget):
     def __init__(self, parent=None):
         super().__init__("rs-diffusion", parent)
         self.setObjectName("RsDiffusionDock")
+        from rs_diffusion_plugin.oilspill_tab import OilSpillTab
         from rs_diffusion_plugin.refine_tab import RefineTab
         from rs_diffusion_plugin.segment_tab import SegmentTab
         from rs_diffusion_plugin.synthesize_tab import SynthesizeTab
@@ -133,6 +134,7 @@ class RsDiffusionDock(QDockWidget):
         self.segment_tab = SegmentTab()
         self.refine_tab = RefineTab()
         self.synthesize_tab = SynthesizeTab()
-        for tab in (self.segment_tab, self.refine_tab, self.synthesize_tab):
+        self.oilspill_tab = OilSpillTab()
+        for tab in (self.segment_tab, self.refine_tab, self.synthesize_tab, self.oilspill_tab):
             self.tabs.addTab(tab, tab.title)
         self.setWidget(self.tabs)

@@ -45,3 +45,19 @@ def test_geographic_crs_areas_in_square_metres(tmp_path):
     rows, _ = read_polygons(polygonize(raster, tmp_path / "p.gpkg", CLASSES))
     # 0.01 deg x 0.01 deg at the equator ~ 1.113 km x 1.106 km
     assert rows[0]["area_m2"] == pytest.approx(1.23e6, rel=0.02)
+
+
+def test_only_selected_classes_with_their_mean_probability(tmp_path):
+    grid = np.zeros((40, 50), np.uint8)
+    grid[5:15, 5:25] = 1          # one "water" slick
+    grid[30:34, 40:44] = 2
+    probability = np.full((40, 50), 0.1, np.float32)
+    probability[5:15, 5:15] = 0.6
+    probability[5:15, 15:25] = 1.0   # mean over the slick: 0.8
+    raster = write_test_raster(tmp_path / "c.tif", grid)
+    prob = write_test_raster(tmp_path / "p.tif", probability)
+    rows, _ = read_polygons(polygonize(raster, tmp_path / "s.gpkg", CLASSES, only_values=[1],
+                                       mean_of={"mean_prob": prob}))
+    assert [r["class_name"] for r in rows] == ["water"]
+    assert rows[0]["mean_prob"] == pytest.approx(0.8, abs=1e-4)
+    assert rows[0]["area_m2"] == pytest.approx(50.0)

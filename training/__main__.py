@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from training import augment_eval, idgbr, idgbr_data, satsynth, scenes, segment
+from training import augment_eval, idgbr, idgbr_data, sar, satsynth, scenes, segment
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
@@ -26,6 +26,16 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
               "train the IDGBR boundary-refinement diffusion model on image/mask/coarse triplets"),
     "evaluate-refinement": (idgbr_data.add_evaluate_arguments, idgbr_data.main_evaluate,
                             "refine a dataset's coarse maps and compare coarse vs refined boundary metrics"),
+    "sar-scenes": (sar.add_scenes_arguments, sar.main_scenes,
+                   "write a procedural SAR oil-spill dataset (sea clutter, slicks, look-alikes, ships, land)"),
+    "sar-jointnet": (sar.add_jointnet_arguments, sar.main_jointnet,
+                     "train SAR-JointNet (joint SAR image + label diffusion), stage 1, 2 or 3"),
+    "sar-synthesize": (sar.add_synthesize_arguments, sar.main_synthesize,
+                       "generate SAR image / label / soft-label pairs with a SAR-JointNet model"),
+    "saross": (sar.add_saross_arguments, sar.main_saross,
+               "train the SAROSS-Net oil-spill segmenter (with --synthetic: DAKD distillation)"),
+    "sar-evaluate": (sar.add_evaluate_arguments, sar.main_evaluate,
+                     "score a SAROSS-Net model on a SAR dataset (mIoU, per-class IoU and F1)"),
 }
 
 

@@ -58,10 +58,11 @@ def split_pairs(pairs, val_fraction: float, seed: int):
 
 
 def evaluate(model: torch.nn.Module, loader, n_classes: int, names: list[str], device) -> dict[str, float]:
+    """Scores on batches (image, class indices, ...): any further items (e.g. soft labels) are ignored."""
     model.eval()
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
     with torch.inference_mode():
-        for x, y in loader:
+        for x, y, *_ in loader:
             pred = model(x.to(device)).argmax(1).cpu()
             cm += confusion_matrix(pred, y, n_classes, IGNORE_INDEX)
     return scores(cm, names)

@@ -99,6 +99,15 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
 _STYLERS: list = []
 
 
+def gpkg_path(path: str | None) -> str:
+    """Polygons are always written as a GeoPackage; an unset optional output is ''."""
+    if not path:
+        return ""
+    if not path.lower().endswith(".gpkg"):
+        raise ValueError(f"Polygons are written as a GeoPackage: use a .gpkg file name, not '{path}'.")
+    return path
+
+
 class LayerStyler(QgsProcessingLayerPostProcessorInterface):
     def __init__(self, style):
         super().__init__()

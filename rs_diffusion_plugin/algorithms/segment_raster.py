@@ -6,7 +6,7 @@ from qgis.core import (QgsProcessingParameterBand, QgsProcessingParameterNumber,
                        QgsProcessingParameterVectorDestination, QgsProcessing)
 
 from core.catalog import starter_model_dir
-from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
+from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm, gpkg_path
 
 TASK = "segmentation"
 
@@ -60,7 +60,7 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
                 overlap=self.parameterAsInt(parameters, "OVERLAP", context),
                 batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
                 probabilities_path=self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or "",
-                polygons_path=_gpkg(self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context)),
+                polygons_path=gpkg_path(self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context)),
                 layer_name=layer.name(),
             )
             return segment_raster(params, progress)
@@ -77,11 +77,3 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
             outputs["OUTPUT_POLYGONS"] = result.polygons_path
         return outputs
 
-
-def _gpkg(path: str | None) -> str:
-    """Polygons are always written as a GeoPackage."""
-    if not path:
-        return ""
-    if not path.lower().endswith(".gpkg"):
-        raise ValueError(f"Class polygons are written as a GeoPackage: use a .gpkg file name, not '{path}'.")
-    return path

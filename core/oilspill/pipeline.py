@@ -1,0 +1,225 @@
+"""detect_oil_spills: a SAR scene of any size -> class raster + oil-slick polygons (SAROSS-Net).
+
+The scene's stretch (input kind, dB conversion, percentile clip; see core.oilspill.scaling) is
+fitted once on a decimated read, then tiles are read window by window, segmented in batches and
+blended as class probabilities by core.tiling.run_tiles. Pixels inside the optional land-mask
+polygons get the land class (or the background class when the model has none) and an oil
+probability of zero. Oil pixels become polygons with their area and mean oil probability.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio.features
+import torch
+from rasterio.windows import Window
+from shapely.geometry import box, mapping
+from shapely.strtree import STRtree
+
+from core.catalog import starter_model_dir
+from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.device import BatchRunner, describe_device, resolve_device
+from core.oilspill.saross import TASK, build_saross
+from core.oilspill.scaling import INPUT_KINDS, SarScaling, fit_scene_scaler
+from core.progress import Progress, SubProgress
+from core.raster import GeoTiffWriter, RasterError, open_raster, raster_info, read_window
+from core.segmentation.pipeline import class_raster_dtype
+from core.tiling import TileGrid, pad_tile, run_tiles
+from core.vector import polygonize, read_polygons_in_crs
+
+OIL_CLASS = "oil"
+LAND_CLASS = "land"
+PROBABILITY_NODATA = -1.0
+
+
+@dataclass
+class OilSpillParams:
+    """Everything one run needs; plain values so panel, Processing, CLI and tests share it."""
+    input_path: str
+    output_path: str                    # class raster
+    model_dir: str = ""                 # empty: the shipped starter model
+    band: int = 1                       # the SAR band (e.g. VV) to read
+    input_kind: str = "auto"            # auto | linear | db | amplitude (see core.oilspill.scaling)
+    land_mask_path: str = ""            # optional polygons (any OGR format) of land to exclude
+    land_mask_layer: str = ""           # layer name inside a multi-layer file
+    polygons_path: str = ""             # optional GeoPackage of oil-slick polygons
+    probability_path: str = ""          # optional float32 raster: oil probability
+    tile_size: int = 0                  # 0: the card's tile size
+    overlap: int = 64
+    batch_size: int = 4
+    device: str = "auto"
+    layer_name: str = ""                # how the user knows the input, for messages
+
+    def resolved_model_dir(self) -> str:
+        return self.model_dir or str(starter_model_dir(TASK))
+
+
+@dataclass
+class OilSpillResult:
+    output_path: str
+    polygons_path: str
+    probability_path: str
+    classes: list[dict]
+    device: str
+    seconds: float
+    tiles: int
+    scaling: str                        # how the input was read, e.g. "linear input, stretched ... dB"
+    oil_pixels: int
+    oil_area_km2: float                 # from the polygons when written, else pixel count x pixel area (NaN unknown)
+    slicks: int                         # number of oil polygons (0 when no polygons were asked for)
+
+
+def load_saross(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
+    card = load_card(model_dir, task=TASK)
+    if not any(c.name == OIL_CLASS for c in card.classes):
+        raise ModelError(f"Model '{card.name}' has no '{OIL_CLASS}' class "
+                         f"(classes: {', '.join(c.name for c in card.classes)}).")
+    return load_into(build_saross(card.architecture), model_dir), card
+
+
+def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) -> OilSpillResult:
+    progress = progress or Progress()
+    started = time.perf_counter()
+    name = params.layer_name or Path(params.input_path).name
+    _check(params, name)
+    model, card = load_saross(params.resolved_model_dir())
+    info = raster_info(params.input_path)
+    if not 1 <= params.band <= info.count:
+        raise RasterError(f"Layer '{name}' has bands 1..{info.count}; band {params.band} does not exist.")
+    if info.crs_wkt is None:
+        progress.warning(f"Layer '{name}' has no coordinate reference system: slick areas will be in pixel units.")
+    scaler = fit_scene_scaler(params.input_path, params.band, SarScaling.from_dict(card.extra.get("sar_scaling")),
+                              params.input_kind)
+    land = _land_polygons(params, info.crs_wkt, progress)
+    device = resolve_device(params.device)
+    runner = BatchRunner(model, device, progress)
+    tile = params.tile_size or card.tile_size
+    if tile % 32:
+        raise ValueError(f"Tile size must be a multiple of 32 pixels, not {tile}.")
+    grid = TileGrid(info.height, info.width, tile, min(params.overlap, tile // 2))
+    progress.info(f"Detecting oil spills in '{name}' band {params.band} ({info.width} x {info.height} px, "
+                  f"{len(grid)} tiles of {tile} px; {scaler.describe()}) with '{card.name}' on "
+                  f"{describe_device(device)}.")
+
+    with contextlib.ExitStack() as stack:
+        probability_path = params.probability_path
+        if params.polygons_path and not probability_path:   # the polygons' mean probability needs it
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="oil_", dir=Path(params.output_path).parent))
+            probability_path = str(Path(folder) / "oil_probability.tif")
+        try:
+            oil_pixels = _run_tiles(params, probability_path, card, info, scaler, land, grid, runner,
+                                    SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
+            slicks, area_km2 = 0, oil_pixels * _pixel_area_km2(info)
+            if params.polygons_path:
+                oil = [c.value for c in card.classes if c.name == OIL_CLASS]
+                polygonize(params.output_path, params.polygons_path, card.classes, only_values=oil,
+                           mean_of={"mean_oil_prob": probability_path}, progress=SubProgress(progress, 0.9, 1.0))
+                slicks, area_km2 = _polygon_totals(params.polygons_path)
+        except BaseException:
+            for out in (params.output_path, params.polygons_path, params.probability_path):
+                if out:
+                    Path(out).unlink(missing_ok=True)   # a failed or cancelled run leaves no half set of outputs
+            raise
+    seconds = time.perf_counter() - started
+    progress.info(f"{oil_pixels} oil pixels" + (f", {slicks} slick polygon(s) ({area_km2:.3f} km²)"
+                                                if params.polygons_path else "") + f"; done in {seconds:.1f} s.")
+    progress.set_fraction(1.0)
+    return OilSpillResult(params.output_path, params.polygons_path, params.probability_path,
+                          [asdict(c) for c in card.classes], describe_device(runner.device), seconds, len(grid),
+                          scaler.describe(), oil_pixels, area_km2, slicks)
+
+
+def _check(params: OilSpillParams, name: str) -> None:
+    if params.input_kind not in INPUT_KINDS:
+        raise ValueError(f"Unknown SAR input kind '{params.input_kind}'; choose one of {', '.join(INPUT_KINDS)}.")
+    inp = Path(params.input_path).resolve()
+    for out in (params.output_path, params.polygons_path, params.probability_path):
+        if out and Path(out).resolve() == inp:
+            raise RasterError(f"Output '{out}' is the input layer '{name}'; choose another file name.")
+    if params.polygons_path and not params.polygons_path.lower().endswith(".gpkg"):
+        raise ValueError(f"Oil-slick polygons are written as a GeoPackage: use a .gpkg file name, "
+                         f"not '{params.polygons_path}'.")
+
+
+def _land_polygons(params: OilSpillParams, crs_wkt: str | None, progress: Progress) -> STRtree | None:
+    if not params.land_mask_path:
+        return None
+    polygons = read_polygons_in_crs(params.land_mask_path, crs_wkt, params.land_mask_layer or None, "Land mask")
+    progress.info(f"Land mask: {len(polygons)} polygon(s); land pixels are never oil.")
+    return STRtree(polygons) if polygons else None
+
+
+def _land_in_window(land: STRtree | None, src, row: int, col: int, height: int, width: int) -> np.ndarray | None:
+    if land is None:
+        return None
+    transform = src.window_transform(Window(col, row, width, height))
+    bounds = rasterio.windows.bounds(Window(col, row, width, height), src.transform)
+    hits = land.geometries.take(land.query(box(*bounds)))
+    if len(hits) == 0:
+        return None
+    return rasterio.features.geometry_mask([mapping(g) for g in hits], (height, width), transform, invert=True)
+
+
+def _run_tiles(params, probability_path, card, info, scaler, land, grid, runner, progress) -> int:
+    dtype, nodata = class_raster_dtype(card)
+    values = np.asarray([c.value for c in card.classes], dtype=dtype)
+    names = [c.name for c in card.classes]
+    oil = names.index(OIL_CLASS)
+    land_index = names.index(LAND_CLASS) if LAND_CLASS in names else 0
+    common = dict(width=info.width, height=info.height, crs_wkt=info.crs_wkt, transform=info.transform)
+    oil_pixels = 0
+
+    def read_tile(tile):
+        raw, valid = read_window(src, Window(tile.col, tile.row, tile.width, tile.height), [params.band])
+        return pad_tile(scaler(raw, valid), grid.tile), valid
+
+    def predict(tiles, inputs):
+        return runner(torch.from_numpy(np.stack(inputs)), lambda model, x: torch.softmax(model(x), dim=1)).numpy()
+
+    def write_block(row, col, probs, valid):
+        nonlocal oil_pixels
+        index = np.argmax(probs, axis=0)
+        oil_probability = probs[oil]
+        on_land = _land_in_window(land, src, row, col, *index.shape)
+        if on_land is not None:
+            index[on_land] = land_index
+            oil_probability = np.where(on_land, 0.0, oil_probability)
+        labels = values[index]
+        labels[~valid] = nodata
+        oil_pixels += int(np.count_nonzero((index == oil) & valid))
+        classes_out.write(labels, row=row, col=col)
+        if probability_out is not None:
+            probability_out.write(np.where(valid, oil_probability, PROBABILITY_NODATA), row=row, col=col)
+
+    with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
+        classes_out = stack.enter_context(GeoTiffWriter(
+            params.output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap, band_names=["class"],
+            **common))
+        probability_out = None
+        if probability_path:
+            probability_out = stack.enter_context(GeoTiffWriter(
+                probability_path, count=1, dtype="float32", nodata=PROBABILITY_NODATA,
+                band_names=["oil probability"], **common))
+        run_tiles(grid, len(card.classes), read_tile, predict, write_block, params.batch_size, progress)
+    return oil_pixels
+
+
+def _pixel_area_km2(info) -> float:
+    """Area of one pixel in km²; NaN when the layer has no projected CRS (the polygons then give areas)."""
+    if info.crs_wkt is None or info.is_geographic:
+        return float("nan")
+    from rasterio.crs import CRS
+    factor = CRS.from_wkt(info.crs_wkt).linear_units_factor[1]
+    return info.resolution[0] * info.resolution[1] * factor ** 2 / 1e6
+
+
+def _polygon_totals(path: str) -> tuple[int, float]:
+    import fiona
+    with fiona.open(path) as src:
+        areas = [f["properties"]["area_km2"] for f in src]
+    return len(areas), float(sum(areas))

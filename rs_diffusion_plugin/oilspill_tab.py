@@ -1,0 +1,78 @@
+"""The dock's "Oil spills" tab: SAR layer (+ land mask) + SAROSS-Net -> styled oil classes and slick polygons."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox, QgsRasterBandComboBox
+from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout
+
+from core.catalog import DEVICE_CHOICES
+from core.oilspill.pipeline import OilSpillParams, detect_oil_spills
+from core.oilspill.saross import TASK
+from core.oilspill.scaling import INPUT_KINDS
+from rs_diffusion_plugin.dock import ModelPicker, TaskTab
+from rs_diffusion_plugin.layers import add_class_outputs, raster_source, vector_source
+from rs_diffusion_plugin.task import CoreTask
+
+
+class OilSpillTab(TaskTab):
+    title = "Oil spills"
+
+    def build_form(self, layout) -> None:
+        form = QFormLayout()
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        form.addRow("SAR layer", self.layer_combo)
+        self.band_combo = QgsRasterBandComboBox()
+        self.band_combo.setLayer(self.layer_combo.currentLayer())
+        self.layer_combo.layerChanged.connect(self.band_combo.setLayer)
+        form.addRow("Band", self.band_combo)
+        self.kind_combo = QComboBox()
+        self.kind_combo.addItems(INPUT_KINDS)
+        self.kind_combo.setToolTip("auto: integer = amplitude, negative floats = dB, other floats = linear "
+                                   "backscatter (converted to dB)")
+        form.addRow("Input values", self.kind_combo)
+        self.land_combo = QgsMapLayerComboBox()
+        self.land_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.land_combo.setAllowEmptyLayer(True)
+        self.land_combo.setLayer(None)
+        form.addRow("Land mask (optional)", self.land_combo)
+        self.model_picker = ModelPicker(TASK)
+        form.addRow("Model", self.model_picker)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        form.addRow("Device", self.device_combo)
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif)")
+        self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
+        form.addRow("Class raster", self.output_widget)
+        self.polygons_check = QCheckBox("Also write oil-slick polygons (GeoPackage)")
+        self.polygons_check.setChecked(True)
+        form.addRow("", self.polygons_check)
+        layout.addLayout(form)
+
+    def make_task(self) -> CoreTask:
+        layer = self.layer_combo.currentLayer()
+        output = self.output_widget.filePath()
+        if not output:
+            folder = Path(tempfile.mkdtemp(prefix="oilspill_", dir=QgsProcessingUtils.tempFolder()))
+            output = str(folder / f"{layer.name() if layer else 'sar'}_oil.tif")
+        land = self.land_combo.currentLayer()
+        land_path, land_layer = vector_source(land) if land is not None else ("", "")
+        params = OilSpillParams(
+            input_path=raster_source(layer), output_path=output, model_dir=self.model_picker.path(),
+            band=self.band_combo.currentBand() if self.band_combo.currentBand() > 0 else 1,
+            input_kind=self.kind_combo.currentText(), land_mask_path=land_path, land_mask_layer=land_layer,
+            polygons_path=f"{Path(output).with_suffix('')}_slicks.gpkg" if self.polygons_check.isChecked() else "",
+            device=self.device_combo.currentText(), layer_name=layer.name())
+        return CoreTask(f"Detect oil spills in {layer.name()}", detect_oil_spills, params)
+
+    def on_success(self, result) -> None:
+        name = Path(result.output_path).stem
+        add_class_outputs(result.output_path, result.polygons_path, result.classes, name)
+        slicks = f", {result.slicks} slick(s), {result.oil_area_km2:.3f} km² of oil" if result.polygons_path else ""
+        self.write(f"Added '{name}' ({result.tiles} tiles{slicks}; {result.scaling}; {result.seconds:.1f} s on "
+                   f"{result.device}).")

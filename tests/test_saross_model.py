@@ -1,0 +1,174 @@
+"""SAROSS-Net: CAFT attention, the UNet++ skip-path wiring, and the CE + Dice + KD loss with known answers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.oilspill.losses import distillation_loss, saross_loss, soft_dice_loss
+from core.oilspill.saross import (CAFT, SKIP_BLOCKS, ConvSkip, SkipTransferBlock, architecture_for, build_saross,
+                                  skip_modules)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# A 5-level UNet++ has nodes x_{depth}_{layer}, layer 0..3 with depth 0..layer, all with a skip: 1+2+3+4.
+NODES_WITH_SKIP = 10
+
+
+# --- CAFT -------------------------------------------------------------------------------------------------------
+def test_caft_attention_is_channels_by_channels_whatever_the_image_size():
+    torch.manual_seed(0)
+    caft = CAFT(hr_channels=32, lr_channels=48, heads=4)
+    for h, w in [(16, 16), (32, 48)]:
+        hr, lr_up = torch.randn(2, 32, h, w), torch.randn(2, 48, h, w)
+        attn = caft.attention(hr, lr_up)
+        assert attn.shape == (2, 4, 8, 8)
+        torch.testing.assert_close(attn.sum(-1), torch.ones(2, 4, 8))  # a softmax over the key channels
+        assert caft(hr, lr_up).shape == hr.shape
+
+
+def test_caft_query_comes_from_the_lr_features_and_temperature_sharpens():
+    torch.manual_seed(0)
+    caft = CAFT(hr_channels=16, lr_channels=8, heads=2)
+    hr = torch.randn(1, 16, 8, 8)
+    a = caft.attention(hr, torch.randn(1, 8, 8, 8))
+    b = caft.attention(hr, torch.randn(1, 8, 8, 8))
+    assert not torch.allclose(a, b)
+    with torch.no_grad():
+        caft.temperature.fill_(50.0)
+    sharp = caft.attention(hr, torch.randn(1, 8, 8, 8))
+    assert sharp.max(-1).values.mean() > a.max(-1).values.mean()
+
+
+def test_caft_heads_must_divide_the_channels():
+    with pytest.raises(ValueError, match="divide"):
+        CAFT(hr_channels=24, lr_channels=8, heads=5)
+
+
+# --- the network ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("skip_block", SKIP_BLOCKS)
+def test_small_preset_forward_for_every_skip_block(skip_block):
+    torch.manual_seed(0)
+    architecture = json.loads(json.dumps(architecture_for("small", classes=5, skip_block=skip_block)))
+    model = build_saross(architecture).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5, 64, 64)
+    modules = skip_modules(model)
+    expected_type = {"caft": CAFT, "conv": ConvSkip, "none": None}[skip_block]
+    assert len(modules) == (0 if expected_type is None else NODES_WITH_SKIP)
+    assert all(isinstance(m, expected_type) for m in modules)
+
+
+def test_caft_sits_on_every_skip_path_with_the_hr_and_lr_channels_of_its_node():
+    # ResNet-18 feature channels 64, 64, 128, 256, 512; decoder widths (paper) 256, 128, 64, 32, 16.
+    model = build_saross(architecture_for("paper", classes=2, encoder="resnet18"))
+    blocks = model.decoder.blocks
+    wrapped = {name for name, block in blocks.items() if isinstance(block, SkipTransferBlock)}
+    assert wrapped == {f"x_{d}_{layer}" for layer in range(4) for d in range(layer + 1)}
+    assert not isinstance(blocks["x_0_4"], SkipTransferBlock)  # the last node has no skip
+    # x_0_3: LR = x_0_2 (decoder width 64), HR = [x_1_3, x_2_3, x_3_3, encoder stage 1] = 4 x 64 channels.
+    caft = blocks["x_0_3"].skip
+    assert (caft.norm_hr.normalized_shape, caft.norm_lr.normalized_shape) == ((256,), (64,))
+    # x_1_1: LR = the 1/16 encoder features (256 ch), HR = the 1/8 encoder features (128 ch).
+    caft = blocks["x_1_1"].skip
+    assert (caft.norm_hr.normalized_shape, caft.norm_lr.normalized_shape) == ((128,), (256,))
+    assert blocks["x_0_0"].skip.norm_lr.normalized_shape == (512,)  # the encoder head
+    assert all(m.heads == 8 for m in skip_modules(model))  # every HR width is a multiple of 8
+
+
+def test_paper_like_forward_and_every_caft_is_trained():
+    torch.manual_seed(0)
+    model = build_saross(architecture_for("paper", classes=3, encoder="resnet18"))
+    logits = model(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 3, 64, 64)
+    logits.square().mean().backward()
+    for caft in skip_modules(model):
+        assert caft.temperature.grad is not None and caft.temperature.grad.abs().sum() > 0
+
+
+def test_none_is_plain_unetplusplus():
+    import segmentation_models_pytorch as smp
+    model = build_saross(architecture_for("small", classes=2, skip_block="none"))
+    reference = smp.UnetPlusPlus("tu-mobilenetv3_small_100", encoder_weights=None, in_channels=1, classes=2,
+                                 decoder_channels=[64, 48, 32, 24, 16])
+    assert model.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_unknown_skip_block_is_refused():
+    with pytest.raises(ValueError, match="skip block"):
+        architecture_for("small", classes=2, skip_block="attention")
+
+
+# --- losses -----------------------------------------------------------------------------------------------------
+def _teacher(classes=4, shape=(2, 3, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(shape[0], classes, *shape[1:], generator=g) * 2, dim=1)
+
+
+def test_kd_with_student_equal_to_teacher_is_the_entropy_and_has_no_gradient():
+    T = 2.0
+    teacher = _teacher()
+    student = teacher.log().clone().requires_grad_(True)
+    loss = distillation_loss(student, teacher, T)
+    q = torch.softmax(teacher.log() / T, dim=1)
+    entropy = -(q * q.log()).sum(1).mean()
+    torch.testing.assert_close(loss, T ** 2 * entropy)
+    loss.backward()
+    assert student.grad.abs().max() < 1e-6
+    # any other student costs more (cross-entropy >= entropy)
+    assert distillation_loss(student.detach() + torch.randn_like(teacher), teacher, T) > loss
+
+
+def test_kd_gradient_follows_the_t_squared_convention_and_skips_real_pixels():
+    T = 3.0
+    teacher = _teacher()
+    teacher[1] = 0  # the second sample is real: no soft label
+    student = torch.randn(teacher.shape, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    distillation_loss(student, teacher, T).backward()
+    n_pixels = 3 * 5  # soft-labelled pixels: sample 0 only
+    q = torch.softmax(teacher[0].log() / T, dim=0)
+    expected = T ** 2 * (torch.softmax(student.detach()[0] / T, dim=0) - q) / T / n_pixels
+    torch.testing.assert_close(student.grad[0], expected)
+    assert torch.equal(student.grad[1], torch.zeros_like(student.grad[1]))
+
+
+def test_kd_is_zero_with_gradient_when_no_pixel_has_a_soft_label():
+    student = torch.randn(1, 2, 4, 4, requires_grad=True)
+    loss = distillation_loss(student, torch.zeros(1, 2, 4, 4), 2.0)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(student.grad, torch.zeros_like(student))
+
+
+def test_soft_dice_perfect_is_zero_and_totally_wrong_is_close_to_one():
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[:, :, 4:] = 1
+    perfect = F.one_hot(target, 2).permute(0, 3, 1, 2).float() * 40 - 20
+    assert soft_dice_loss(perfect, target).item() < 1e-6
+    wrong = -perfect
+    assert soft_dice_loss(wrong, target).item() > 0.97
+    # ignored pixels do not count: wrong only where ignored -> still perfect
+    mixed = perfect.clone()
+    mixed[..., :2] = wrong[..., :2]
+    ignored = target.clone()
+    ignored[..., :2] = -100
+    assert soft_dice_loss(mixed, ignored).item() < 1e-6
+
+
+def test_saross_loss_is_ce_plus_half_dice_plus_tenth_kd():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5)
+    target = torch.randint(0, 4, (2, 3, 5))
+    target[0, 0, 0] = -100
+    teacher = _teacher()
+    teacher[0] = 0
+    ce = F.cross_entropy(logits, target, ignore_index=-100)
+    dice = soft_dice_loss(logits, target)
+    kd = distillation_loss(logits, teacher, 2.0)
+    assert 0 < dice < 1 and kd > 0
+    torch.testing.assert_close(saross_loss(logits, target, teacher, temperature=2.0), ce + 0.5 * dice + 0.1 * kd)
+    torch.testing.assert_close(saross_loss(logits, target), ce + 0.5 * dice)
+    all_ignored = torch.full_like(target, -100)
+    assert torch.isfinite(saross_loss(logits, all_ignored, teacher))

@@ -1,0 +1,310 @@
+"""SAR oil spills from the command line: procedural data, SAR-JointNet (three stages), pair
+generation, SAROSS-Net (with DAKD from generated pairs) and its evaluation.
+
+    python -m training sar-scenes --output runs/data/sar --count 200 --size 256
+    python -m training sar-jointnet --config CFG --stage 1            (then --stage 2 / 3 with --init)
+    python -m training sar-synthesize --model DIR --output runs/data/sar_generated --count 256
+    python -m training saross --config CFG [--synthetic runs/data/sar_generated]
+    python -m training sar-evaluate --model DIR --data FOLDER [--split test]
+
+Datasets: our folder format, the OSD (Krestenitis) and SOS layouts, and the side-by-side sample
+layout are all read by core.data.sar.open_sar_dataset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import ModelCard, Normalization, load_card, load_into
+from core.data.folder import IGNORE_INDEX
+from core.data.sar import SAR_BANDS, MosaicDataset, SarCropDataset, open_sar_dataset
+from core.metrics.segmentation import confusion_matrix, scores
+from core.oilspill import jointnet, saross
+from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
+from core.oilspill.losses import saross_loss
+from core.oilspill.scaling import SarScaling
+from core.synthesis.generate import save_pair_grid
+from core.synthesis.satsynth import GeneratedPairs
+from training.config import add_run_arguments, load_config
+from training.segment import evaluate, split_pairs
+from training.trainer import Trainer, TrainSettings, seed_everything
+
+# Inputs are scaled by extra["sar_scaling"] (core.oilspill.scaling); the card's normalisation is the identity after it.
+IDENTITY = Normalization(mean=[0.0], std=[1.0])
+
+
+@dataclass
+class SarJointNetTrainConfig:
+    data: str
+    output: str
+    stage: int = 1                 # 1: SAR-Net alone; 2: Label-Net + couplings (SAR-Net frozen); 3: everything
+    init: str = ""                 # stages 2 and 3: the previous stage's model directory
+    name: str = ""
+    preset: str = "small"
+    batch_size: int = 16
+    samples_per_image: int = 8
+    steps: int = 5000
+    lr: float = 1e-4
+    ema_decay: float = 0.999
+    sample_every: int = 1000       # save a grid of generated pairs (DDIM-50) this often
+    checkpoint_every: int = 500
+    clip_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+    to_db: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class SarossTrainConfig:
+    data: str
+    output: str
+    name: str = ""
+    preset: str = "small"
+    encoder: str = ""              # any smp / timm ("tu-...") encoder; empty: the preset's
+    skip_block: str = "caft"       # caft | conv | none (ablations)
+    patch_size: int = 256          # training crops; generated tiles are mosaicked to this size
+    tile_size: int = 0             # inference tiles stored in the card; 0: patch_size
+    batch_size: int = 8
+    samples_per_image: int = 4
+    val_fraction: float = 0.2
+    synthetic: str = ""            # folder of generated pairs with soft/ (sar-synthesize): DAKD
+    synthetic_ratio: float = 1.0   # synthetic mosaics per real crop in every batch
+    temperature: float = 2.0       # KD temperature T (the paper does not give it)
+    loss_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.1])   # CE, soft Dice, KD
+    clip_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+    to_db: bool = True
+    steps: int = 2000
+    lr: float = 5e-5
+    ema_decay: float = 0.0
+    val_every: int = 250
+    checkpoint_every: int = 250
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+def _scaling(cfg) -> SarScaling:
+    return SarScaling(to_db=cfg.to_db, clip_percentiles=tuple(cfg.clip_percentiles))
+
+
+def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
+    if cfg.stage not in (1, 2, 3):
+        raise SystemExit(f"--stage must be 1, 2 or 3, not {cfg.stage}.")
+    data = open_sar_dataset(cfg.data)
+    scaling = _scaling(cfg)
+    seed_everything(cfg.seed)
+    if cfg.stage == 1:
+        size = jointnet.PRESETS[cfg.preset]["sample_size"] if cfg.preset in jointnet.PRESETS else 0
+        dataset = SarCropDataset(data, scaling, size, cfg.samples_per_image, train=True)
+        balance = jointnet.balancing_factor(
+            ((x, y) for x, y, _ in torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size)), len(data.classes))
+        architecture = jointnet.architecture_for(cfg.preset, len(data.classes), balance)
+        model = jointnet.build_jointnet(architecture)
+        history: list[dict] = []
+    else:
+        if not cfg.init:
+            raise SystemExit(f"Stage {cfg.stage} starts from the previous stage's model: give --init DIR.")
+        previous = load_card(cfg.init, task=jointnet.TASK)
+        if previous.extra.get("stage", 0) != cfg.stage - 1 and not cfg.resume:
+            raise SystemExit(f"--init {cfg.init} is a stage-{previous.extra.get('stage')} model; "
+                             f"stage {cfg.stage} starts from stage {cfg.stage - 1}.")
+        if [c.value for c in previous.classes] != [c.value for c in data.classes]:
+            raise SystemExit(f"--init {cfg.init} has classes {[c.name for c in previous.classes]}; "
+                             f"the data has {[c.name for c in data.classes]}.")
+        architecture = previous.architecture
+        model = load_into(jointnet.build_jointnet(architecture), cfg.init)
+        if cfg.stage == 2:
+            jointnet.init_label_net_from_sar(model)
+        history = previous.extra.get("stages", [])
+        dataset = SarCropDataset(data, scaling, architecture["sample_size"], cfg.samples_per_image, train=True)
+    parameters = jointnet.start_stage(model, cfg.stage)
+    run = Path(cfg.output)
+    trainer = Trainer(model, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
+        val_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
+        resume=cfg.resume), parameters=parameters)
+    loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
+    scheduler = jointnet.training_scheduler()
+    balance = architecture["balance"]
+
+    def loss_fn(net, batch):
+        x, labels, _ = batch
+        loss, _parts = jointnet.joint_loss(net, scheduler, x, labels, balance, cfg.stage)
+        return loss
+
+    def sample_grid(net):
+        pairs = jointnet.sample_pairs(net, architecture, count=4, steps=50, seed=cfg.seed)
+        save_pair_grid(GeneratedPairs((pairs.images + 1) / 2, pairs.labels, None), [c.color for c in data.classes],
+                       run / f"samples_{trainer.step:06d}.png")
+        return {}
+
+    trainer.fit(loader, loss_fn, sample_grid)
+    history = history + [{"stage": cfg.stage, "steps": trainer.step, "lr": cfg.lr}]
+    return trainer.export(ModelCard(
+        task=jointnet.TASK, name=cfg.name or run.name, architecture=architecture, bands=list(SAR_BANDS),
+        normalization=IDENTITY, classes=data.classes, tile_size=architecture["sample_size"],
+        training_data=f"{Path(cfg.data).resolve().name} ({data.layout}): {len(data.samples)} images",
+        extra={"stage": cfg.stage, "stages": history, "sar_scaling": scaling.as_dict(),
+               "sampling_steps": jointnet.DEFAULT_SAMPLING_STEPS}))
+
+
+def train_saross(cfg: SarossTrainConfig) -> Path:
+    data = open_sar_dataset(cfg.data)
+    scaling = _scaling(cfg)
+    train_samples, val_samples = split_pairs(data.samples, cfg.val_fraction, cfg.seed)
+    train_data = dataclasses.replace(data, samples=train_samples)
+    architecture = saross.architecture_for(cfg.preset, len(data.classes), cfg.encoder or None, cfg.skip_block)
+    seed_everything(cfg.seed)
+    model = saross.build_saross(architecture)
+    run = Path(cfg.output)
+    trainer = Trainer(model, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
+        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    real = SarCropDataset(train_data, scaling, cfg.patch_size, cfg.samples_per_image, train=True)
+    synthetic_note = ""
+    if cfg.synthetic and cfg.synthetic_ratio > 0:
+        generated = open_sar_dataset(cfg.synthetic)
+        if [c.value for c in generated.classes] != [c.value for c in data.classes]:
+            raise SystemExit(f"Generated pairs in {cfg.synthetic} have classes {[c.name for c in generated.classes]}; "
+                             f"the real data has {[c.name for c in data.classes]}.")
+        tile = generated.read(0)[0].shape[-1]
+        if cfg.patch_size % tile:
+            raise SystemExit(f"patch_size {cfg.patch_size} must be a multiple of the generated tile size {tile} "
+                             "(mosaics of generated tiles are the synthetic training inputs).")
+        mosaics = MosaicDataset(generated, scaling, tiles=cfg.patch_size // tile, length=len(real))
+        loader = trainer.balanced_loader(real, mosaics, cfg.batch_size, cfg.synthetic_ratio, cfg.num_workers)
+        synthetic_note = (f" + {len(generated.samples)} generated pairs from {Path(cfg.synthetic).resolve().name} "
+                          f"(DAKD, R={cfg.synthetic_ratio:g}, T={cfg.temperature:g})")
+    else:
+        loader = trainer.loader(real, cfg.batch_size, cfg.num_workers)
+    val_loader = None
+    if val_samples:
+        val_set = SarCropDataset(dataclasses.replace(data, samples=val_samples), scaling, cfg.patch_size, train=False)
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size)
+    names = [c.name for c in data.classes]
+
+    def loss_fn(net, batch):
+        x, labels, soft = batch
+        return saross_loss(net(x), labels, soft, cfg.temperature, tuple(cfg.loss_weights))
+
+    def validate(net):
+        return evaluate(net, val_loader, len(names), names, trainer.device)
+
+    metrics = trainer.fit(loader, loss_fn, validate if val_loader is not None else None)
+    return trainer.export(ModelCard(
+        task=saross.TASK, name=cfg.name or run.name, architecture=architecture, bands=list(SAR_BANDS),
+        normalization=IDENTITY, classes=data.classes, tile_size=cfg.tile_size or cfg.patch_size,
+        training_data=f"{Path(cfg.data).resolve().name} ({data.layout}): {len(train_samples)} train / "
+                      f"{len(val_samples)} val images" + synthetic_note,
+        metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},
+        extra={"steps": trainer.step, "patch_size": cfg.patch_size, "sar_scaling": scaling.as_dict(),
+               "temperature": cfg.temperature, "loss_weights": list(cfg.loss_weights)}))
+
+
+def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device: str = "auto") -> dict[str, float]:
+    """Scores of a SAROSS-Net model on every whole image of a dataset (padded to a multiple of 32).
+
+    Model classes are matched to the dataset's by name; classes the dataset does not have (e.g. a
+    5-class model on binary sea/oil data) count as its first class (sea).
+    """
+    from core.device import resolve_device
+    from core.oilspill.pipeline import load_saross
+    from core.oilspill.scaling import SceneScaler
+    model, card = load_saross(model_dir)
+    data = open_sar_dataset(data_root, split=split)
+    names = [c.name for c in data.classes]
+    to_data = torch.tensor([names.index(c.name) if c.name in names else 0 for c in card.classes])
+    scaling = SarScaling.from_dict(card.extra.get("sar_scaling"))
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    cm = torch.zeros(len(names), len(names), dtype=torch.long)
+    with torch.inference_mode():
+        for i in range(len(data.samples)):
+            raw, valid, labels, dtype = data.read(i)
+            x = SceneScaler.fit(raw, valid, dtype, scaling)(raw, valid)
+            h, w = x.shape
+            padded = np.pad(x, ((0, -h % 32), (0, -w % 32)), mode="reflect")
+            logits = model(torch.from_numpy(padded)[None, None].to(dev))[0, :, :h, :w].cpu()
+            cm += confusion_matrix(to_data[logits.argmax(0)], torch.from_numpy(labels), len(names), IGNORE_INDEX)
+    return scores(cm, names)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def add_scenes_arguments(parser) -> None:
+    parser.add_argument("--output", required=True, help="new dataset folder (images/, masks/, classes.json)")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", choices=("linear", "db", "amplitude"), default="linear",
+                        help="how the SAR values are stored: linear sigma0, dB, or 8-bit amplitude")
+
+
+def main_scenes(args) -> None:
+    from core.data.sar import write_sar_dataset
+    print(f"dataset written to {write_sar_dataset(args.output, args.count, args.size, args.seed, args.kind)}")
+
+
+def add_jointnet_arguments(parser) -> None:
+    add_run_arguments(parser, "SarJointNetTrainConfig")
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), help="override: training stage")
+    parser.add_argument("--init", help="override: the previous stage's model directory")
+    parser.add_argument("--lr", type=float, help="override: learning rate (paper: 1e-4 stages 1-2, 1e-5 stage 3)")
+
+
+def main_jointnet(args) -> None:
+    print(f"model written to {train_jointnet(load_config(SarJointNetTrainConfig, args.config, args))}")
+
+
+def add_saross_arguments(parser) -> None:
+    add_run_arguments(parser, "SarossTrainConfig")
+    parser.add_argument("--synthetic", help="override: folder of generated pairs with soft labels (DAKD)")
+
+
+def main_saross(args) -> None:
+    print(f"model written to {train_saross(load_config(SarossTrainConfig, args.config, args))}")
+
+
+def add_synthesize_arguments(parser) -> None:
+    parser.add_argument("--output", required=True, help="new or empty folder for the pairs")
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--model", default="", help="SAR-JointNet model directory (default: the starter model)")
+    parser.add_argument("--steps", type=int, default=jointnet.DEFAULT_SAMPLING_STEPS, help="DDIM steps (paper: 200)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+
+
+def main_synthesize(args) -> None:
+    from core.progress import TqdmProgress
+    progress = TqdmProgress("sar-synthesize")
+    result = synthesize_sar_pairs(SarSynthesisParams(
+        output_dir=args.output, count=args.count, model_dir=args.model, steps=args.steps, seed=args.seed,
+        batch_size=args.batch_size, device=args.device), progress)
+    progress.close()
+    print(f"{len(result.pairs)} pairs written to {result.output_dir} (index: {result.index_path})")
+
+
+def add_evaluate_arguments(parser) -> None:
+    parser.add_argument("--model", default="", help="SAROSS-Net model directory (default: the starter model)")
+    parser.add_argument("--data", required=True, help="dataset (folder, OSD, SOS or side-by-side layout)")
+    parser.add_argument("--split", default="test", help="split for layouts that have one (train / test)")
+    parser.add_argument("--output", help="optional JSON file for the scores")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+
+
+def main_evaluate(args) -> None:
+    from core.catalog import starter_model_dir
+    result = evaluate_saross(args.model or str(starter_model_dir(saross.TASK)), args.data, args.split, args.device)
+    for key, value in result.items():
+        print(f"{key:>24s}  {value:.4f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
