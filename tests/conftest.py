@@ -72,6 +72,15 @@ def idgbr_starter():
     return path
 
 
+@pytest.fixture(scope="session")
+def sar_starters():
+    """The shipped SAROSS-Net and SAR-JointNet starter models."""
+    from core.catalog import starter_model_dir
+    paths = starter_model_dir("saross"), starter_model_dir("sar-jointnet")
+    assert all((p / "model.json").is_file() for p in paths), "SAR starters missing: run `make starter-models`"
+    return paths
+
+
 def make_scene_raster(folder: Path, size=(200, 260), seed=3, nodata_border=0, name="scene"):
     from core.data.scenes import write_scene
     image, labels = folder / f"{name}.tif", folder / f"{name}_labels.tif"
