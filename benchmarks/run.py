@@ -58,7 +58,12 @@ def bench_idgbr(cfg: argparse.Namespace) -> dict:
     return bench(cfg)
 
 
-BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr}
+def bench_sar(cfg: argparse.Namespace) -> dict:
+    from benchmarks.sar import bench
+    return bench(cfg)
+
+
+BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr, "sar": bench_sar}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------

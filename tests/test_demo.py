@@ -1,7 +1,7 @@
 """`make demo`'s refinement step with the shipped starters, on a small scene."""
 import argparse
 
-from core.demo import refinement_demo
+from core.demo import oilspill_demo, refinement_demo
 
 
 def test_refinement_demo_scores_coarse_and_refined(tmp_path, capsys, starter_model, idgbr_starter):
@@ -11,3 +11,16 @@ def test_refinement_demo_scores_coarse_and_refined(tmp_path, capsys, starter_mod
     rows = [line.split() for line in report.splitlines() if line.startswith(("  coarse", "  refined"))]
     assert [r[0] for r in rows] == ["coarse", "refined"]
     assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[1:])
+
+
+def test_oilspill_demo_writes_oil_classes_slicks_and_pairs(tmp_path, capsys, sar_starters):
+    import fiona
+    import rasterio
+    oilspill_demo(tmp_path, argparse.Namespace(sar_size=256, sar_pairs=2, device="cpu"))
+    report = capsys.readouterr().out
+    with rasterio.open(tmp_path / "sar_oil_classes.tif") as src, rasterio.open(tmp_path / "sar_scene.tif") as scene:
+        assert (src.crs, src.transform, src.shape) == (scene.crs, scene.transform, scene.shape)
+    with fiona.open(tmp_path / "sar_oil_slicks.gpkg") as slicks:
+        assert all(f["properties"]["class_name"] == "oil" and f["properties"]["area_m2"] > 0 for f in slicks)
+    assert len(list((tmp_path / "sar_pairs" / "soft").iterdir())) == 2
+    assert "slicks" in report and "oil IoU" in report

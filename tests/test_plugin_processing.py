@@ -93,7 +93,8 @@ def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
 
 
 @pytest.mark.slow
-def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters, idgbr_starter):
+def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters, idgbr_starter,
+                                               sar_starters):
     """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
     binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
     if not os.path.exists(binary):
@@ -126,6 +127,23 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     with rasterio.open(pairs / "masks" / "pair_00000.tif") as mask:   # the bundled starter base + x2 models
         assert mask.width == 128
+    from core.data.sar import write_land_mask, write_sar_scene
+    sar, sar_labels = tmp_path / "sar.tif", tmp_path / "sar_labels.tif"
+    write_sar_scene(sar, sar_labels, 192, 224, seed=4, kind="db")
+    land = write_land_mask(sar_labels, tmp_path / "land.gpkg")
+    oil, slicks = tmp_path / "qp_oil.tif", tmp_path / "qp_slicks.gpkg"
+    run = subprocess.run([binary, "run", "rsdiffusion:detect_oil_spills", "--", f"INPUT={sar}", f"LAND_MASK={land}",
+                          f"OUTPUT={oil}", f"OUTPUT_POLYGONS={slicks}"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    with rasterio.open(oil) as dst, rasterio.open(sar) as src:
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
+    assert slicks.is_file()
+    sar_pairs = tmp_path / "qp_sar_pairs"
+    run = subprocess.run([binary, "run", "rsdiffusion:synthesize_sar_pairs", "--", "COUNT=1", "STEPS=2",
+                          f"OUTPUT_FOLDER={sar_pairs}"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert (sar_pairs / "soft" / "sar_00000.tif").is_file()   # the bundled starter SAR-JointNet
     bundled = profiles / "profiles" / "default" / "python" / "plugins" / "rs_diffusion_plugin" / "vendor" / "core"
     assert bundled.is_dir()
 

@@ -146,7 +146,7 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
                        run / f"samples_{trainer.step:06d}.png")
         return {}
 
-    trainer.fit(loader, loss_fn, sample_grid)
+    trainer.fit(loader, loss_fn, sample_grid if cfg.sample_every > 0 else None)   # sample_every 0: no grids
     history = history + [{"stage": cfg.stage, "steps": trainer.step, "lr": cfg.lr}]
     return trainer.export(ModelCard(
         task=jointnet.TASK, name=cfg.name or run.name, architecture=architecture, bands=list(SAR_BANDS),

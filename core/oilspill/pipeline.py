@@ -109,7 +109,9 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
     with contextlib.ExitStack() as stack:
         probability_path = params.probability_path
         if params.polygons_path and not probability_path:   # the polygons' mean probability needs it
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="oil_", dir=Path(params.output_path).parent))
+            Path(params.output_path).parent.mkdir(parents=True, exist_ok=True)   # a new output folder is fine
+            folder = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="oil_", dir=Path(params.output_path).parent))
             probability_path = str(Path(folder) / "oil_probability.tif")
         try:
             oil_pixels = _run_tiles(params, probability_path, card, info, scaler, land, grid, runner,

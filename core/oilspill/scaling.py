@@ -95,11 +95,13 @@ class SceneScaler:
 def fit_scene_scaler(path: str | os.PathLike, band: int, scaling: SarScaling, kind: str = "auto",
                      max_pixels: int = SCENE_SAMPLE_PIXELS) -> SceneScaler:
     """SceneScaler for a whole raster from a decimated read (at most `max_pixels` pixels)."""
+    from rasterio.enums import Resampling
+
     from core.raster import open_raster
     with open_raster(path) as src:
         step = max(1, int(np.ceil(np.sqrt(src.width * src.height / max_pixels))))
         shape = (max(1, src.height // step), max(1, src.width // step))
-        data = src.read(band, out_shape=shape, resampling=0)   # nearest: keeps the value distribution
+        data = src.read(band, out_shape=shape, resampling=Resampling.nearest)   # keeps the value distribution
         if np.iscomplexobj(data):
             data = np.abs(data)
         dtype = src.dtypes[band - 1]

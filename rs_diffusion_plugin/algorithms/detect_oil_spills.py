@@ -37,8 +37,8 @@ class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
             optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_PROBABILITY", self.tr("Oil probability"), optional=True, createByDefault=False))
-        self.add_advanced(QgsProcessingParameterBand(
-            "BAND", self.tr("SAR band (e.g. VV)"), defaultValue=1, parentLayerParameterName="INPUT"))
+        self.add_advanced(QgsProcessingParameterBand(   # optional: QGIS 3.22 rejects a left-out band, default or not
+            "BAND", self.tr("SAR band (e.g. VV)"), defaultValue=1, parentLayerParameterName="INPUT", optional=True))
         self.add_advanced(QgsProcessingParameterEnum(
             "INPUT_KIND", self.tr("Input values"), options=list(INPUT_KINDS), defaultValue="auto",
             usesStaticStrings=True))
