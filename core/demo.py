@@ -120,8 +120,7 @@ def oilspill_demo(out: Path, args) -> None:
     predicted, truth = (torch.from_numpy(read_class_indices(p, card.classes)) for p in (result.output_path, labels))
     metrics = scores(confusion_matrix(predicted, truth, len(card.classes), ignore_index=-1),
                      [c.name for c in card.classes])
-    print(f"
-oil spills   : {result.output_path} ({result.tiles} tiles in {result.seconds:.1f} s on {result.device}; "
+    print(f"\noil spills   : {result.output_path} ({result.tiles} tiles in {result.seconds:.1f} s on {result.device}; "
           f"{result.scaling})")
     print(f"slicks       : {result.polygons_path}: {result.slicks} polygons, {result.oil_area_km2:.3f} km² of oil")
     print(f"vs. labels   : mIoU {metrics['mIoU']:.3f}, " + ", ".join(
