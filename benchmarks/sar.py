@@ -1,4 +1,4 @@
-"""The sar section: the cost of CAFT against the paper's 3x3-conv skip blocks, detect_oil_spills' pixel
+"""The sar section: the cost of CAFT nodes against UNet++'s 3x3-conv skip nodes, detect_oil_spills' pixel
 rate against the bare model's, and the starter SAROSS-Net (DAKD) against its control on real crops.
 
 caft_vs_conv builds the "paper" preset (ResNet-34) three times, skip blocks "none", "caft" and "conv", with
@@ -59,7 +59,8 @@ def bench(cfg: argparse.Namespace, saross_dir: str | Path | None = None, control
 
 @torch.no_grad()
 def caft_vs_conv(cfg: argparse.Namespace) -> dict:
-    """Parameters, FLOPs and CPU forward time that each skip block adds to plain UNet++ ("none")."""
+    """Parameters, FLOPs and CPU forward time that the intermediate skip nodes add to plain UNet ("none"):
+    CAFT blocks (SAROSS-Net) vs UNet++'s 3x3-conv nodes ("conv"), the paper's ablation."""
     size, repeats = (256, 2) if cfg.quick else (512, 3)
     x = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     models, params, skip_params, flops = {}, {}, {}, {}

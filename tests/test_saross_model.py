@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from core.oilspill.losses import distillation_loss, saross_loss, soft_dice_loss
-from core.oilspill.saross import (CAFT, SKIP_BLOCKS, ConvSkip, SkipTransferBlock, architecture_for, build_saross,
-                                  skip_modules)
+from segmentation_models_pytorch.decoders.unetplusplus.decoder import DecoderBlock
+
+from core.oilspill.saross import CAFT, SKIP_BLOCKS, CaftNode, architecture_for, build_saross, skip_modules
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# A 5-level UNet++ has nodes x_{depth}_{layer}, layer 0..3 with depth 0..layer, all with a skip: 1+2+3+4.
-NODES_WITH_SKIP = 10
+# A 5-level UNet++ has intermediate nodes x_{depth}_{layer}, depth 1..layer for layer 1..3: 1 + 2 + 3.
+INTERMEDIATE_NODES = 6
 
 
 # --- CAFT -------------------------------------------------------------------------------------------------------
@@ -56,26 +57,45 @@ def test_small_preset_forward_for_every_skip_block(skip_block):
     with torch.no_grad():
         assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5, 64, 64)
     modules = skip_modules(model)
-    expected_type = {"caft": CAFT, "conv": ConvSkip, "none": None}[skip_block]
-    assert len(modules) == (0 if expected_type is None else NODES_WITH_SKIP)
+    expected_type = {"caft": CaftNode, "conv": DecoderBlock, "none": None}[skip_block]
+    assert len(modules) == (0 if expected_type is None else INTERMEDIATE_NODES)
     assert all(isinstance(m, expected_type) for m in modules)
 
 
-def test_caft_sits_on_every_skip_path_with_the_hr_and_lr_channels_of_its_node():
-    # ResNet-18 feature channels 64, 64, 128, 256, 512; decoder widths (paper) 256, 128, 64, 32, 16.
+def test_caft_blocks_are_the_intermediate_nodes_with_the_hr_and_lr_channels_of_their_node():
+    # ResNet-18 feature channels 64, 64, 128, 256, 512: skip widths (HR) 256, 128, 64, 64 from 1/16 up to 1/2.
     model = build_saross(architecture_for("paper", classes=2, encoder="resnet18"))
     blocks = model.decoder.blocks
-    wrapped = {name for name, block in blocks.items() if isinstance(block, SkipTransferBlock)}
-    assert wrapped == {f"x_{d}_{layer}" for layer in range(4) for d in range(layer + 1)}
-    assert not isinstance(blocks["x_0_4"], SkipTransferBlock)  # the last node has no skip
-    # x_0_3: LR = x_0_2 (decoder width 64), HR = [x_1_3, x_2_3, x_3_3, encoder stage 1] = 4 x 64 channels.
-    caft = blocks["x_0_3"].skip
-    assert (caft.norm_hr.normalized_shape, caft.norm_lr.normalized_shape) == ((256,), (64,))
+    cafts = {name for name, block in blocks.items() if isinstance(block, CaftNode)}
+    assert cafts == {f"x_{d}_{layer}" for layer in range(1, 4) for d in range(1, layer + 1)}
+    assert all(isinstance(blocks[f"x_0_{layer}"], DecoderBlock) for layer in range(5))  # the decoder stays conv
     # x_1_1: LR = the 1/16 encoder features (256 ch), HR = the 1/8 encoder features (128 ch).
-    caft = blocks["x_1_1"].skip
+    caft = blocks["x_1_1"].caft
     assert (caft.norm_hr.normalized_shape, caft.norm_lr.normalized_shape) == ((128,), (256,))
-    assert blocks["x_0_0"].skip.norm_lr.normalized_shape == (512,)  # the encoder head
-    assert all(m.heads == 8 for m in skip_modules(model))  # every HR width is a multiple of 8
+    # x_3_3: LR = the 1/4 encoder features (64 ch), HR = the 1/2 encoder features (64 ch).
+    caft = blocks["x_3_3"].caft
+    assert (caft.norm_hr.normalized_shape, caft.norm_lr.normalized_shape) == ((64,), (64,))
+    assert all(m.caft.heads == 8 for m in skip_modules(model))  # every HR width is a multiple of 8
+
+
+def test_caft_node_transfers_the_previous_node_of_its_row_guided_by_the_node_below():
+    """Only the first HR channels of the dense skip (the previous node at this resolution) reach the block."""
+    torch.manual_seed(0)
+    node = CaftNode(CAFT(hr_channels=8, lr_channels=4, heads=2)).eval()
+    x, skip = torch.randn(1, 4, 4, 4), torch.randn(1, 24, 8, 8)
+    other = skip.clone()
+    other[:, 8:] = torch.randn(1, 16, 8, 8)   # the older nodes of the row: not this block's input
+    with torch.no_grad():
+        torch.testing.assert_close(node(x, skip), node(x, other))
+        assert node(x, skip).shape == (1, 8, 8, 8)
+        assert not torch.allclose(node(x, skip), node(torch.randn(1, 4, 4, 4), skip))   # LR guides the transfer
+
+
+def test_caft_costs_fewer_parameters_than_unetplusplus_nested_convs():
+    """The paper's ablation: CAFT nodes add fewer parameters than the 3x3-conv nodes they replace."""
+    sizes = {block: sum(p.numel() for p in build_saross(architecture_for("paper", 2, "resnet18", block)).parameters())
+             for block in SKIP_BLOCKS}
+    assert sizes["none"] < sizes["caft"] < sizes["conv"]
 
 
 def test_paper_like_forward_and_every_caft_is_trained():
@@ -84,16 +104,17 @@ def test_paper_like_forward_and_every_caft_is_trained():
     logits = model(torch.randn(2, 1, 64, 64))
     assert logits.shape == (2, 3, 64, 64)
     logits.square().mean().backward()
-    for caft in skip_modules(model):
-        assert caft.temperature.grad is not None and caft.temperature.grad.abs().sum() > 0
+    for node in skip_modules(model):
+        assert node.caft.temperature.grad is not None and node.caft.temperature.grad.abs().sum() > 0
 
 
-def test_none_is_plain_unetplusplus():
+def test_conv_is_plain_unetplusplus_and_none_plain_unet():
     import segmentation_models_pytorch as smp
-    model = build_saross(architecture_for("small", classes=2, skip_block="none"))
-    reference = smp.UnetPlusPlus("tu-mobilenetv3_small_100", encoder_weights=None, in_channels=1, classes=2,
-                                 decoder_channels=[64, 48, 32, 24, 16])
-    assert model.state_dict().keys() == reference.state_dict().keys()
+    kwargs = dict(encoder_weights=None, in_channels=1, classes=2, decoder_channels=[64, 48, 32, 24, 16])
+    for block, reference in (("conv", smp.UnetPlusPlus("tu-mobilenetv3_small_100", **kwargs)),
+                             ("none", smp.Unet("tu-mobilenetv3_small_100", **kwargs))):
+        model = build_saross(architecture_for("small", classes=2, skip_block=block))
+        assert model.state_dict().keys() == reference.state_dict().keys()
 
 
 def test_unknown_skip_block_is_refused():

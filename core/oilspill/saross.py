@@ -1,10 +1,15 @@
 """SAROSS-Net: the student segmenter of the SAR oil-spill paper (DAKD pipeline).
 
-An smp UNet++ (encoder from smp or timm, single-channel input) whose nested skip paths carry a
-Context-Aware Feature Transfer (CAFT) block: before each decoder node concatenates its high-resolution
-(HR) skip features, CAFT filters them with transposed (channel) cross-attention guided by the node's
-2x-upsampled low-resolution (LR) input, so that speckle in the HR features is suppressed by the LR
-semantics. skip_block="conv" swaps CAFT for the paper's 3x3-convolution ablation, "none" is plain UNet++.
+An smp UNet++ (encoder from smp or timm, single-channel input) whose nested skip nodes are Context-Aware
+Feature Transfer (CAFT) blocks. The paper: "along UNet++ skip connections, each CAFT block transfers
+high-resolution (HR) features to the next CAFT block or the convolutional decoder block, by referring to
+the lower-resolution (LR) features". So every intermediate node x_{depth}_{layer} (depth >= 1) of smp's
+UNet++ becomes a CAFT block: HR = the previous node at its resolution (the encoder feature for the first),
+LR = the node below, 2x-upsampled; its output keeps the HR width, like smp's nested node. The decoder
+nodes x_0_{layer} stay smp's convolutional blocks and still see every node of their row (UNet++'s dense
+skips). The paper's ablations: skip_block="conv" = UNet++'s own nested 3x3-conv nodes, "none" = no nested
+nodes at all (plain UNet). That reading matches the paper's costs: CAFT nodes add far fewer parameters
+and FLOPs than UNet++'s nested convolutions.
 """
 from __future__ import annotations
 
@@ -15,8 +20,7 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.base.modules import Conv2dReLU
-from segmentation_models_pytorch.decoders.unetplusplus.decoder import DecoderBlock, UnetPlusPlusDecoder
+from segmentation_models_pytorch.decoders.unetplusplus.decoder import UnetPlusPlusDecoder
 from timm.layers import LayerNorm2d
 from torch import nn
 
@@ -28,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # gcd(its channels, heads) so heads always divide the channels (see caft_heads).
     "paper": {"encoder": "resnet34", "decoder_channels": [256, 128, 64, 32, 16], "heads": 8,
               "ffn_expansion": 2.66},
-    # Trainable on a CPU: MobileNetV3-small skips have 16-64 channels, so at most 4 heads.
+    # Trainable on a CPU: MobileNetV3-small skips have 16-48 channels, so at most 4 heads.
     "small": {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": [64, 48, 32, 24, 16], "heads": 4,
               "ffn_expansion": 2.0},
 }
@@ -51,62 +55,65 @@ def caft_heads(channels: int, max_heads: int) -> int:
     return math.gcd(channels, max_heads)
 
 
-def build_saross(architecture: dict[str, Any]) -> smp.UnetPlusPlus:
-    """UNet++ with random weights (never downloaded) and the architecture's skip block on every skip path."""
+def build_saross(architecture: dict[str, Any]) -> nn.Module:
+    """Random weights (never downloaded); skip_block caft (SAROSS-Net), conv (UNet++) or none (UNet)."""
     skip_block = architecture["skip_block"]
     if skip_block not in SKIP_BLOCKS:
         raise ValueError(f"Unknown skip block '{skip_block}'; choose one of {', '.join(SKIP_BLOCKS)}.")
     decoder_channels = list(architecture["decoder_channels"])
-    model = smp.UnetPlusPlus(encoder_name=architecture["encoder"], encoder_weights=None,
-                             encoder_depth=len(decoder_channels), decoder_channels=decoder_channels,
-                             in_channels=architecture["in_channels"], classes=architecture["classes"])
+    kwargs = dict(encoder_name=architecture["encoder"], encoder_weights=None, encoder_depth=len(decoder_channels),
+                  decoder_channels=decoder_channels, in_channels=architecture["in_channels"],
+                  classes=architecture["classes"])
     if skip_block == "none":
-        return model
-    decoder = model.decoder
-    for name, (in_ch, skip_ch) in decoder_block_channels(decoder).items():
-        if skip_ch == 0:
-            continue
-        if skip_block == "caft":
-            module = CAFT(skip_ch, in_ch, caft_heads(skip_ch, architecture["heads"]), architecture["ffn_expansion"])
-        else:
-            module = ConvSkip(skip_ch, in_ch)
-        decoder.blocks[name] = SkipTransferBlock(decoder.blocks[name], module)
+        return smp.Unet(**kwargs)
+    model = smp.UnetPlusPlus(**kwargs)
+    if skip_block == "caft":
+        for name, (lr_channels, hr_channels) in nested_nodes(model.decoder).items():
+            model.decoder.blocks[name] = CaftNode(CAFT(hr_channels, lr_channels,
+                                                       caft_heads(hr_channels, architecture["heads"]),
+                                                       architecture["ffn_expansion"]))
     return model
 
 
-def decoder_block_channels(decoder: UnetPlusPlusDecoder) -> dict[str, tuple[int, int]]:
-    """(LR input channels, HR skip channels) of every node x_{depth}_{layer}, by smp's UnetPlusPlusDecoder formula."""
-    in_channels, skip_channels = decoder.in_channels, decoder.skip_channels
-    channels = {}
-    for layer in range(len(in_channels) - 1):
-        for depth in range(layer + 1):
-            in_ch = in_channels[layer] if depth == 0 else skip_channels[layer - 1]
-            channels[f"x_{depth}_{layer}"] = (in_ch, skip_channels[layer] * (layer + 1 - depth))
-    channels[f"x_0_{len(in_channels) - 1}"] = (in_channels[-1], 0)
-    for name, (in_ch, skip_ch) in channels.items():  # guards against a changed formula in a future smp
-        block = decoder.blocks[name]
-        if isinstance(block, DecoderBlock) and block.conv1[0].in_channels != in_ch + skip_ch:
-            raise RuntimeError(f"smp's UNet++ block {name} has {block.conv1[0].in_channels} input channels, "
-                               f"expected {in_ch} + {skip_ch}.")
-    return channels
+def nested_nodes(decoder: UnetPlusPlusDecoder) -> dict[str, tuple[int, int]]:
+    """(LR input channels, HR channels) of UNet++'s intermediate nodes x_{depth}_{layer}, depth >= 1.
+
+    smp builds them with in = skip_channels[layer - 1] and out = skip_channels[layer] (the HR width).
+    """
+    nodes = {}
+    for layer in range(1, len(decoder.in_channels) - 1):
+        for depth in range(1, layer + 1):
+            nodes[f"x_{depth}_{layer}"] = (decoder.skip_channels[layer - 1], decoder.skip_channels[layer])
+    for name, (_, hr) in nodes.items():  # guards against a changed layout in a future smp
+        if decoder.blocks[name].out_channels != hr:
+            raise RuntimeError(f"smp's UNet++ node {name} outputs {decoder.blocks[name].out_channels} channels, "
+                               f"expected {hr}.")
+    return nodes
 
 
 def skip_modules(model: nn.Module) -> list[nn.Module]:
-    """The CAFT / ConvSkip modules of a SAROSS-Net (what the skip-block ablation adds)."""
-    return [m for m in model.modules() if isinstance(m, (CAFT, ConvSkip))]
+    """The intermediate skip nodes (CAFT blocks, or UNet++'s 3x3-conv nodes): what the ablation swaps."""
+    blocks = getattr(model.decoder, "blocks", None)
+    if not isinstance(blocks, nn.ModuleDict) or not isinstance(model.decoder, UnetPlusPlusDecoder):
+        return []
+    return [blocks[name] for name in nested_nodes(model.decoder)]
 
 
-class SkipTransferBlock(nn.Module):
-    """An smp DecoderBlock whose skip features first pass through `skip` guided by the 2x-upsampled LR input."""
+class CaftNode(nn.Module):
+    """A UNet++ intermediate node as a CAFT block, called like smp's node: (LR input, dense skip concat).
 
-    def __init__(self, block: DecoderBlock, skip: nn.Module):
+    The dense concat starts with the previous node at this resolution (or is the encoder feature for the
+    first node of a row): that is the HR stream the block transfers.
+    """
+
+    def __init__(self, caft: "CAFT"):
         super().__init__()
-        self.block = block
-        self.skip = skip
+        self.caft = caft
+        self.out_channels = caft.channels
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        lr_up = F.interpolate(x, scale_factor=2.0, mode=self.block.interpolation_mode)
-        return self.block(x, self.skip(skip, lr_up))
+        lr_up = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.caft(skip[:, :self.out_channels], lr_up)
 
 
 class CAFT(nn.Module):
@@ -120,6 +127,7 @@ class CAFT(nn.Module):
         if hr_channels % heads:
             raise ValueError(f"CAFT heads ({heads}) must divide the HR channels ({hr_channels}).")
         c = hr_channels
+        self.channels = c
         self.heads = heads
         self.norm_hr = LayerNorm2d(c)
         self.norm_lr = LayerNorm2d(lr_channels)
@@ -168,15 +176,3 @@ class GDFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.dwconv(self.project_in(x)).chunk(2, dim=1)
         return self.project_out(F.gelu(a) * b)
-
-
-class ConvSkip(nn.Module):
-    """The paper's ablation on the same skip path: [HR, LR_up] -> two 3x3 conv-BN-ReLU -> HR channels, residual."""
-
-    def __init__(self, hr_channels: int, lr_channels: int):
-        super().__init__()
-        self.convs = nn.Sequential(Conv2dReLU(hr_channels + lr_channels, hr_channels, kernel_size=3, padding=1),
-                                   Conv2dReLU(hr_channels, hr_channels, kernel_size=3, padding=1))
-
-    def forward(self, hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
-        return hr + self.convs(torch.cat([hr, lr_up], dim=1))
