@@ -139,6 +139,7 @@ class Trainer:
         if len(loader) == 0:
             raise ValueError("The training set yields no batch: add data or lower batch_size.")
         metrics: dict[str, float] = {}
+        validated = False
         bar = tqdm(total=s.steps, initial=self.step, desc="training", disable=not self.dist.main, unit="step")
         epoch = self.step // max(1, len(loader))
         while self.step < s.steps:
@@ -153,6 +154,7 @@ class Trainer:
                 if validate is not None and (self.step % s.val_every == 0 or self.step == s.steps):
                     if self.dist.main:
                         metrics = validate(self.eval_model)
+                        validated = True
                         row.update(metrics)
                         bar.write(f"step {self.step}: " + ", ".join(
                             f"{k}={v:.4f}" for k, v in metrics.items() if "/" not in k))
@@ -164,7 +166,7 @@ class Trainer:
                     break
             epoch += 1
         bar.close()
-        if validate is not None and not metrics and self.dist.main:   # resumed a finished run: still report
+        if validate is not None and not validated and self.dist.main:   # resumed a finished run: still report
             metrics = validate(self.eval_model)
         if self.dist.main:
             self._plot()
