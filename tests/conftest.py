@@ -46,6 +46,16 @@ def processing(qapp):
 _KEEP_ALIVE: list = []
 
 
+@pytest.fixture
+def project(qapp):
+    """The QGIS project, emptied before and after the test."""
+    from qgis.core import QgsProject
+    project = QgsProject.instance()
+    project.clear()
+    yield project
+    project.clear()
+
+
 @pytest.fixture(scope="session")
 def starter_model():
     from core.catalog import starter_model_dir

@@ -1,20 +1,14 @@
 """The dock's Segment tab in a real QgsApplication: pick a layer, run in a QgsTask, get a
 styled class layer on the input's grid; cancel leaves nothing behind."""
 import pytest
-from qgis.core import QgsApplication, QgsPalettedRasterRenderer, QgsProject, QgsRasterLayer
+from qgis.core import QgsApplication, QgsPalettedRasterRenderer
 
 from rs_diffusion_plugin.dock import RsDiffusionDock
 from tests.conftest import files_in, make_scene_raster
 
+from tests.plugin_helpers import add_raster_layer, run_then_cancel
+
 pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture
-def project(qapp):
-    project = QgsProject.instance()
-    project.clear()
-    yield project
-    project.clear()
 
 
 @pytest.fixture
@@ -24,16 +18,9 @@ def dock(qtbot, project):
     return widget
 
 
-def add_layer(project, path, name):
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid()
-    project.addMapLayer(layer)
-    return layer
-
-
 def test_segment_tab_adds_a_styled_class_layer(qtbot, dock, project, tmp_path, starter_model):
     image, _ = make_scene_raster(tmp_path, size=(150, 170))
-    layer = add_layer(project, image, "my scene")
+    layer = add_raster_layer(image, "my scene", project)
     tab = dock.segment_tab
     tab.layer_combo.setLayer(layer)
     tab.output_widget.setFilePath(str(tmp_path / "classes.tif"))
@@ -60,18 +47,14 @@ def test_segment_tab_adds_a_styled_class_layer(qtbot, dock, project, tmp_path, s
 
 def test_cancel_adds_no_layer_and_leaves_no_file(qtbot, dock, project, tmp_path, starter_model):
     image, _ = make_scene_raster(tmp_path, size=(900, 900))
-    layer = add_layer(project, image, "big")
+    layer = add_raster_layer(image, "big", project)
     tab = dock.segment_tab
     tab.layer_combo.setLayer(layer)
     tab.output_widget.setFilePath(str(tmp_path / "out" / "classes.tif"))
     tab.tile_spin.setValue(64)
     tab.overlap_spin.setValue(8)
     before = set(project.mapLayers())
-    tab.run_button.click()
-    qtbot.waitUntil(lambda: tab.progress_bar.value() > 0, timeout=60000)
-    tab.cancel_button.click()
-    qtbot.waitUntil(lambda: tab.run_button.isEnabled(), timeout=60000)
-    assert "Cancelled" in tab.log.toPlainText()
+    run_then_cancel(qtbot, tab, timeout=60000)
     assert set(project.mapLayers()) == before
     out = tmp_path / "out"
     assert not out.exists() or files_in(out) == set()
@@ -81,7 +64,7 @@ def test_bad_layer_is_reported_in_the_panel(qtbot, dock, project, tmp_path, star
     import numpy as np
     from tests.conftest import write_test_raster
     two = write_test_raster(tmp_path / "two.tif", np.zeros((2, 64, 64), np.uint8))
-    layer = add_layer(project, two, "two bands")
+    layer = add_raster_layer(two, "two bands", project)
     tab = dock.segment_tab
     tab.layer_combo.setLayer(layer)
     tab.output_widget.setFilePath(str(tmp_path / "c.tif"))
@@ -127,9 +110,5 @@ def test_synthesize_tab_cancel_writes_nothing(qtbot, dock, project, tmp_path, sa
     assert not tab.steps_spin.isEnabled()
     tab.count_spin.setValue(2)
     tab.output_widget.setFilePath(str(tmp_path / "out"))
-    tab.run_button.click()
-    qtbot.waitUntil(lambda: tab.progress_bar.value() > 0, timeout=60000)
-    tab.cancel_button.click()
-    qtbot.waitUntil(lambda: tab.run_button.isEnabled(), timeout=60000)
-    assert "Cancelled" in tab.log.toPlainText()
+    run_then_cancel(qtbot, tab, timeout=60000)
     assert list(tmp_path.iterdir()) == []

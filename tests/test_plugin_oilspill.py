@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from fiona.transform import transform_geom
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsPalettedRasterRenderer,
-                       QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRasterLayer, QgsVectorLayer)
+                       QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer)
 from shapely.geometry import box, mapping
 
 from core.catalog import starter_model_dir
@@ -20,19 +20,13 @@ from core.raster import write_geotiff
 from tests.conftest import files_in, read_polygons
 from tests.sar_fixtures import CROP_ORIGIN, CROP_RESOLUTION, SAR_WKT, sar_models, write_real_crop  # noqa: F401
 
+from tests.plugin_helpers import add_raster_layer, run_then_cancel
+
 pytestmark = [pytest.mark.qgis, pytest.mark.usefixtures("one_torch_thread")]
 DETECT, SYNTHESIZE = "rsdiffusion:detect_oil_spills", "rsdiffusion:synthesize_sar_pairs"
 POLYGON_FIELDS = ["class_id", "class_name", "area_m2", "area_km2", "mean_oil_prob"]
 LAND_COLUMNS = 64   # the land mask covers the crop's 64 westernmost columns
 CLASS_NAMES = [c.name for c in SAR_CLASSES]
-
-
-@pytest.fixture
-def project(qapp):
-    project = QgsProject.instance()
-    project.clear()
-    yield project
-    project.clear()
 
 
 @pytest.fixture(params=["tiny", "starter"])
@@ -188,17 +182,10 @@ def oil_tab(qtbot, project):
     yield dock.oilspill_tab   # not return: the dock must live as long as its tab
 
 
-def add_raster(project, path, name):
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid()
-    project.addMapLayer(layer)
-    return layer
-
-
 def test_tab_runs_and_adds_styled_classes_and_slicks(qtbot, oil_tab, project, tmp_path, saross_model):
     tab = oil_tab
     image, _ = write_real_crop(tmp_path / "crop.tif", index=1)
-    layer = add_raster(project, image, "Sentinel-1 VV")
+    layer = add_raster_layer(image, "Sentinel-1 VV", project)
     land = write_land_gpkg(tmp_path / "land.gpkg")
     project.addMapLayer(land)
     tab.layer_combo.setLayer(layer)
@@ -234,7 +221,7 @@ def test_tab_runs_and_adds_styled_classes_and_slicks(qtbot, oil_tab, project, tm
 def test_tab_without_polygons_writes_a_temporary_class_raster(qtbot, oil_tab, project, tmp_path, sar_models):  # noqa: F811
     tab = oil_tab
     image, _ = write_real_crop(tmp_path / "crop.tif", index=4)
-    tab.layer_combo.setLayer(add_raster(project, image, "vv"))
+    tab.layer_combo.setLayer(add_raster_layer(image, "vv", project))
     tab.model_picker.file_widget.setFilePath(str(sar_models.saross))
     tab.kind_combo.setCurrentText("amplitude")
     tab.polygons_check.setChecked(False)
@@ -260,14 +247,10 @@ def test_tab_cancel_adds_nothing_and_writes_nothing(qtbot, oil_tab, project, tmp
     big = tmp_path / "big.tif"   # 512 x 512 px: 225 tiles of the tiny model, time enough to cancel
     with rasterio.open(crop) as src:
         write_geotiff(big, np.tile(src.read(1), (2, 2)), crs_wkt=SAR_WKT, transform=tuple(src.transform)[:6])
-    tab.layer_combo.setLayer(add_raster(project, big, "big"))
+    tab.layer_combo.setLayer(add_raster_layer(big, "big", project))
     tab.model_picker.file_widget.setFilePath(str(sar_models.saross))
     tab.output_widget.setFilePath(str(tmp_path / "out" / "big_oil.tif"))
     before = set(project.mapLayers())
-    tab.run_button.click()
-    qtbot.waitUntil(lambda: tab.progress_bar.value() > 0, timeout=30000)
-    tab.cancel_button.click()
-    qtbot.waitUntil(lambda: tab.run_button.isEnabled(), timeout=30000)
-    assert "Cancelled" in tab.log.toPlainText()
+    run_then_cancel(qtbot, tab, timeout=30000)
     assert set(project.mapLayers()) == before
     assert not (tmp_path / "out").exists() or files_in(tmp_path / "out") == set()

@@ -3,12 +3,14 @@ dock's Refine tab (value mapping table, QgsTask, styled result, cancel), with a 
 import numpy as np
 import pytest
 import rasterio
-from qgis.core import QgsApplication, QgsPalettedRasterRenderer, QgsProcessingException, QgsProject, QgsRasterLayer
+from qgis.core import QgsApplication, QgsPalettedRasterRenderer, QgsProcessingException
 
 from core.raster import hex_to_rgba, write_geotiff
 from rs_diffusion_plugin.layers import style_class_layer
 from tests.conftest import UTM33, files_in
 from tests.idgbr_fixtures import make_refiner_dir
+
+from tests.plugin_helpers import add_raster_layer, run_then_cancel
 
 pytestmark = pytest.mark.qgis
 ALG = "rsdiffusion:refine_classification"
@@ -20,14 +22,6 @@ TRANSFORM = (0.5, 0, 500000, 0, -0.5, 5600000)
 @pytest.fixture(scope="module")
 def refiner(tmp_path_factory):
     return make_refiner_dir(tmp_path_factory.mktemp("refiner"), classes=MODEL_CLASSES, tile_size=32)
-
-
-@pytest.fixture
-def project(qapp):
-    project = QgsProject.instance()
-    project.clear()
-    yield project
-    project.clear()
 
 
 def write_pair(folder, values=(1, 2, 4), size=(32, 32)):
@@ -43,14 +37,6 @@ def write_pair(folder, values=(1, 2, 4), size=(32, 32)):
     classes_path = write_geotiff(folder / "classes.tif", classes, crs_wkt=UTM33, transform=TRANSFORM,
                                  nodata=NODATA, colormap=colours)
     return image_path, classes_path
-
-
-def load(path, name, project=None):
-    layer = QgsRasterLayer(str(path), name)
-    assert layer.isValid()
-    if project is not None:
-        project.addMapLayer(layer)
-    return layer
 
 
 def legend(layer) -> list[tuple[int, str]]:
@@ -70,7 +56,7 @@ def test_algorithm_is_registered_with_the_documented_parameters(processing):
 
 def test_refine_keeps_grid_values_and_nodata_and_loads_styled(processing, project, tmp_path, refiner):
     image, classes = write_pair(tmp_path)
-    classification = load(classes, "my classes", project)
+    classification = add_raster_layer(classes, "my classes", project)
     style_class_layer(classification, [{"value": v, "name": f"{n} (mine)", "color": c} for v, n, c in MODEL_CLASSES])
     result = processing.runAndLoadResults(ALG, {
         "INPUT": str(image), "CLASSIFICATION": classification, "MODEL": str(refiner), "SAMPLES": 2, "STEPS": 2,
@@ -107,7 +93,7 @@ def test_value_map_for_other_raster_values(processing, tmp_path, refiner):
 def test_unmapped_value_and_bad_value_map_are_clear_errors(processing, tmp_path, refiner):
     image, classes = write_pair(tmp_path, values=(1, 2, 9))
     before = files_in(tmp_path)
-    classification = load(classes, "odd classes")
+    classification = add_raster_layer(classes, "odd classes")
     parameters = {"INPUT": str(image), "CLASSIFICATION": classification, "MODEL": str(refiner), "STEPS": 2,
                   "OUTPUT": str(tmp_path / "out.tif")}
     with pytest.raises(QgsProcessingException, match=r"(?s)(odd classes.*\b9\b|\b9\b.*odd classes)"):
@@ -135,7 +121,8 @@ def mapping_rows(tab) -> list[tuple[str, object]]:
 def test_refine_tab_maps_values_runs_and_adds_styled_layers(qtbot, refine_tab, project, tmp_path):
     tab = refine_tab
     image, classes = write_pair(tmp_path)
-    image_layer, classification = load(image, "scene", project), load(classes, "landcover", project)
+    image_layer = add_raster_layer(image, "scene", project)
+    classification = add_raster_layer(classes, "landcover", project)
     style_class_layer(classification, [{"value": v, "name": n.upper(), "color": c} for v, n, c in MODEL_CLASSES])
     tab.image_combo.setLayer(image_layer)
     tab.classification_combo.setLayer(classification)
@@ -162,8 +149,8 @@ def test_refine_tab_maps_values_runs_and_adds_styled_layers(qtbot, refine_tab, p
 def test_refine_tab_other_values_need_a_model_class(qtbot, refine_tab, project, tmp_path):
     tab = refine_tab
     image, classes = write_pair(tmp_path, values=(1, 2, 9))
-    tab.image_combo.setLayer(load(image, "scene", project))
-    tab.classification_combo.setLayer(load(classes, "odd", project))
+    tab.image_combo.setLayer(add_raster_layer(image, "scene", project))
+    tab.classification_combo.setLayer(add_raster_layer(classes, "odd", project))
     assert mapping_rows(tab) == [("1", 1), ("2", 2), ("9", None)]
     tab.run_button.click()
     assert "Value 9 of layer 'odd' has no model class" in tab.log.toPlainText()
@@ -176,15 +163,11 @@ def test_refine_tab_other_values_need_a_model_class(qtbot, refine_tab, project, 
 def test_refine_tab_cancel_adds_nothing_and_writes_nothing(qtbot, refine_tab, project, tmp_path):
     tab = refine_tab
     image, classes = write_pair(tmp_path, size=(96, 96))
-    tab.image_combo.setLayer(load(image, "scene", project))
-    tab.classification_combo.setLayer(load(classes, "big", project))
+    tab.image_combo.setLayer(add_raster_layer(image, "scene", project))
+    tab.classification_combo.setLayer(add_raster_layer(classes, "big", project))
     tab.output_widget.setFilePath(str(tmp_path / "out" / "refined.tif"))
     tab.uncertainty_check.setChecked(True)
     before = set(project.mapLayers())
-    tab.run_button.click()
-    qtbot.waitUntil(lambda: tab.progress_bar.value() > 0, timeout=30000)
-    tab.cancel_button.click()
-    qtbot.waitUntil(lambda: tab.run_button.isEnabled(), timeout=30000)
-    assert "Cancelled" in tab.log.toPlainText()
+    run_then_cancel(qtbot, tab, timeout=30000)
     assert set(project.mapLayers()) == before
     assert not (tmp_path / "out").exists() or files_in(tmp_path / "out") == set()
