@@ -3,7 +3,9 @@ error translation and output styling."""
 from __future__ import annotations
 
 from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterFile)
+                       QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterNumber)
 from qgis.PyQt.QtCore import QCoreApplication
 
 from core.catalog import DEVICE_CHOICES
@@ -53,6 +55,32 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
     def add_device_parameter(self):
         self.addParameter(QgsProcessingParameterEnum(
             "DEVICE", self.tr("Device"), options=list(DEVICE_CHOICES), defaultValue=0))
+
+    def add_generation_parameters(self, default_count: int = 16) -> None:
+        """COUNT, SEED, BATCH_SIZE, DEVICE and OUTPUT_FOLDER + the INDEX, PREVIEW and PAIRS outputs of a
+        pair generator (synthesize_pairs, synthesize_sar_pairs)."""
+        self.addParameter(QgsProcessingParameterNumber(
+            "COUNT", self.tr("Number of pairs"), QgsProcessingParameterNumber.Integer,
+            defaultValue=default_count, minValue=1, maxValue=100000))
+        self.addParameter(QgsProcessingParameterNumber(
+            "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+        self.add_advanced(QgsProcessingParameterNumber(
+            "BATCH_SIZE", self.tr("Pairs per batch"), QgsProcessingParameterNumber.Integer,
+            defaultValue=8, minValue=1, maxValue=256))
+        self.add_device_parameter()
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            "OUTPUT_FOLDER", self.tr("Output folder (new or empty)")))
+        self.addOutput(QgsProcessingOutputFile("INDEX", self.tr("Index of the generated pairs (CSV)")))
+        self.addOutput(QgsProcessingOutputFile("PREVIEW", self.tr("Preview grid (PNG)")))
+        self.addOutput(QgsProcessingOutputNumber("PAIRS", self.tr("Pairs written")))
+
+    @staticmethod
+    def generation_outputs(result) -> dict:
+        """Processing outputs of a pair generator's result; {} when the user cancelled."""
+        if result is None:
+            return {}
+        return {"OUTPUT_FOLDER": result.output_dir, "INDEX": result.index_path, "PREVIEW": result.preview_path,
+                "PAIRS": len(result.pairs)}
 
     def device(self, parameters, context) -> str:
         return DEVICE_CHOICES[self.parameterAsEnum(parameters, "DEVICE", context)]

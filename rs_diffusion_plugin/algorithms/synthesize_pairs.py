@@ -1,9 +1,8 @@
 """rsdiffusion:synthesize_pairs — new image/mask training pairs from a SatSynth model."""
 from __future__ import annotations
 
-from qgis.core import (QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFile,
-                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber)
+from qgis.core import (QgsProcessingParameterBoolean, QgsProcessingParameterEnum, QgsProcessingParameterFile,
+                       QgsProcessingParameterNumber)
 
 from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
@@ -26,9 +25,7 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameter(str(starter_model_dir("satsynth")),
                                  "SatSynth model directory (empty: starter model)")
-        self.addParameter(QgsProcessingParameterNumber(
-            "COUNT", self.tr("Number of pairs"), QgsProcessingParameterNumber.Integer,
-            defaultValue=16, minValue=1, maxValue=100000))
+        self.add_generation_parameters()
         self.addParameter(QgsProcessingParameterEnum(
             "SAMPLER", self.tr("Sampler"), options=list(SAMPLERS), defaultValue="ddim", usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -42,17 +39,6 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterFile(
             "SR_MODEL", self.tr("Super-resolution model directory (empty: starter x2 model)"),
             behavior=QgsProcessingParameterFile.Folder, optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Pairs per batch"), QgsProcessingParameterNumber.Integer,
-            defaultValue=8, minValue=1, maxValue=256))
-        self.add_device_parameter()
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT_FOLDER", self.tr("Output folder (new or empty)")))
-        self.addOutput(QgsProcessingOutputFile("INDEX", self.tr("Index of the generated pairs (CSV)")))
-        self.addOutput(QgsProcessingOutputFile("PREVIEW", self.tr("Preview grid (PNG)")))
-        self.addOutput(QgsProcessingOutputNumber("PAIRS", self.tr("Pairs written")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from core.synthesis.generate import SynthesisParams, synthesize_pairs
@@ -72,8 +58,4 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
                 device=self.device(parameters, context))
             return synthesize_pairs(params, progress)
 
-        result = self.run_core(run, feedback)
-        if result is None:
-            return {}
-        return {"OUTPUT_FOLDER": result.output_dir, "INDEX": result.index_path, "PREVIEW": result.preview_path,
-                "PAIRS": len(result.pairs)}
+        return self.generation_outputs(self.run_core(run, feedback))

@@ -1,8 +1,7 @@
 """rsdiffusion:synthesize_sar_pairs — SAR image / label / soft-label training pairs from SAR-JointNet."""
 from __future__ import annotations
 
-from qgis.core import (QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber)
+from qgis.core import QgsProcessingParameterNumber
 
 from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
@@ -21,23 +20,10 @@ class SynthesizeSarPairsAlgorithm(RsDiffusionAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameter(str(starter_model_dir("sar-jointnet")),
                                  "SAR-JointNet model directory (empty: starter model)")
-        self.addParameter(QgsProcessingParameterNumber(
-            "COUNT", self.tr("Number of pairs"), QgsProcessingParameterNumber.Integer,
-            defaultValue=16, minValue=1, maxValue=100000))
+        self.add_generation_parameters()
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("DDIM steps"), QgsProcessingParameterNumber.Integer,
             defaultValue=200, minValue=1, maxValue=1000))
-        self.addParameter(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
-        self.add_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Pairs per batch"), QgsProcessingParameterNumber.Integer,
-            defaultValue=8, minValue=1, maxValue=256))
-        self.add_device_parameter()
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT_FOLDER", self.tr("Output folder (new or empty)")))
-        self.addOutput(QgsProcessingOutputFile("INDEX", self.tr("Index of the generated pairs (CSV)")))
-        self.addOutput(QgsProcessingOutputFile("PREVIEW", self.tr("Preview grid (PNG)")))
-        self.addOutput(QgsProcessingOutputNumber("PAIRS", self.tr("Pairs written")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
@@ -53,8 +39,4 @@ class SynthesizeSarPairsAlgorithm(RsDiffusionAlgorithm):
                 device=self.device(parameters, context))
             return synthesize_sar_pairs(params, progress)
 
-        result = self.run_core(run, feedback)
-        if result is None:
-            return {}
-        return {"OUTPUT_FOLDER": result.output_dir, "INDEX": result.index_path, "PREVIEW": result.preview_path,
-                "PAIRS": len(result.pairs)}
+        return self.generation_outputs(self.run_core(run, feedback))
