@@ -230,8 +230,8 @@ def _check_rgb(data: FolderDataset) -> None:
 
 
 def _source(model_dir: str) -> str:
-    """A model directory as the cards cite it: its name and where it was."""
-    return f"{load_card(model_dir).name} ({Path(model_dir).resolve()})"
+    """A model directory as the cards cite it: its name and folder name (no machine-specific path)."""
+    return f"{load_card(model_dir).name} ({Path(model_dir).resolve().name})"
 
 
 # --- stage 3: the refinement diffusion model ----------------------------------------------------------------
@@ -351,7 +351,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         metrics={k: round(v, 4) for k, v in metrics.items()},
         extra={"steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
                "guidance_scale": cfg.guidance_scale, "preset": cfg.preset, "embedding": _source(cfg.embedding),
-               "vae": _source(cfg.vae) if cfg.preset == "small" else f"SD1.5 ({Path(cfg.sd_path).resolve()})",
+               "vae": _source(cfg.vae) if cfg.preset == "small" else f"SD1.5 ({Path(cfg.sd_path).resolve().name})",
                "coarse_source": coarse_source(cfg.data) or "unknown", "repa": repa, "lr": cfg.lr,
                "patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "ema_decay": cfg.ema_decay,
                "scaling": "image in [-1, 1] = 2 (raw - mean) / std - 1 per band (dataset range)"},
