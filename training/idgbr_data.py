@@ -139,7 +139,7 @@ def write_coarse_labels(data: str, output: str = "", model_dir: str = "", degrad
         if unknown:
             raise ValueError(f"Segmentation model '{card.name}' predicts class values {unknown} that the dataset's "
                              f"classes.json does not have: its coarse maps would not match the masks.")
-        source = f"predictions of the segmentation model '{card.name}' ({Path(model_dir).resolve()})"
+        source = f"predictions of the segmentation model '{card.name}' ({Path(model_dir).resolve().name})"
         if degrade:
             source += f", then each class region grown or shrunk by a random 0..{degrade} px (seed {seed})"
     else:
