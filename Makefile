@@ -45,7 +45,7 @@ qgis: setup
 	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
-## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~3 h)
+## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~4.5 h)
 starter-models: starter-segmentation starter-satsynth starter-idgbr starter-sar
 
 runs/data/scenes/classes.json: | setup
@@ -73,7 +73,7 @@ starter-idgbr: setup runs/data/scenes/classes.json
 	$(call ship,runs/starter/idgbr,idgbr_starter)
 
 ## starter-sar: procedural SAR scenes, SAR-JointNet (3 stages), 128 generated pairs, SAROSS-Net with DAKD and
-## the same SAROSS-Net without generated data (the benchmark's control; not shipped) (~75 min)
+## the same SAROSS-Net without generated data (the benchmark's control; not shipped) (~90 min)
 starter-sar: setup
 	rm -rf runs/data/sar_scenes runs/data/sar_generated
 	$(PY) -m training sar-scenes --output runs/data/sar_scenes --count 200 --size 256 --seed 7

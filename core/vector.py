@@ -13,10 +13,11 @@ from typing import Sequence
 import fiona
 import numpy as np
 import rasterio.features
-from rasterio.warp import transform_geom
+import rasterio.warp
+from rasterio.crs import CRS
 from rasterio.windows import Window
 from shapely.geometry import mapping, shape
-from shapely.ops import unary_union
+from shapely.ops import transform, unary_union
 
 from core.checkpoint import ClassInfo
 from core.progress import Progress
@@ -105,9 +106,21 @@ def _area_function(crs, progress: Progress):
         return lambda poly: poly.area
     if crs.is_geographic:
         progress.info(f"Layer CRS is geographic: polygon areas computed in {EQUAL_AREA_CRS} (equal-area).")
-        return lambda poly: shape(transform_geom(crs, EQUAL_AREA_CRS, mapping(poly))).area
+        return lambda poly: reproject_geometry(poly, crs, EQUAL_AREA_CRS).area
     factor = crs.linear_units_factor[1]
     return lambda poly: poly.area * factor ** 2
+
+
+def reproject_geometry(geom, source_crs, target_crs):
+    """A shapely geometry in another CRS, by transforming its coordinate arrays.
+
+    Not rasterio's transform_geom: its OGR geometry builder fails ("Input is not a valid geometry
+    object") inside QGIS and qgis_process, where QGIS's own GDAL is loaded before rasterio's.
+    """
+    source, target = CRS.from_user_input(source_crs), CRS.from_user_input(target_crs)
+    if source == target:
+        return geom
+    return transform(lambda xs, ys, zs=None: rasterio.warp.transform(source, target, list(xs), list(ys)), geom)
 
 
 def _touches_inner_border(poly, window: Window, src) -> bool:
@@ -145,6 +158,6 @@ def read_polygons_in_crs(path: str | os.PathLike, crs_wkt: str | None, layer: st
             if geom.geom_type not in ("Polygon", "MultiPolygon"):
                 raise ValueError(f"{what} '{path}' has {geom.geom_type} features; polygons are needed.")
             if source_crs and crs_wkt:
-                geom = shape(transform_geom(source_crs, crs_wkt, mapping(geom)))
+                geom = reproject_geometry(geom, source_crs, crs_wkt)
             geometries.append(geom)
     return geometries

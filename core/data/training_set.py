@@ -13,12 +13,14 @@ import fiona
 import numpy as np
 import rasterio
 import rasterio.features
-from rasterio.warp import Resampling, reproject, transform_geom
+from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
+from shapely.geometry import mapping, shape
 
 from core.data.folder import write_class_table
 from core.progress import Progress
 from core.raster import RasterError, open_raster, raster_info, read_window, staged_dir, write_geotiff
+from core.vector import reproject_geometry
 
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".kml", ".sqlite")
 LABEL_NODATA = 255
@@ -147,8 +149,8 @@ class _VectorLabels:
         to_value = (lambda v: int(v)) if numeric else {str(v): i + 1 for i, v in enumerate(raw)}.__getitem__
         if numeric and raw and (min(raw) < 1 or max(raw) >= LABEL_NODATA):
             raise RasterError(f"Class values in '{params.class_field}' must be 1..254 (0 is the background).")
-        if crs and info.crs_wkt and rasterio.crs.CRS.from_wkt(crs) != rasterio.crs.CRS.from_wkt(info.crs_wkt):
-            features = [(transform_geom(crs, info.crs_wkt, g), v) for g, v in features]
+        if crs and info.crs_wkt:
+            features = [(mapping(reproject_geometry(shape(g), crs, info.crs_wkt)), v) for g, v in features]
         self.shapes = [(g, to_value(v if numeric else str(v))) for g, v in features if v is not None]
 
     def read(self, window: Window) -> np.ndarray:
