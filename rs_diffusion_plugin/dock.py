@@ -1,12 +1,15 @@
 """The rs-diffusion dock: one tab per task, each running its core call in a CoreTask."""
 from __future__ import annotations
 
-from qgis.core import QgsApplication
+import tempfile
+from pathlib import Path
+
+from qgis.core import QgsApplication, QgsProcessingUtils
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtWidgets import (QDockWidget, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
+from qgis.PyQt.QtWidgets import (QComboBox, QDockWidget, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
                                  QTabWidget, QVBoxLayout, QWidget)
 
-from core.catalog import starter_model_dir
+from core.catalog import DEVICE_CHOICES, starter_model_dir
 from rs_diffusion_plugin.task import CoreTask
 
 
@@ -72,6 +75,26 @@ class TaskTab(QWidget):
         layout.addWidget(self.log)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+
+    def add_device_row(self, form) -> None:
+        """A "Device" row (auto / cuda / cpu) as `self.device_combo`."""
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        form.addRow("Device", self.device_combo)
+
+    def add_raster_output_row(self, form, label: str) -> None:
+        """A GeoTIFF save-file row as `self.output_widget`; left empty it means a temporary file."""
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif)")
+        self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
+        form.addRow(label, self.output_widget)
+
+    def output_path(self, prefix: str, file_name: str) -> str:
+        """The chosen output file, or `file_name` in a new folder of the Processing temp folder."""
+        if self.output_widget.filePath():
+            return self.output_widget.filePath()
+        return str(Path(tempfile.mkdtemp(prefix=prefix, dir=QgsProcessingUtils.tempFolder())) / file_name)
 
     def start(self) -> None:
         try:

@@ -1,14 +1,12 @@
 """The dock's "Oil spills" tab: SAR layer (+ land mask) + SAROSS-Net -> styled oil classes and slick polygons."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox, QgsRasterBandComboBox
+from qgis.core import QgsMapLayerProxyModel
+from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout
 
-from core.catalog import DEVICE_CHOICES
 from core.oilspill.pipeline import OilSpillParams, detect_oil_spills
 from core.oilspill.saross import TASK
 from core.oilspill.scaling import INPUT_KINDS
@@ -41,14 +39,8 @@ class OilSpillTab(TaskTab):
         form.addRow("Land mask (optional)", self.land_combo)
         self.model_picker = ModelPicker(TASK)
         form.addRow("Model", self.model_picker)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICE_CHOICES)
-        form.addRow("Device", self.device_combo)
-        self.output_widget = QgsFileWidget()
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
-        self.output_widget.setFilter("GeoTIFF (*.tif)")
-        self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
-        form.addRow("Class raster", self.output_widget)
+        self.add_device_row(form)
+        self.add_raster_output_row(form, "Class raster")
         self.polygons_check = QCheckBox("Also write oil-slick polygons (GeoPackage)")
         self.polygons_check.setChecked(True)
         form.addRow("", self.polygons_check)
@@ -56,10 +48,7 @@ class OilSpillTab(TaskTab):
 
     def make_task(self) -> CoreTask:
         layer = self.layer_combo.currentLayer()
-        output = self.output_widget.filePath()
-        if not output:
-            folder = Path(tempfile.mkdtemp(prefix="oilspill_", dir=QgsProcessingUtils.tempFolder()))
-            output = str(folder / f"{layer.name() if layer else 'sar'}_oil.tif")
+        output = self.output_path("oilspill_", f"{layer.name() if layer else 'sar'}_oil.tif")
         land = self.land_combo.currentLayer()
         land_path, land_layer = vector_source(land) if land is not None else ("", "")
         params = OilSpillParams(

@@ -1,15 +1,13 @@
 """The dock's "Refine" tab: image + classification layer + IDGBR model -> refined classification layer."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.core import QgsMapLayerProxyModel
+from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFormLayout, QHeaderView, QLabel, QSpinBox,
                                  QTableWidget, QTableWidgetItem)
 
-from core.catalog import DEVICE_CHOICES
 from core.refinement.model import TASK
 from core.refinement.pipeline import RefineParams, refine_raster
 from rs_diffusion_plugin.dock import ModelPicker, TaskTab
@@ -39,14 +37,8 @@ class RefineTab(TaskTab):
         self.steps_spin.setRange(0, 1000)
         self.steps_spin.setSpecialValueText("model's")
         form.addRow("Sampling steps", self.steps_spin)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICE_CHOICES)
-        form.addRow("Device", self.device_combo)
-        self.output_widget = QgsFileWidget()
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
-        self.output_widget.setFilter("GeoTIFF (*.tif)")
-        self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
-        form.addRow("Refined raster", self.output_widget)
+        self.add_device_row(form)
+        self.add_raster_output_row(form, "Refined raster")
         self.uncertainty_check = QCheckBox("Also add an uncertainty layer (entropy, sample disagreement)")
         form.addRow("", self.uncertainty_check)
         layout.addLayout(form)
@@ -110,10 +102,7 @@ class RefineTab(TaskTab):
         image, classification = self.image_combo.currentLayer(), self.classification_combo.currentLayer()
         image_path, classification_path = raster_source(image), raster_source(classification)
         value_map = self.value_map(classification.name())
-        output = self.output_widget.filePath()
-        if not output:
-            folder = Path(tempfile.mkdtemp(prefix="refine_", dir=QgsProcessingUtils.tempFolder()))
-            output = str(folder / f"{classification.name()}_refined.tif")
+        output = self.output_path("refine_", f"{classification.name()}_refined.tif")
         stem = str(Path(output).with_suffix(""))
         params = RefineParams(
             image_path=image_path, classification_path=classification_path, output_path=output,

@@ -1,14 +1,12 @@
 """The dock's "Segment" tab: raster layer + model -> styled class layer."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from qgis.core import QgsMapLayerProxyModel, QgsProcessingUtils
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QSpinBox
+from qgis.core import QgsMapLayerProxyModel
+from qgis.gui import QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QSpinBox
 
-from core.catalog import DEVICE_CHOICES
 from core.segmentation.pipeline import TASK, SegmentParams, segment_raster
 from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import add_class_outputs, raster_source
@@ -25,9 +23,7 @@ class SegmentTab(TaskTab):
         form.addRow("Raster layer", self.layer_combo)
         self.model_picker = ModelPicker(TASK)
         form.addRow("Model", self.model_picker)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICE_CHOICES)
-        form.addRow("Device", self.device_combo)
+        self.add_device_row(form)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
         self.tile_spin.setSpecialValueText("model's")
@@ -36,11 +32,7 @@ class SegmentTab(TaskTab):
         self.overlap_spin.setRange(0, 1024)
         self.overlap_spin.setValue(32)
         form.addRow("Tile overlap", self.overlap_spin)
-        self.output_widget = QgsFileWidget()
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
-        self.output_widget.setFilter("GeoTIFF (*.tif)")
-        self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
-        form.addRow("Class raster", self.output_widget)
+        self.add_raster_output_row(form, "Class raster")
         self.polygons_check = QCheckBox("Also write class polygons (GeoPackage)")
         form.addRow("", self.polygons_check)
         self.probabilities_check = QCheckBox("Also write class probabilities")
@@ -49,10 +41,7 @@ class SegmentTab(TaskTab):
 
     def make_task(self) -> CoreTask:
         layer = self.layer_combo.currentLayer()
-        output = self.output_widget.filePath()
-        if not output:
-            folder = Path(tempfile.mkdtemp(prefix="segment_", dir=QgsProcessingUtils.tempFolder()))
-            output = str(folder / f"{layer.name() if layer else 'segmentation'}_classes.tif")
+        output = self.output_path("segment_", f"{layer.name() if layer else 'segmentation'}_classes.tif")
         stem = str(Path(output).with_suffix(""))
         params = SegmentParams(
             input_path=raster_source(layer), output_path=output, model_dir=self.model_picker.path(),

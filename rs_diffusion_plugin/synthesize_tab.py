@@ -9,7 +9,6 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QScrollArea, QSpinBox
 
-from core.catalog import DEVICE_CHOICES
 from core.synthesis.generate import SynthesisParams, synthesize_pairs
 from core.synthesis.satsynth import SR_TASK, TASK
 from rs_diffusion_plugin.dock import ModelPicker, TaskTab
@@ -46,9 +45,7 @@ class SynthesizeTab(TaskTab):
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         form.addRow("Seed", self.seed_spin)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICE_CHOICES)
-        form.addRow("Device", self.device_combo)
+        self.add_device_row(form)
         self.output_widget = QgsFileWidget()
         self.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.output_widget.lineEdit().setPlaceholderText("[temporary folder]")
