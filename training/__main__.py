@@ -5,7 +5,8 @@ import argparse
 import logging
 import sys
 
-from training import augment_eval, idgbr, idgbr_data, sar, satsynth, scenes, segment
+from core.fusion import convert
+from training import augment_eval, fusion, idgbr, idgbr_data, sar, satsynth, scenes, segment
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
@@ -36,6 +37,12 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
                "train the SAROSS-Net oil-spill segmenter (with --synthetic: DAKD distillation)"),
     "sar-evaluate": (sar.add_evaluate_arguments, sar.main_evaluate,
                      "score a SAROSS-Net model on a SAR dataset (mIoU, per-class IoU and F1)"),
+    "irvis-pairs": (fusion.add_pairs_arguments, fusion.main_pairs,
+                    "write procedural co-registered infrared / visible pairs (ir/ and vi/)"),
+    "fusion-prior": (fusion.add_arguments, fusion.main,
+                     "train an unconditional diffusion prior on image patches (for Dig2DIG / DDFM fusion)"),
+    "convert-guided-diffusion": (convert.add_arguments, convert.main,
+                                 "turn a local guided-diffusion checkpoint (.pt) into a fusion-prior model folder"),
 }
 
 

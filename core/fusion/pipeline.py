@@ -1,0 +1,208 @@
+"""fuse_ir_visible: an infrared and a visible layer of any size -> a fused layer on the visible grid.
+
+The infrared layer is read on the visible layer's grid (resampled bilinearly when the grids
+differ, with a message). Both are scaled to [0, 1] (core.data.images.unit_range), the visible
+luma and the infrared are fused tile by tile with overlap by Dig2DIG or DDFM
+(core.fusion.sampler), and the blended fused luma is put back together with the visible
+image's colour (its Cb/Cr), so a colour visible layer gives a colour result. Optionally the
+infrared weight of every DIG recomputation is written as a raster band each.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from core.catalog import starter_model_dir
+from core.data.images import to_unit, unit_range
+from core.device import describe_device, resolve_device
+from core.fusion.prior import TASK, FusionPrior, load_prior
+from core.fusion.sampler import FusionSettings, fuse, rgb_to_ycbcr, timesteps_for, ycbcr_to_rgb
+from core.progress import Progress, SubProgress
+from core.raster import GeoTiffWriter, RasterError, open_raster, raster_info, read_window
+from core.tiling import TileGrid, pad_tile, run_tiles
+
+
+@dataclass
+class FusionParams:
+    """Everything one run needs; plain values so panel, Processing, CLI and tests share it."""
+    infrared_path: str
+    visible_path: str
+    output_path: str
+    model_dir: str = ""                 # empty: the shipped starter prior
+    settings: FusionSettings = field(default_factory=FusionSettings)
+    weights_path: str = ""              # optional raster: infrared weight at each DIG recomputation (dig mode)
+    infrared_band: int = 1
+    tile_size: int = 256
+    overlap: int = 32
+    batch_size: int = 1
+    device: str = "auto"
+    infrared_name: str = ""             # how the user knows the layers, for messages
+    visible_name: str = ""
+
+    def resolved_model_dir(self) -> str:
+        return self.model_dir or str(starter_model_dir(TASK))
+
+
+@dataclass
+class FusionResult:
+    output_path: str
+    weights_path: str
+    prior: str                          # which prior was used (shown in the panel and the log)
+    settings: dict
+    device: str
+    seconds: float
+    tiles: int
+    resampled: bool                     # the infrared layer was resampled onto the visible grid
+    mean_infrared_weight: list[float]   # per DIG recomputation, over the whole image (empty for ddfm)
+
+
+def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> FusionResult:
+    progress = progress or Progress()
+    started = time.perf_counter()
+    settings = params.settings
+    settings.validate()
+    ir_name = params.infrared_name or Path(params.infrared_path).name
+    vis_name = params.visible_name or Path(params.visible_path).name
+    _check_outputs(params, ir_name, vis_name)
+    prior = load_prior(params.resolved_model_dir())
+    progress.info(f"Prior: {prior.describe()}.")
+    vis, ir = raster_info(params.visible_path), raster_info(params.infrared_path)
+    if not 1 <= params.infrared_band <= ir.count:
+        raise RasterError(f"Infrared layer '{ir_name}' has bands 1..{ir.count}; band {params.infrared_band} does "
+                          "not exist.")
+    if vis.count not in (1, 3, 4):
+        raise RasterError(f"Visible layer '{vis_name}' has {vis.count} bands; expected 1 (gray) or 3 (RGB, a 4th "
+                          "alpha band is ignored).")
+    colour = vis.count >= 3
+    same_grid = (ir.width, ir.height, ir.crs_wkt) == (vis.width, vis.height, vis.crs_wkt) and \
+        np.allclose(ir.transform, vis.transform)
+    if not same_grid and (ir.crs_wkt is None or vis.crs_wkt is None):
+        raise RasterError(f"Layers '{ir_name}' ({ir.width} x {ir.height} px) and '{vis_name}' ({vis.width} x "
+                          f"{vis.height} px) are on different grids and one has no coordinate reference system, so "
+                          "they cannot be co-registered.")
+    device = resolve_device(params.device)
+    prior = prior.to(device).eval()
+    multiple = max(prior.multiple, 8)
+    tile = min(params.tile_size, -(-max(vis.width, vis.height) // multiple) * multiple)
+    if tile % multiple:
+        raise ValueError(f"Tile size must be a multiple of {multiple} pixels for this prior, not {tile}.")
+    grid = TileGrid(vis.height, vis.width, tile, min(params.overlap, tile // 2))
+    recomputes = len(range(0, settings.steps, settings.dig_interval)) if settings.mode == "dig" else 0
+    if params.weights_path and not recomputes:
+        raise ValueError("Weight maps exist only in the 'dig' mode; DDFM uses fixed weights.")
+    progress.info(f"Fusing '{ir_name}' and '{vis_name}' ({vis.width} x {vis.height} px, {len(grid)} tile(s) of "
+                  f"{tile} px) with {settings.mode.upper()}-{settings.steps}"
+                  + (f", {settings.dig_kind} DIG every {settings.dig_interval} steps" if recomputes else "")
+                  + f" on {describe_device(device)}.")
+
+    with contextlib.ExitStack() as stack:
+        vis_src = stack.enter_context(open_raster(params.visible_path))
+        ir_src = stack.enter_context(open_raster(params.infrared_path))
+        if not same_grid:
+            ir_src = stack.enter_context(WarpedVRT(ir_src, crs=vis_src.crs, transform=vis_src.transform,
+                                                   width=vis.width, height=vis.height,
+                                                   resampling=Resampling.bilinear))
+            progress.warning(f"Infrared layer '{ir_name}' is on another grid: resampled (bilinear) onto the grid of "
+                             f"'{vis_name}'.")
+        vis_bands = [1, 2, 3] if colour else [1]
+        weight_sums = np.zeros(recomputes)
+        try:
+            valid_pixels = _run_tiles(params, prior, device, vis_src, ir_src, vis_bands, grid, recomputes,
+                                      weight_sums, progress)
+        except BaseException:
+            for out in (params.output_path, params.weights_path):
+                if out:
+                    Path(out).unlink(missing_ok=True)     # a failed or cancelled run leaves no half set of outputs
+            raise
+    seconds = time.perf_counter() - started
+    progress.info(f"Fused in {seconds:.1f} s.")
+    progress.set_fraction(1.0)
+    return FusionResult(params.output_path, params.weights_path, prior.describe(), settings.as_dict(),
+                        describe_device(device), seconds, len(grid), not same_grid,
+                        [float(s / max(valid_pixels, 1)) for s in weight_sums])
+
+
+def _check_outputs(params: FusionParams, ir_name: str, vis_name: str) -> None:
+    inputs = {Path(params.infrared_path).resolve(): ir_name, Path(params.visible_path).resolve(): vis_name}
+    for out in (params.output_path, params.weights_path):
+        if out and Path(out).resolve() in inputs:
+            raise RasterError(f"Output '{out}' is the input layer '{inputs[Path(out).resolve()]}'; choose another "
+                              "file name.")
+
+
+def _run_tiles(params, prior: FusionPrior, device, vis_src, ir_src, vis_bands, grid, recomputes, weight_sums,
+               progress) -> int:
+    settings = params.settings
+    vis_range = unit_range(vis_src, vis_bands)
+    ir_range = unit_range(ir_src, [params.infrared_band])
+    colour = len(vis_bands) == 3
+    out_dtype = "uint8" if vis_src.dtypes[0] == "uint8" else "float32"
+    declared = vis_src.nodata is not None or ir_src.nodata is not None
+    nodata = vis_src.nodata if vis_src.nodata is not None else (
+        (0 if out_dtype == "uint8" else float("nan")) if declared else None)
+    times = timesteps_for(settings)
+    done, valid_pixels = 0, 0
+
+    def read_tile(tile):
+        window = Window(tile.col, tile.row, tile.width, tile.height)
+        visible, vis_valid = read_window(vis_src, window, vis_bands)
+        infrared, ir_valid = read_window(ir_src, window, [params.infrared_band])
+        stacked = np.concatenate([to_unit(infrared, *ir_range), to_unit(visible, *vis_range)])
+        return pad_tile(stacked, grid.tile), vis_valid & ir_valid
+
+    def predict(tiles, inputs):
+        nonlocal done
+        x = torch.from_numpy(np.stack(inputs)).to(device) * 2 - 1
+        infrared, visible = x[:, :1], x[:, 1:]
+        ycbcr = rgb_to_ycbcr(visible) if colour else visible
+        sub = SubProgress(progress, done / len(grid), (done + len(tiles)) / len(grid))
+        tile_settings = dataclasses.replace(settings, seed=settings.seed + 7919 * tiles[0].i + tiles[0].j)
+        fused, trace = fuse(prior, infrared, ycbcr[:, :1], tile_settings, sub)
+        done += len(tiles)
+        channels = [fused, ycbcr[:, 1:]]
+        if recomputes:
+            channels += [trace.weights[i][:, :1].expand_as(fused) for i in trace.dig_steps]
+        return torch.cat(channels, dim=1).float().cpu().numpy()
+
+    def write_block(row, col, block, valid):
+        nonlocal valid_pixels
+        fused = block[:3] if colour else block[:1]
+        if colour:
+            fused = ycbcr_to_rgb(torch.from_numpy(fused[None]))[0].numpy()
+        raw = vis_range[0] + (fused.clip(-1, 1) + 1) / 2 * (vis_range[1] - vis_range[0])
+        if out_dtype == "uint8":
+            raw = np.clip(np.round(raw), 1 if nodata == 0 else 0, 255)
+        if nodata is not None:
+            raw[:, ~valid] = nodata
+        out.write(raw, row=row, col=col)
+        valid_pixels += int(valid.sum())
+        if recomputes:
+            weights = block[-recomputes:]
+            weight_sums[:] += (weights * valid).sum(axis=(1, 2))
+            if weights_out is not None:
+                weights_out.write(np.where(valid, weights, -1.0), row=row, col=col)
+
+    common = dict(width=grid.width, height=grid.height, crs_wkt=vis_src.crs.to_wkt() if vis_src.crs else None,
+                  transform=tuple(vis_src.transform)[:6])
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(GeoTiffWriter(
+            params.output_path, count=len(vis_bands), dtype=out_dtype, nodata=nodata,
+            band_names=["fused red", "fused green", "fused blue"] if colour else ["fused"], **common))
+        weights_out = None
+        if params.weights_path:
+            steps = [i for i in range(0, settings.steps, settings.dig_interval)]
+            weights_out = stack.enter_context(GeoTiffWriter(
+                params.weights_path, count=recomputes, dtype="float32", nodata=-1.0,
+                band_names=[f"infrared weight from step {i} (t={times[i]})" for i in steps], **common))
+        channels = (3 if colour else 1) + recomputes
+        run_tiles(grid, channels, read_tile, predict, write_block, params.batch_size, progress)
+    return valid_pixels

@@ -1,0 +1,190 @@
+"""Fusion by posterior sampling: DDFM, and Dig2DIG's diffusion-information-gain weights on top.
+
+Each reverse step (DDIM, eta = 0, on the prior's original timestep indices) turns the prior's
+epsilon into an x0 estimate, replaces its luma by one EM rectification toward the two sources
+(core.fusion.em), recomputes epsilon from the rectified x0 and steps on. DDFM uses fixed modality
+weights and uniformly respaced steps (100 in the paper); Dig2DIG (mode "dig") uses N = 25
+steps that are large at high noise and small near the end, and weights
+
+    DIG_k(t) = l(c^_k^t, c_k) - l(c^_k^{t-S}, c_k),   w_k = softmax_k(DIG_k)     (Eqs. 8-11)
+
+where c^_k^t is the prior's one-step x0 estimate from the source c_k noised to level t (Eqs. 9-10)
+and l the mean squared error (per pixel, so the softmax does not depend on the image size). The
+weights are recomputed every S steps (t - S: the level S sampler steps later) and held in
+between. All noised sources share one noise draw (common random numbers), so each level's
+estimates serve two consecutive recomputations. Spatial DIG pools the squared errors over
+patches and takes the softmax per pixel. Weights enter the EM step as K * w_k, so equal gains
+reproduce DDFM exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from core.fusion.em import EM_MODES, EmState, em_step
+from core.fusion.prior import FusionPrior
+from core.progress import Progress
+from core.synthesis.satsynth import TIMESTEPS, training_scheduler
+
+FUSION_MODES = ("dig", "ddfm")
+DIG_KINDS = ("scalar", "spatial")
+SCHEDULES = ("auto", "nonuniform", "uniform")   # auto: nonuniform for dig, uniform for ddfm
+SCHEDULE_POWER = 2.0       # Dig2DIG's timesteps: t_i = (T - 1) (1 - i / (N - 1)) ** SCHEDULE_POWER
+
+
+@dataclass
+class FusionSettings:
+    """How to sample; plain values (stored with every result)."""
+    mode: str = "dig"              # dig | ddfm (fixed weights, uniform steps)
+    steps: int = 25
+    dig_interval: int = 10         # S: recompute the weights every S steps
+    dig_kind: str = "scalar"       # scalar | spatial
+    dig_patch: int = 16            # spatial DIG: error pooling window (px)
+    em_mode: str = "paper"         # paper | code (see core.fusion.em)
+    schedule: str = "auto"         # auto | nonuniform | uniform (ablations)
+    seed: int = 0
+
+    def validate(self) -> None:
+        for value, allowed, what in ((self.mode, FUSION_MODES, "fusion mode"), (self.dig_kind, DIG_KINDS, "DIG kind"),
+                                     (self.em_mode, EM_MODES, "DDFM mode"), (self.schedule, SCHEDULES, "schedule")):
+            if value not in allowed:
+                raise ValueError(f"Unknown {what} '{value}'; choose one of {', '.join(allowed)}.")
+        if not 2 <= self.steps <= TIMESTEPS:
+            raise ValueError(f"Steps must be between 2 and {TIMESTEPS}, not {self.steps}.")
+        if self.dig_interval < 1:
+            raise ValueError(f"The DIG interval must be at least 1 step, not {self.dig_interval}.")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FusionTrace:
+    """What happened inside one sampling run, for inspection and tests."""
+    timesteps: list[int]
+    dig_steps: list[int] = field(default_factory=list)          # sampler steps where the weights were recomputed
+    weights: list[torch.Tensor] = field(default_factory=list)   # per step: (B, 2, 1|H, 1|W), [infrared, visible]
+    prior_calls: int = 0
+
+
+def dig_timesteps(steps: int) -> list[int]:
+    """Strictly decreasing from T - 1 to 0, large steps at high noise."""
+    times = [round((TIMESTEPS - 1) * (1 - i / (steps - 1)) ** SCHEDULE_POWER) for i in range(steps)]
+    if len(set(times)) != steps:
+        raise ValueError(f"{steps} steps are too many for a non-uniform schedule over {TIMESTEPS} timesteps.")
+    return times
+
+
+def ddfm_timesteps(steps: int) -> list[int]:
+    """DDFM's respacing: round(k (T - 1) / (N - 1)), k = N - 1 .. 0."""
+    return [round(k * (TIMESTEPS - 1) / (steps - 1)) for k in range(steps - 1, -1, -1)]
+
+
+def timesteps_for(settings: FusionSettings) -> list[int]:
+    nonuniform = settings.schedule == "nonuniform" or (settings.schedule == "auto" and settings.mode == "dig")
+    return dig_timesteps(settings.steps) if nonuniform else ddfm_timesteps(settings.steps)
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
+    """BT.601 full range on signed data: Y in the same range as RGB, Cb/Cr centred on 0."""
+    r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
+    y = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
+    return torch.cat([y, (b - y) / 1.772, (r - y) / 1.402], dim=1)
+
+
+def ycbcr_to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
+    y, cb, cr = ycbcr[:, 0:1], ycbcr[:, 1:2], ycbcr[:, 2:3]
+    r, b = y + 1.402 * cr, y + 1.772 * cb
+    g = (y - _LUMA[0] * r - _LUMA[2] * b) / _LUMA[1]
+    return torch.cat([r, g, b], dim=1)
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    return rgb_to_ycbcr(x)[:, :1] if x.shape[1] == 3 else x.mean(dim=1, keepdim=True)
+
+
+def with_luma(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x with its luma replaced by y (chroma kept)."""
+    if x.shape[1] != 3:
+        return y.expand_as(x)
+    return ycbcr_to_rgb(torch.cat([y, rgb_to_ycbcr(x)[:, 1:]], dim=1))
+
+
+def dig_weights(errors_now: torch.Tensor, errors_later: torch.Tensor) -> torch.Tensor:
+    """Softmax over modalities (dim 1) of the information gains (errors at t minus errors at t - S)."""
+    return torch.softmax(errors_now - errors_later, dim=1)
+
+
+class _DigEstimator:
+    """Squared errors of the prior's one-step reconstructions of each source, per noise level, cached."""
+
+    def __init__(self, prior: FusionPrior, sources: torch.Tensor, alphas: torch.Tensor, settings: FusionSettings,
+                 trace: FusionTrace):
+        self.prior, self.alphas, self.settings, self.trace = prior, alphas, settings, trace
+        self.sources = sources                                  # (B, 2, H, W): infrared, visible
+        b, k, h, w = sources.shape
+        generator = torch.Generator().manual_seed(settings.seed + 1)
+        self.noise = torch.randn(b, 1, prior.channels, h, w, generator=generator).to(sources)   # shared by both
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def errors(self, t: int) -> torch.Tensor:
+        """(B, 2, 1, 1) mean squared errors, or (B, 2, H, W) pooled maps for spatial DIG."""
+        if t not in self.cache:
+            b, k, h, w = self.sources.shape
+            clean = self.sources[:, :, None].expand(b, k, self.prior.channels, h, w)
+            a = self.alphas[t]
+            noised = (a.sqrt() * clean + (1 - a).sqrt() * self.noise).reshape(b * k, -1, h, w)
+            eps = self.prior(noised, torch.full((b * k,), t, device=noised.device))
+            self.trace.prior_calls += 1
+            estimate = ((noised - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1).reshape(b, k, -1, h, w)
+            squared = ((estimate - clean) ** 2).mean(dim=2)                         # (B, 2, H, W)
+            if self.settings.dig_kind == "scalar":
+                self.cache[t] = squared.mean(dim=(2, 3), keepdim=True)
+            else:
+                p = self.settings.dig_patch
+                self.cache[t] = F.avg_pool2d(F.pad(squared, (p // 2, (p - 1) // 2) * 2, mode="replicate"), p, 1)
+        return self.cache[t]
+
+
+@torch.inference_mode()
+def fuse(prior: FusionPrior, infrared: torch.Tensor, visible: torch.Tensor, settings: FusionSettings,
+         progress: Progress | None = None) -> tuple[torch.Tensor, FusionTrace]:
+    """Fused luma (B, 1, H, W) in [-1, 1] from infrared and visible luma (B, 1, H, W) in [-1, 1].
+
+    H and W must be multiples of `prior.multiple` (the pipeline pads).
+    """
+    settings.validate()
+    progress = progress or Progress()
+    alphas = training_scheduler().alphas_cumprod.to(torch.float64)
+    times = timesteps_for(settings)
+    trace = FusionTrace(timesteps=times)
+    device = infrared.device
+    generator = torch.Generator().manual_seed(settings.seed)
+    b, _, h, w = infrared.shape
+    x = torch.randn(b, prior.channels, h, w, generator=generator).to(device)
+    state = EmState.initial(infrared)
+    weights = torch.ones(b, 2, 1, 1, device=device)              # DDFM: both terms at full strength
+    dig = (_DigEstimator(prior, torch.cat([infrared, visible], dim=1), alphas.to(device).float(), settings, trace)
+           if settings.mode == "dig" else None)
+    for i, t in enumerate(times):
+        if dig is not None and i % settings.dig_interval == 0:
+            later = times[min(i + settings.dig_interval, len(times) - 1)]
+            weights = 2 * dig_weights(dig.errors(t), dig.errors(later))
+            trace.dig_steps.append(i)
+        trace.weights.append(weights / 2)
+        a = alphas[t].float()
+        eps = prior(x, torch.full((b,), t, device=device))
+        trace.prior_calls += 1
+        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+        fused, state = em_step(luma(x0), infrared, visible, state, weights[:, :1], weights[:, 1:], settings.em_mode)
+        x0 = with_luma(x0, fused)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        a_next = alphas[times[i + 1]].float() if i + 1 < len(times) else torch.tensor(1.0)
+        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        progress.step(i + 1, len(times))
+    return luma(x).clamp(-1, 1), trace

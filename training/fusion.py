@@ -1,0 +1,114 @@
+"""`python -m training fusion-prior`: fit an unconditional DDPM prior on image patches, and
+`python -m training irvis-pairs`: write procedural infrared / visible pairs to train and test on.
+
+The prior is what Dig2DIG / DDFM sample from; when no pretrained prior (e.g. a converted
+guided-diffusion 256 model) is at hand, this trains a small one. Every image below --data
+(infrared and visible alike; gray images repeated to 3 bands) gives random patches in [0, 1]
+(core.data.images), scaled to [-1, 1]; the loss is epsilon-MSE with the linear 1e-4..0.02,
+T = 1000 schedule that DDFM samples with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import ModelCard, Normalization
+from core.data.images import ImagePatchDataset, list_images
+from core.fusion.prior import TASK, FusionPrior, architecture_for
+from core.synthesis.satsynth import diffusion_loss, training_scheduler
+from training.config import add_run_arguments, load_config
+from training.trainer import Trainer, TrainSettings, seed_everything
+
+
+@dataclass
+class FusionPriorTrainConfig:
+    data: str
+    output: str
+    name: str = ""
+    preset: str = "small"
+    patch_size: int = 64
+    batch_size: int = 16
+    samples_per_image: int = 8
+    steps: int = 4000
+    lr: float = 4e-4
+    ema_decay: float = 0.995
+    sample_every: int = 1000       # save a grid of prior samples (DDIM-25) this often
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
+    from diffusers import UNet2DModel
+    images = list_images(cfg.data)
+    architecture = architecture_for(cfg.preset, cfg.patch_size)
+    seed_everything(cfg.seed)
+    unet = UNet2DModel(**architecture["unet"])
+    scheduler = training_scheduler()
+    run = Path(cfg.output)
+    trainer = Trainer(unet, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
+        val_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
+        resume=cfg.resume))
+    loader = trainer.loader(ImagePatchDataset(images, cfg.patch_size, 3, cfg.samples_per_image), cfg.batch_size,
+                            cfg.num_workers)
+    card = ModelCard(
+        task=TASK, name=cfg.name or run.name, architecture=architecture, bands=["red", "green", "blue"],
+        normalization=Normalization([0.5] * 3, [0.5] * 3), tile_size=cfg.patch_size,
+        training_data=f"{Path(cfg.data).resolve().name}: {len(images)} images",
+        extra={"input": "each source scaled to [0, 1] (8-bit: / 255; other types: 0.1-99.9 percentile range), "
+                        "then to [-1, 1]; gray sources repeated to 3 bands",
+               "schedule": "linear betas 1e-4..0.02, T = 1000, epsilon prediction"})
+
+    def loss_fn(net, batch):
+        return diffusion_loss(net, scheduler, batch * 2 - 1)
+
+    def sample_grid(net):
+        _save_sample_grid(FusionPrior(net, card), run / f"samples_{trainer.step:06d}.png", cfg.seed)
+        return {}
+
+    trainer.fit(loader, loss_fn, sample_grid)
+    card.extra["steps"] = trainer.step
+    return trainer.export(card)
+
+
+@torch.inference_mode()
+def _save_sample_grid(prior: FusionPrior, path: Path, seed: int, count: int = 4, size: int = 64) -> None:
+    """What the prior draws from pure noise (DDIM-25): a quick look at what it has learned."""
+    from diffusers import DDIMScheduler
+    from PIL import Image
+    scheduler = DDIMScheduler.from_config(training_scheduler().config)
+    scheduler.set_timesteps(25)
+    device = next(prior.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(count, 3, size, size, generator=generator).to(device)
+    prior.eval()
+    for t in scheduler.timesteps:
+        x = scheduler.step(prior(x, t), t, x).prev_sample
+    tiles = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    Image.fromarray(np.concatenate(list(tiles), axis=1)).save(path)
+
+
+def add_arguments(parser) -> None:
+    add_run_arguments(parser, "FusionPriorTrainConfig")
+
+
+def main(args) -> None:
+    print(f"model written to {train_fusion_prior(load_config(FusionPriorTrainConfig, args.config, args))}")
+
+
+def add_pairs_arguments(parser) -> None:
+    parser.add_argument("--output", required=True, help="folder to write (ir/ and vi/ with the same file names)")
+    parser.add_argument("--count", type=int, default=50, help="number of pairs")
+    parser.add_argument("--size", type=int, default=256, help="pair size in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main_pairs(args) -> None:
+    from core.data.irvis import write_irvis_dataset
+    print(f"{args.count} pairs written to {write_irvis_dataset(args.output, args.count, args.size, args.seed)}")
