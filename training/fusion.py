@@ -35,7 +35,7 @@ class FusionPriorTrainConfig:
     steps: int = 4000
     lr: float = 4e-4
     ema_decay: float = 0.995
-    sample_every: int = 1000       # save a grid of prior samples (DDIM-25) this often
+    sample_every: int = 1000       # save a grid of prior samples (DDIM-25) this often; 0: never
     checkpoint_every: int = 500
     num_workers: int = 0
     seed: int = 0
@@ -72,7 +72,7 @@ def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
         _save_sample_grid(FusionPrior(net, card), run / f"samples_{trainer.step:06d}.png", cfg.seed)
         return {}
 
-    trainer.fit(loader, loss_fn, sample_grid)
+    trainer.fit(loader, loss_fn, sample_grid if cfg.sample_every else None)
     card.extra["steps"] = trainer.step
     return trainer.export(card)
 
