@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr starter-sar clean
+.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion clean
 
 ## setup: QGIS + xvfb from apt when missing, .venv on the system Python, the project in editable mode
 setup: $(STAMP)
@@ -45,8 +45,8 @@ qgis: setup
 	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
-## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~4.5 h)
-starter-models: starter-segmentation starter-satsynth starter-idgbr starter-sar
+## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~5 h)
+starter-models: starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion
 
 runs/data/scenes/classes.json: | setup
 	$(PY) -m training scenes --output runs/data/scenes --count 240 --size 256 --seed 1
@@ -87,6 +87,15 @@ starter-sar: setup
 	$(call ship,runs/starter/saross,saross_starter)
 	$(PY) -m training saross --config training/configs/saross_starter.toml --synthetic "" \
 		--output runs/starter/saross_real_only
+
+## starter-fusion: procedural infrared / visible pairs, the small fusion prior, and the demo's sample pair (~40 min)
+starter-fusion: setup
+	rm -rf runs/data/irvis resources/samples/irvis
+	$(PY) -m training irvis-pairs --output runs/data/irvis --count 120 --size 256 --seed 5
+	$(PY) -m training fusion-prior --config training/configs/fusion_prior_starter.toml
+	$(call ship,runs/starter/fusion_prior,fusion_prior_starter)
+	$(PY) -c 'from core.data.irvis import write_irvis_pair; \
+		write_irvis_pair("resources/samples/irvis/ir.tif", "resources/samples/irvis/vi.tif", 256, 256, seed=2026)'
 
 # ship RUN,NAME: copy a run's model (+ its training curves) into resources/models/NAME
 define ship

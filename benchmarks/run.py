@@ -63,7 +63,13 @@ def bench_sar(cfg: argparse.Namespace) -> dict:
     return bench(cfg)
 
 
-BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr, "sar": bench_sar}
+def bench_fusion(cfg: argparse.Namespace) -> dict:
+    from benchmarks.fusion import bench
+    return bench(cfg)
+
+
+BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr, "sar": bench_sar,
+              "fusion": bench_fusion}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------

@@ -91,6 +91,15 @@ def sar_starters():
     return paths
 
 
+@pytest.fixture(scope="session")
+def fusion_starter():
+    """The shipped fusion prior."""
+    from core.catalog import starter_model_dir
+    path = starter_model_dir("fusion-prior")
+    assert (path / "model.json").is_file(), "fusion-prior starter missing: run `make starter-models`"
+    return path
+
+
 def make_scene_raster(folder: Path, size=(200, 260), seed=3, nodata_border=0, name="scene"):
     from core.data.scenes import write_scene
     image, labels = folder / f"{name}.tif", folder / f"{name}_labels.tif"

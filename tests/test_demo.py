@@ -24,3 +24,11 @@ def test_oilspill_demo_writes_oil_classes_slicks_and_pairs(tmp_path, capsys, sar
         assert all(f["properties"]["class_name"] == "oil" and f["properties"]["area_m2"] > 0 for f in slicks)
     assert len(list((tmp_path / "sar_pairs" / "soft").iterdir())) == 2
     assert "slicks" in report and "oil IoU" in report
+
+
+def test_fusion_demo_fuses_the_shipped_pair(tmp_path, capsys, fusion_starter):
+    from core.demo import SAMPLE_IRVIS, fusion_demo
+    fusion_demo(tmp_path, argparse.Namespace(fusion_pair=str(SAMPLE_IRVIS), device="cpu"))
+    printed = capsys.readouterr().out
+    assert "Dig2DIG-25" in printed and "Qabf" in printed and "starter" in printed
+    assert (tmp_path / "fused.tif").is_file() and (tmp_path / "fused_infrared_weights.tif").is_file()

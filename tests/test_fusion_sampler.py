@@ -32,9 +32,8 @@ def _closed_form(f, i, v, mode, wi=1.0, wv=1.0):
 def test_em_step_on_constant_inputs_is_the_closed_form_blend(mode, weights):
     f, i, v = 0.1, 0.6, -0.3
     shape = (1, 1, 8, 8)
-    fused, state = em_step(torch.full(shape, f, dtype=torch.float64), torch.full(shape, i, dtype=torch.float64),
-                           torch.full(shape, v, dtype=torch.float64), EmState.initial(torch.zeros(shape, dtype=torch.float64)),
-                           *weights, mode=mode)
+    f_, i_, v_ = (torch.full(shape, value, dtype=torch.float64) for value in (f, i, v))
+    fused, state = em_step(f_, i_, v_, EmState.initial(f_), *weights, mode=mode)
     assert torch.allclose(fused, torch.full(shape, _closed_form(f, i, v, mode, *weights), dtype=torch.float64),
                           atol=1e-9)
     h = (i - v) - (f - v) if mode == "paper" else (v - i) - (f - i)
@@ -56,9 +55,11 @@ def test_em_step_blends_between_the_sources_and_weights_move_it():
 
 
 def test_schedules():
+    for steps in (2, 25, 50, 100, 400, 1000):
+        times = dig_timesteps(steps)
+        assert len(times) == steps and times[0] == 999 and times[-1] == 0
+        assert all(a > b for a, b in zip(times, times[1:]))
     times = dig_timesteps(25)
-    assert len(times) == 25 and times[0] == 999 and times[-1] == 0
-    assert all(a > b for a, b in zip(times, times[1:]))
     gaps = [a - b for a, b in zip(times, times[1:])]
     assert gaps[0] > 5 * gaps[-1]                        # big steps at high noise, small near the end
     assert ddfm_timesteps(100)[:3] == [999, 989, 979] and ddfm_timesteps(100)[-1] == 0

@@ -94,7 +94,7 @@ def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
 
 @pytest.mark.slow
 def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters, idgbr_starter,
-                                               sar_starters):
+                                               sar_starters, fusion_starter):
     """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
     binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
     if not os.path.exists(binary):
@@ -144,6 +144,16 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
                           f"OUTPUT_FOLDER={sar_pairs}"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert (sar_pairs / "soft" / "sar_00000.tif").is_file()   # the bundled starter SAR-JointNet
+    from core.data.irvis import write_irvis_pair
+    ir, vi = tmp_path / "ir.tif", tmp_path / "vi.tif"
+    write_irvis_pair(ir, vi, 60, 72, seed=21)
+    fused = tmp_path / "qp_fused.tif"
+    run = subprocess.run([binary, "run", "rsdiffusion:fuse_ir_visible", "--", f"INFRARED={ir}", f"VISIBLE={vi}",
+                          "STEPS=3", f"OUTPUT={fused}"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "PRIOR:" in run.stdout and "starter" in run.stdout     # the bundled starter fusion prior
+    with rasterio.open(fused) as dst, rasterio.open(vi) as src:
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape and dst.count == 3
     bundled = profiles / "profiles" / "default" / "python" / "plugins" / "rs_diffusion_plugin" / "vendor" / "core"
     assert bundled.is_dir()
 

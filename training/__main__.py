@@ -6,7 +6,7 @@ import logging
 import sys
 
 from core.fusion import convert
-from training import augment_eval, fusion, idgbr, idgbr_data, sar, satsynth, scenes, segment
+from training import augment_eval, fusion, fusion_eval, idgbr, idgbr_data, sar, satsynth, scenes, segment
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
@@ -41,6 +41,11 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
                     "write procedural co-registered infrared / visible pairs (ir/ and vi/)"),
     "fusion-prior": (fusion.add_arguments, fusion.main,
                      "train an unconditional diffusion prior on image patches (for Dig2DIG / DDFM fusion)"),
+    "fuse": (fusion.add_fuse_arguments, fusion.main_fuse,
+             "fuse every infrared / visible pair of a folder (Dig2DIG or DDFM) into a folder of fused images"),
+    "evaluate-fusion": (fusion_eval.add_arguments, fusion_eval.main,
+                        "score fused images against their infrared / visible pairs (EN, SD, SF, AG, EI, MI, SCD, "
+                        "VIF, Qabf, Nabf, SSIM, MSE, PSNR, CC)"),
     "convert-guided-diffusion": (convert.add_arguments, convert.main,
                                  "turn a local guided-diffusion checkpoint (.pt) into a fusion-prior model folder"),
 }

@@ -1,5 +1,6 @@
-"""`python -m training fusion-prior`: fit an unconditional DDPM prior on image patches, and
-`python -m training irvis-pairs`: write procedural infrared / visible pairs to train and test on.
+"""`python -m training fusion-prior`: fit an unconditional DDPM prior on image patches;
+`python -m training irvis-pairs`: write procedural infrared / visible pairs to train and test on;
+`python -m training fuse`: fuse every pair of a folder (Dig2DIG or DDFM), e.g. for evaluate-fusion.
 
 The prior is what Dig2DIG / DDFM sample from; when no pretrained prior (e.g. a converted
 guided-diffusion 256 model) is at hand, this trains a small one. Every image below --data
@@ -112,3 +113,34 @@ def add_pairs_arguments(parser) -> None:
 def main_pairs(args) -> None:
     from core.data.irvis import write_irvis_dataset
     print(f"{args.count} pairs written to {write_irvis_dataset(args.output, args.count, args.size, args.seed)}")
+
+
+def add_fuse_arguments(parser) -> None:
+    from core.fusion.em import EM_MODES
+    from core.fusion.sampler import DIG_KINDS, FUSION_MODES
+    parser.add_argument("--pairs", required=True, help="folder with ir/ and vi/ holding the pairs under the same names")
+    parser.add_argument("--output", required=True, help="folder for the fused images (NAME.tif)")
+    parser.add_argument("--model", default="", help="fusion prior folder (default: the starter prior)")
+    parser.add_argument("--mode", choices=FUSION_MODES, default="dig", help="dig (Dig2DIG) or ddfm (fixed weights)")
+    parser.add_argument("--steps", type=int, default=25, help="reverse steps (Dig2DIG 25, DDFM 100 in the papers)")
+    parser.add_argument("--dig-interval", type=int, default=10, help="S: recompute the DIG weights every S steps")
+    parser.add_argument("--dig-kind", choices=DIG_KINDS, default="scalar")
+    parser.add_argument("--ddfm-mode", choices=EM_MODES, default="paper", help="EM wiring (see core/fusion/em.py)")
+    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+
+
+def main_fuse(args) -> None:
+    from core.fusion.pipeline import FusionParams, fuse_folder
+    from core.fusion.sampler import FusionSettings
+    from core.progress import TqdmProgress
+    settings = FusionSettings(mode=args.mode, steps=args.steps, dig_interval=args.dig_interval,
+                              dig_kind=args.dig_kind, em_mode=args.ddfm_mode, seed=args.seed)
+    progress = TqdmProgress("fuse")
+    results = fuse_folder(args.pairs, args.output, FusionParams("", "", "", model_dir=args.model, settings=settings,
+                                                                tile_size=args.tile_size, device=args.device),
+                          progress)
+    progress.close()
+    print(f"{len(results)} fused images written to {args.output} ({results[0].prior}; "
+          f"{sum(r.seconds for r in results):.1f} s)")

@@ -7,6 +7,7 @@ as windows, so memory does not depend on the image size.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from rasterio.windows import Window
 from core.raster import RasterError, open_raster
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IR_FOLDER, VISIBLE_FOLDER = "ir", "vi"  # fusion pairs: the RoadScene / CDDFuse layout, same file names in both
 _DECIMATED_SIDE = 512
+log = logging.getLogger(__name__)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -30,6 +33,39 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not images:
         raise RasterError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in '{folder}'.")
     return images
+
+
+def images_by_stem(folder: Path) -> dict[str, Path]:
+    """Image files of a folder keyed by name stem (an error when two share a stem)."""
+    images: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in images:
+            raise ValueError(f"Folder '{folder}' has two images named '{path.stem}': "
+                             f"'{images[path.stem].name}' and '{path.name}'.")
+        images[path.stem] = path
+    return images
+
+
+def list_fusion_pairs(pairs_dir) -> list[tuple[Path, Path]]:
+    """(infrared, visible) image paths of PAIRS/ir and PAIRS/vi matched by name stem, sorted by name.
+
+    Raises FileNotFoundError naming the folder when ir/ or vi/ is missing, ValueError when no names match.
+    """
+    folder = Path(pairs_dir)
+    for sub in (IR_FOLDER, VISIBLE_FOLDER):
+        if not (folder / sub).is_dir():
+            raise FileNotFoundError(f"'{folder}' has no '{sub}' folder: expected ir/ and vi/ with the same file names.")
+    ir, vi = images_by_stem(folder / IR_FOLDER), images_by_stem(folder / VISIBLE_FOLDER)
+    names = sorted(ir.keys() & vi.keys())
+    if not names:
+        raise ValueError(f"No image names in '{folder / IR_FOLDER}' ({len(ir)} images) match those in "
+                         f"'{folder / VISIBLE_FOLDER}' ({len(vi)} images).")
+    unmatched = len(ir) + len(vi) - 2 * len(names)
+    if unmatched:
+        log.warning("%d image(s) in '%s' have no counterpart in the other folder; skipped.", unmatched, folder)
+    return [(ir[name], vi[name]) for name in names]
 
 
 def unit_range(src, bands: list[int]) -> tuple[float, float]:

@@ -15,10 +15,10 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
+from core.data.images import IR_FOLDER, VISIBLE_FOLDER
 from core.data.scenes import BUILDING, ROAD, SCENE_CRS, SOIL, VEGETATION, WATER, make_scene, scene_transform
 from core.raster import write_geotiff
 
-IR_FOLDER, VISIBLE_FOLDER = "ir", "vi"  # the RoadScene / CDDFuse layout: same file names in both
 # Relative surface temperature by class (0 cold .. 1 hot) at dusk.
 _TEMPERATURE = {SOIL: 0.5, VEGETATION: 0.32, WATER: 0.2, ROAD: 0.62, BUILDING: 0.55}
 

@@ -206,3 +206,17 @@ def _run_tiles(params, prior: FusionPrior, device, vis_src, ir_src, vis_bands, g
         channels = (3 if colour else 1) + recomputes
         run_tiles(grid, channels, read_tile, predict, write_block, params.batch_size, progress)
     return valid_pixels
+
+
+def fuse_folder(pairs_dir: str, output_dir: str, template: FusionParams,
+                progress: Progress | None = None) -> list[FusionResult]:
+    """Fuse every ir/NAME + vi/NAME pair of `pairs_dir` into output_dir/NAME.tif (an evaluation set)."""
+    from core.data.images import list_fusion_pairs
+    progress = progress or Progress()
+    pairs = list_fusion_pairs(pairs_dir)
+    results = []
+    for i, (infrared, visible) in enumerate(pairs):
+        params = dataclasses.replace(template, infrared_path=str(infrared), visible_path=str(visible),
+                                     output_path=str(Path(output_dir) / f"{infrared.stem}.tif"))
+        results.append(fuse_ir_visible(params, SubProgress(progress, i / len(pairs), (i + 1) / len(pairs))))
+    return results

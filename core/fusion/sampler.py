@@ -70,11 +70,10 @@ class FusionTrace:
 
 
 def dig_timesteps(steps: int) -> list[int]:
-    """Strictly decreasing from T - 1 to 0, large steps at high noise."""
-    times = [round((TIMESTEPS - 1) * (1 - i / (steps - 1)) ** SCHEDULE_POWER) for i in range(steps)]
-    if len(set(times)) != steps:
-        raise ValueError(f"{steps} steps are too many for a non-uniform schedule over {TIMESTEPS} timesteps.")
-    return times
+    """Strictly decreasing from T - 1 to 0, large steps at high noise; near the end, where the curve is
+    flatter than one timestep per step, one timestep per step (so any N up to T works)."""
+    return [max(round((TIMESTEPS - 1) * (1 - i / (steps - 1)) ** SCHEDULE_POWER), steps - 1 - i)
+            for i in range(steps)]
 
 
 def ddfm_timesteps(steps: int) -> list[int]:
