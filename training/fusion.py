@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from core.checkpoint import ModelCard, Normalization
 from core.data.images import ImagePatchDataset, list_images
-from core.fusion.prior import TASK, FusionPrior, architecture_for
-from core.synthesis.satsynth import diffusion_loss, training_scheduler
+from core.fusion.prior import TASK, architecture_for
+from core.synthesis.satsynth import denoise, diffusion_loss, training_scheduler
 from training.config import add_run_arguments, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
 
@@ -70,7 +69,7 @@ def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
         return diffusion_loss(net, scheduler, batch * 2 - 1)
 
     def sample_grid(net):
-        _save_sample_grid(FusionPrior(net, card), run / f"samples_{trainer.step:06d}.png", cfg.seed)
+        _save_sample_grid(net, run / f"samples_{trainer.step:06d}.png", cfg.seed)
         return {}
 
     trainer.fit(loader, loss_fn, sample_grid if cfg.sample_every else None)
@@ -78,20 +77,11 @@ def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
     return trainer.export(card)
 
 
-@torch.inference_mode()
-def _save_sample_grid(prior: FusionPrior, path: Path, seed: int, count: int = 4, size: int = 64) -> None:
-    """What the prior draws from pure noise (DDIM-25): a quick look at what it has learned."""
-    from diffusers import DDIMScheduler
+def _save_sample_grid(unet, path: Path, seed: int, count: int = 4, size: int = 64) -> None:
+    """What the prior draws from pure noise (DDIM-25, eta 0): a quick look at what it has learned."""
     from PIL import Image
-    scheduler = DDIMScheduler.from_config(training_scheduler().config)
-    scheduler.set_timesteps(25)
-    device = next(prior.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(count, 3, size, size, generator=generator).to(device)
-    prior.eval()
-    for t in scheduler.timesteps:
-        x = scheduler.step(prior(x, t), t, x).prev_sample
-    tiles = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    x = denoise(unet, (count, 3, size, size), "ddim", 25, seed, eta=0.0)
+    tiles = ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     Image.fromarray(np.concatenate(list(tiles), axis=1)).save(path)
 
 

@@ -65,13 +65,14 @@ def joint_tensor(image01: torch.Tensor, labels: torch.Tensor, n_classes: int) ->
 
 
 def diffusion_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Epsilon-MSE at a timestep drawn uniformly from 0..T-1 for each sample."""
+                   generator: torch.Generator | None = None, criterion=F.mse_loss) -> torch.Tensor:
+    """Epsilon loss at a timestep drawn uniformly from 0..T-1 for each sample: MSE, or any
+    criterion(prediction, target) such as core.losses' robust MCRD."""
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device,
                       generator=generator)
     noise = torch.randn(x0.shape, device=x0.device, generator=generator)
     noisy = scheduler.add_noise(x0, noise, t)
-    return F.mse_loss(model(noisy, t).sample, noise)
+    return criterion(model(noisy, t).sample, noise)
 
 
 @dataclass
@@ -82,10 +83,10 @@ class GeneratedPairs:
 
 
 @torch.inference_mode()
-def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler: str = "ddim", steps: int = 50,
-           seed: int = 0, size: int | None = None, progress: Progress | None = None,
-           eta: float = DDIM_ETA) -> GeneratedPairs:
-    """Generate `count` image/label pairs; DDPM always runs all T steps (the paper's sampler), `eta` is DDIM's."""
+def denoise(model: UNet2DModel, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50, seed: int = 0,
+            progress: Progress | None = None, eta: float = DDIM_ETA) -> torch.Tensor:
+    """Pure noise of `shape` -> samples in [-1, 1] (CPU) of an unconditional epsilon model with the linear
+    schedule: DDPM always runs all T steps (the paper's sampler), DDIM `steps` with `eta`."""
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
     progress = progress or Progress()
@@ -93,16 +94,24 @@ def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler
     scheduler = DDIMScheduler.from_config(config) if sampler == "ddim" else DDPMScheduler.from_config(config)
     scheduler.set_timesteps(steps if sampler == "ddim" else TIMESTEPS)
     device = next(model.parameters()).device
-    size = size or architecture["unet"]["sample_size"]
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(count, architecture["unet"]["in_channels"], size, size, generator=generator).to(device)
+    x = torch.randn(*shape, generator=generator).to(device)
     model.eval()
     for i, t in enumerate(scheduler.timesteps):
         eps = model(x, t).sample
         x = scheduler.step(eps, t, x, generator=generator).prev_sample if sampler == "ddpm" else \
             scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
         progress.step(i + 1, len(scheduler.timesteps))
-    x = x.clamp(-1, 1).cpu()
+    return x.clamp(-1, 1).cpu()
+
+
+@torch.inference_mode()
+def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler: str = "ddim", steps: int = 50,
+           seed: int = 0, size: int | None = None, progress: Progress | None = None,
+           eta: float = DDIM_ETA) -> GeneratedPairs:
+    """Generate `count` image/label pairs; DDPM always runs all T steps (the paper's sampler), `eta` is DDIM's."""
+    size = size or architecture["unet"]["sample_size"]
+    x = denoise(model, (count, architecture["unet"]["in_channels"], size, size), sampler, steps, seed, progress, eta)
     bands, k = architecture["bands"], architecture["classes"]
     bits = x[:, bands:]
     return GeneratedPairs(images=(x[:, :bands] + 1) / 2, labels=decode_bits(bits, k),
