@@ -9,7 +9,8 @@ STARTER_MODELS_DIR = RESOURCES_DIR / "models"
 # The shipped default model of each task, trained by `make starter-models`.
 STARTER_MODELS = {"segmentation": "segmentation_starter", "satsynth": "satsynth_starter",
                   "satsynth-sr": "satsynth_sr_starter", "idgbr": "idgbr_starter", "saross": "saross_starter",
-                  "sar-jointnet": "sar_jointnet_starter", "fusion-prior": "fusion_prior_starter"}
+                  "sar-jointnet": "sar_jointnet_starter", "fusion-prior": "fusion_prior_starter",
+                  "changedet": "changedet_starter", "fcf": "fcf_starter", "rdfmig": "rdfmig_starter"}
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 
 

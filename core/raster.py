@@ -220,3 +220,23 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, *, crs_wkt: str | 
                        nodata=nodata, colormap=colormap, band_names=band_names) as writer:
         writer.write(array)
     return Path(path)
+
+
+def co_registered(info: RasterInfo, other: RasterInfo, name: str, other_name: str) -> bool:
+    """True when `other` is on `info`'s grid; False when it must be resampled onto it (see resampled_onto);
+    an error when the grids differ and one layer has no CRS to resample with."""
+    same = (info.width, info.height, info.crs_wkt) == (other.width, other.height, other.crs_wkt) and \
+        np.allclose(info.transform, other.transform)
+    if not same and (info.crs_wkt is None or other.crs_wkt is None):
+        raise RasterError(f"Layers '{name}' ({info.width} x {info.height} px) and '{other_name}' ({other.width} x "
+                          f"{other.height} px) are on different grids and one has no coordinate reference system, so "
+                          "they cannot be co-registered.")
+    return same
+
+
+def resampled_onto(src, target):
+    """`src` read on `target`'s grid (bilinear WarpedVRT); areas it does not cover read as invalid (an alpha
+    band is added when `src` has no nodata, so read explicit bands from it)."""
+    from rasterio.vrt import WarpedVRT
+    return WarpedVRT(src, crs=target.crs, transform=target.transform, width=target.width, height=target.height,
+                     resampling=rasterio.enums.Resampling.bilinear, add_alpha=src.nodata is None)

@@ -6,7 +6,8 @@ import logging
 import sys
 
 from core.fusion import convert
-from training import augment_eval, fusion, fusion_eval, idgbr, idgbr_data, sar, satsynth, scenes, segment
+from training import (augment_eval, changedet, fcf, fusion, fusion_eval, idgbr, idgbr_data, rdfmig, sar, satsynth,
+                      scenes, segment)
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
@@ -46,6 +47,16 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "evaluate-fusion": (fusion_eval.add_arguments, fusion_eval.main,
                         "score fused images against their infrared / visible pairs (EN, SD, SF, AG, EI, MI, SCD, "
                         "VIF, Qabf, Nabf, SSIM, MSE, PSNR, CC)"),
+    "change-scenes": (changedet.add_scenes_arguments, changedet.main_scenes,
+                      "write procedural bi-temporal change pairs (A/, B/, label/: buildings appear and disappear)"),
+    "changedet": (changedet.add_arguments, changedet.main,
+                  "train the FC-Siam-conc change detector (--synthetic: real:synthetic 1:R per batch)"),
+    "changedet-evaluate": (changedet.add_evaluate_arguments, changedet.main_evaluate,
+                           "score a change detector on whole images (IoU, F1, precision, recall of change)"),
+    "fcf": (fcf.add_arguments, fcf.main,
+            "train the RDF-MIG FCF module (each date's bands <-> one channel) on a change folder (A/, B/, label/)"),
+    "rdfmig": (rdfmig.add_arguments, rdfmig.main,
+               "train the RDF-MIG joint (date A, date B, change mask) diffusion model (--loss mse|mcrd)"),
     "convert-guided-diffusion": (convert.add_arguments, convert.main,
                                  "turn a local guided-diffusion checkpoint (.pt) into a fusion-prior model folder"),
 }

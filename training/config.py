@@ -10,7 +10,7 @@ from typing import TypeVar
 T = TypeVar("T")
 # Fields holding paths: relative values in a config file are relative to that file.
 PATH_FIELDS = ("data", "output", "encoder_weights", "synthetic", "eval_data", "init", "embedding", "vae", "sd_path",
-               "dinov2")
+               "fcf", "dinov2")
 
 
 def load_config(cls: type[T], path: str, overrides=None) -> T:

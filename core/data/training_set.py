@@ -19,7 +19,8 @@ from shapely.geometry import mapping, shape
 
 from core.data.folder import write_class_table
 from core.progress import Progress
-from core.raster import RasterError, open_raster, raster_info, read_window, staged_dir, write_geotiff
+from core.raster import (RasterError, co_registered, open_raster, raster_info, read_window, resampled_onto,
+                         staged_dir, write_geotiff)
 from core.vector import reproject_geometry
 
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".kml", ".sqlite")
@@ -165,3 +166,110 @@ class _VectorLabels:
         names = {0: "background", **self.names}
         return [{"value": v, "name": names.get(v, f"class {v}"), "color": PALETTE[v % len(PALETTE)]}
                 for v in sorted(set(values) | set(self.names))]
+
+
+# --- change detection: two dates and a change layer ------------------------------------------------
+
+@dataclass
+class ChangeTrainingSetParams:
+    image_a_path: str
+    image_b_path: str             # resampled onto image A's grid when the grids differ
+    changes_path: str             # change raster (0/1, or 0/255: >= 128 is change), or polygons (all change)
+    output_dir: str
+    patch_size: int = 256
+    stride: int = 256
+    changes_layer: str = ""       # polygons only: layer inside a multi-layer file
+    max_nodata_fraction: float = 0.0
+
+
+def build_change_training_set(params: ChangeTrainingSetParams, progress: Progress | None = None
+                              ) -> TrainingSetResult:
+    """Aligned A/, B/ and label/ patches (the change folder layout), written like build_training_set."""
+    import contextlib
+
+    from core.data.change import CHANGE_CLASSES, CHANGE_FOLDERS, LABEL_COLORMAP, MASK_IGNORE
+    progress = progress or Progress()
+    info, info_b = raster_info(params.image_a_path), raster_info(params.image_b_path)
+    name_a, name_b = Path(params.image_a_path).name, Path(params.image_b_path).name
+    if info.count != info_b.count:
+        raise RasterError(f"Layer '{name_a}' has {info.count} band(s) but '{name_b}' has {info_b.count}: both dates "
+                          "need the same bands.")
+    same_grid = co_registered(info, info_b, name_a, name_b)
+    labels = _ChangeLabels(params, info)
+    bands = list(range(1, info.count + 1))
+    positions = _patch_positions(info, params.patch_size, params.stride)
+    written = skipped = 0
+    with contextlib.ExitStack() as stack, staged_dir(params.output_dir) as out:
+        src_a = stack.enter_context(open_raster(params.image_a_path))
+        src_b = stack.enter_context(open_raster(params.image_b_path))
+        if not same_grid:
+            src_b = stack.enter_context(resampled_onto(src_b, src_a))
+            progress.warning(f"Layer '{name_b}' is on another grid: resampled (bilinear) onto the grid of '{name_a}'.")
+        for folder in CHANGE_FOLDERS:
+            (out / folder).mkdir()
+        for i, (row, col) in enumerate(positions):
+            window = Window(col, row, min(params.patch_size, info.width), min(params.patch_size, info.height))
+            _, valid_a = read_window(src_a, window, bands)
+            _, valid_b = read_window(src_b, window, bands)
+            mask = labels.read(window)
+            mask[~(valid_a & valid_b)] = MASK_IGNORE
+            if (mask == MASK_IGNORE).mean() > params.max_nodata_fraction:
+                skipped += 1
+            else:
+                name = f"{Path(params.image_a_path).stem}_r{row:06d}_c{col:06d}.tif"
+                common = dict(crs_wkt=info.crs_wkt, transform=tuple(src_a.window_transform(window))[:6])
+                write_geotiff(out / "A" / name, src_a.read(window=window), nodata=info.nodata,
+                              band_names=info.band_names, **common)
+                b_patch = src_b.read(bands, window=window).astype(info.dtype)
+                write_geotiff(out / "B" / name, b_patch, nodata=info_b.nodata,
+                              band_names=info.band_names, **common)
+                write_geotiff(out / "label" / name, mask.astype(np.uint8), nodata=MASK_IGNORE,
+                              colormap=LABEL_COLORMAP, band_names=["change"], **common)
+                written += 1
+            progress.step(i + 1, len(positions))
+    progress.info(f"{written} change triplets written to {params.output_dir}, {skipped} skipped for nodata.")
+    return TrainingSetResult(str(params.output_dir), written, skipped, CHANGE_CLASSES)
+
+
+def _patch_positions(info, size: int, stride: int) -> list[tuple[int, int]]:
+    return [(r, c) for r in range(0, max(info.height - size, 0) + 1, stride)
+            for c in range(0, max(info.width - size, 0) + 1, stride)]
+
+
+class _ChangeLabels:
+    """0 / 1 / 255 (ignore) change masks on image A's grid, from a change raster or change polygons."""
+
+    def __init__(self, params: ChangeTrainingSetParams, info):
+        from core.data.change import mask_is_zero_one
+        self.info, self.path = info, params.changes_path
+        self.polygons = Path(self.path).suffix.lower() in VECTOR_SUFFIXES
+        if self.polygons:
+            with fiona.open(self.path, layer=params.changes_layer or None) as src:
+                crs = src.crs_wkt or None
+                geometries = [shape(f["geometry"]) for f in src if f["geometry"]]
+            if crs and info.crs_wkt:
+                geometries = [reproject_geometry(g, crs, info.crs_wkt) for g in geometries]
+            self.shapes = [(mapping(g), 1) for g in geometries]
+            return
+        self.src = open_raster(self.path)
+        self.same_grid = (self.src.width, self.src.height) == (info.width, info.height) and \
+            np.allclose(tuple(self.src.transform)[:6], info.transform)
+        self.zero_one = mask_is_zero_one(self.src)
+
+    def read(self, window: Window) -> np.ndarray:
+        from core.data.change import to_change
+        transform = rasterio.windows.transform(window, rasterio.Affine(*self.info.transform))
+        shape_ = (int(window.height), int(window.width))
+        if self.polygons:
+            if not self.shapes:
+                return np.zeros(shape_, dtype=np.int64)
+            return rasterio.features.rasterize(self.shapes, out_shape=shape_, transform=transform, fill=0,
+                                               dtype="uint8").astype(np.int64)
+        if self.same_grid:
+            values, valid = read_window(self.src, window, [1])
+            return to_change(values[0], valid, self.zero_one)
+        data = np.full(shape_, -1, dtype=np.float32)      # -1: outside the change raster
+        reproject(rasterio.band(self.src, 1), data, dst_transform=transform, dst_crs=self.info.crs_wkt,
+                  dst_nodata=-1, resampling=Resampling.nearest)
+        valid = (data != -1) & ((data != self.src.nodata) if self.src.nodata is not None else True)
+        return to_change(data, valid, self.zero_one)

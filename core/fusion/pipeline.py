@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from core.catalog import starter_model_dir
@@ -27,7 +25,8 @@ from core.device import describe_device, resolve_device
 from core.fusion.prior import TASK, FusionPrior, load_prior
 from core.fusion.sampler import FusionSettings, fuse, rgb_to_ycbcr, timesteps_for, ycbcr_to_rgb
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, RasterError, open_raster, raster_info, read_window
+from core.raster import (GeoTiffWriter, RasterError, co_registered, open_raster, raster_info, read_window,
+                         resampled_onto)
 from core.tiling import TileGrid, pad_tile, run_tiles
 
 
@@ -83,12 +82,7 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
         raise RasterError(f"Visible layer '{vis_name}' has {vis.count} bands; expected 1 (gray) or 3 (RGB, a 4th "
                           "alpha band is ignored).")
     colour = vis.count >= 3
-    same_grid = (ir.width, ir.height, ir.crs_wkt) == (vis.width, vis.height, vis.crs_wkt) and \
-        np.allclose(ir.transform, vis.transform)
-    if not same_grid and (ir.crs_wkt is None or vis.crs_wkt is None):
-        raise RasterError(f"Layers '{ir_name}' ({ir.width} x {ir.height} px) and '{vis_name}' ({vis.width} x "
-                          f"{vis.height} px) are on different grids and one has no coordinate reference system, so "
-                          "they cannot be co-registered.")
+    same_grid = co_registered(vis, ir, vis_name, ir_name)
     device = resolve_device(params.device)
     prior = prior.to(device).eval()
     multiple = max(prior.multiple, 8)
@@ -108,9 +102,7 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
         vis_src = stack.enter_context(open_raster(params.visible_path))
         ir_src = stack.enter_context(open_raster(params.infrared_path))
         if not same_grid:
-            ir_src = stack.enter_context(WarpedVRT(ir_src, crs=vis_src.crs, transform=vis_src.transform,
-                                                   width=vis.width, height=vis.height,
-                                                   resampling=Resampling.bilinear))
+            ir_src = stack.enter_context(resampled_onto(ir_src, vis_src))
             progress.warning(f"Infrared layer '{ir_name}' is on another grid: resampled (bilinear) onto the grid of "
                              f"'{vis_name}'.")
         vis_bands = [1, 2, 3] if colour else [1]
