@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion clean
+.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion starter-rdfmig clean
 
 ## setup: QGIS + xvfb from apt when missing, .venv on the system Python, the project in editable mode
 setup: $(STAMP)
@@ -46,7 +46,7 @@ qgis: setup
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
 ## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~5 h)
-starter-models: starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion
+starter-models: starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion starter-rdfmig
 
 runs/data/scenes/classes.json: | setup
 	$(PY) -m training scenes --output runs/data/scenes --count 240 --size 256 --seed 1
@@ -96,6 +96,18 @@ starter-fusion: setup
 	$(call ship,runs/starter/fusion_prior,fusion_prior_starter)
 	$(PY) -c 'from core.data.irvis import write_irvis_pair; \
 		write_irvis_pair("resources/samples/irvis/ir.tif", "resources/samples/irvis/vi.tif", 256, 256, seed=2026)'
+
+## starter-rdfmig: procedural change pairs, the FCF, the RDF-MIG joint model (MCRD) and the FC-Siam-conc change
+## detector (~90 min)
+starter-rdfmig: setup
+	rm -rf runs/data/change_scenes
+	$(PY) -m training change-scenes --output runs/data/change_scenes --count 120 --size 256 --seed 0
+	$(PY) -m training fcf --config training/configs/fcf_starter.toml
+	$(call ship,runs/starter/fcf,fcf_starter)
+	$(PY) -m training changedet --config training/configs/changedet_starter.toml
+	$(call ship,runs/starter/changedet,changedet_starter)
+	$(PY) -m training rdfmig --config training/configs/rdfmig_starter.toml
+	$(call ship,runs/starter/rdfmig,rdfmig_starter)
 
 # ship RUN,NAME: copy a run's model (+ its training curves) into resources/models/NAME
 define ship

@@ -139,3 +139,57 @@ def test_shared_diffusion_loss_accepts_mcrd():
     assert float(wide.detach()) == pytest.approx(float(mse.detach()), rel=1e-5)
     loss(diffusion_criterion("mcrd")).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- MCRD in every diffusion trainer -----------------------------------------------------------------
+
+class _Recording:
+    """A criterion that records its calls and delegates to MCRD."""
+
+    def __init__(self):
+        self.calls, self.mcrd = 0, MCRDLoss()
+
+    def __call__(self, prediction, target):
+        self.calls += 1
+        return self.mcrd(prediction, target)
+
+
+def test_sar_jointnet_and_idgbr_losses_take_the_criterion():
+    from core.oilspill import jointnet
+    from core.refinement.model import architecture_for as idgbr_architecture
+    from core.refinement.model import build_model, noise_scheduler, training_loss
+    net = jointnet.build_jointnet(jointnet.architecture_for("small", 3, 0.5))
+    image, labels = torch.rand(1, 1, 64, 64) * 2 - 1, torch.randint(0, 3, (1, 64, 64))
+    recording = _Recording()
+    for stage in (1, 2):
+        jointnet.joint_loss(net, jointnet.training_scheduler(), image, labels, 0.5, stage, criterion=recording)
+    assert recording.calls == 2
+    model = build_model(idgbr_architecture("small", 3))
+    recording = _Recording()
+    labels = labels[:, :32, :32]
+    out = training_loss(model, noise_scheduler(), torch.rand(1, 3, 32, 32) * 2 - 1, labels, labels,
+                        criterion=recording)
+    assert recording.calls == 1 and torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("trainer", ["satsynth", "fusion-prior"])
+def test_epsilon_trainers_record_mcrd_in_the_card(tmp_path, trainer):
+    from core.checkpoint import load_card
+    if trainer == "satsynth":
+        from core.data.scenes import write_scene_dataset
+        from training.satsynth import SatSynthTrainConfig, train_satsynth
+        data = write_scene_dataset(tmp_path / "data", count=2, size=32, seed=1)
+        model = train_satsynth(SatSynthTrainConfig(data=str(data), output=str(tmp_path / "run"), patch_size=32,
+                                                   batch_size=2, samples_per_image=1, steps=1, sample_every=1000,
+                                                   checkpoint_every=1000, device="cpu", loss="mcrd", mcrd_beta=0.5))
+    else:
+        from core.data.irvis import write_irvis_dataset
+        from training.fusion import FusionPriorTrainConfig, train_fusion_prior
+        data = write_irvis_dataset(tmp_path / "data", count=1, size=32, seed=1)
+        model = train_fusion_prior(FusionPriorTrainConfig(data=str(data), output=str(tmp_path / "run"), patch_size=32,
+                                                          batch_size=2, samples_per_image=1, steps=1, sample_every=0,
+                                                          checkpoint_every=1000, device="cpu", loss="mcrd",
+                                                          mcrd_beta=0.5))
+    card = load_card(model)
+    assert card.extra["loss"] == "mcrd" and card.extra["mcrd"]["beta"] == 0.5
+    assert card.extra["mcrd"]["sigma"] == pytest.approx(mcrd_sigma(1.0, 0.5))

@@ -46,3 +46,11 @@ def add_run_arguments(parser, config_name: str) -> None:
     parser.add_argument("--steps", type=int, help="override: total optimiser steps")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="override: device")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
+
+
+def diffusion_loss_option(cfg) -> tuple:
+    """(criterion, model-card entry) from a diffusion config's `loss` ("mse" | "mcrd"), `mcrd_e_max` and
+    `mcrd_beta` (0: core.losses' defaults): every diffusion trainer offers the robust MCRD loss this way."""
+    from core.losses import diffusion_criterion
+    criterion = diffusion_criterion(cfg.loss, cfg.mcrd_e_max or None, cfg.mcrd_beta or None)
+    return criterion, ({"loss": "mcrd", "mcrd": criterion.to_dict()} if cfg.loss == "mcrd" else {"loss": "mse"})

@@ -19,7 +19,7 @@ from core.checkpoint import ModelCard, Normalization
 from core.data.images import ImagePatchDataset, list_images
 from core.fusion.prior import TASK, architecture_for
 from core.synthesis.satsynth import denoise, diffusion_loss, training_scheduler
-from training.config import add_run_arguments, load_config
+from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
 
 
@@ -35,6 +35,9 @@ class FusionPriorTrainConfig:
     steps: int = 4000
     lr: float = 4e-4
     ema_decay: float = 0.995
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    mcrd_beta: float = 0.0
     sample_every: int = 1000       # save a grid of prior samples (DDIM-25) this often; 0: never
     checkpoint_every: int = 500
     num_workers: int = 0
@@ -50,6 +53,7 @@ def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
     seed_everything(cfg.seed)
     unet = UNet2DModel(**architecture["unet"])
     scheduler = training_scheduler()
+    criterion, loss_entry = diffusion_loss_option(cfg)
     run = Path(cfg.output)
     trainer = Trainer(unet, TrainSettings(
         run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
@@ -61,12 +65,13 @@ def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
         task=TASK, name=cfg.name or run.name, architecture=architecture, bands=["red", "green", "blue"],
         normalization=Normalization([0.5] * 3, [0.5] * 3), tile_size=cfg.patch_size,
         training_data=f"{Path(cfg.data).resolve().name}: {len(images)} images",
-        extra={"input": "each source scaled to [0, 1] (8-bit: / 255; other types: 0.1-99.9 percentile range), "
+        extra={**loss_entry,
+               "input": "each source scaled to [0, 1] (8-bit: / 255; other types: 0.1-99.9 percentile range), "
                         "then to [-1, 1]; gray sources repeated to 3 bands",
                "schedule": "linear betas 1e-4..0.02, T = 1000, epsilon prediction"})
 
     def loss_fn(net, batch):
-        return diffusion_loss(net, scheduler, batch * 2 - 1)
+        return diffusion_loss(net, scheduler, batch * 2 - 1, criterion=criterion)
 
     def sample_grid(net):
         _save_sample_grid(net, run / f"samples_{trainer.step:06d}.png", cfg.seed)

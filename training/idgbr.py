@@ -31,7 +31,7 @@ from core.raster import hex_to_rgba
 from core.refinement.embedding import NOISE_STD, LabelEmbedding, embedding_loss, random_class_maps
 from core.refinement.model import (GUIDANCE_SCALE, REPA_WEIGHT, SAMPLING_STEPS, TASK, architecture_for,
                                    build_model, noise_scheduler, refine, training_loss)
-from training.config import add_run_arguments, load_config
+from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.idgbr_data import TripletPatchDataset, coarse_source, list_triplets
 from training.trainer import Trainer, TrainSettings, seed_everything
 
@@ -253,6 +253,9 @@ class IdgbrTrainConfig:
     steps: int = 5000
     lr: float = 1e-4               # the paper's 1e-5 is for the pretrained sd15 UNet
     ema_decay: float = 0.999
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    mcrd_beta: float = 0.0
     sample_every: int = 1000       # refine fixed patches into a preview grid this often; 0: never
     guidance_scale: float = GUIDANCE_SCALE   # CFG weight stored in the card: what previews and users sample with
     checkpoint_every: int = 500
@@ -324,6 +327,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
                          "DistributedDataParallel cannot wrap.")
     dinov2 = dinov2.to(trainer.device) if dinov2 else None
     scheduler = noise_scheduler()
+    criterion, loss_entry = diffusion_loss_option(cfg)
     dataset = TripletPatchDataset(triplets, data.classes, low, span, cfg.patch_size, cfg.samples_per_image)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
     preview = TripletPatchDataset(triplets[:PREVIEW_COUNT], data.classes, low, span, cfg.patch_size, train=False)
@@ -332,7 +336,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
     def loss_fn(net, batch):
         image, labels, coarse = batch
         tokens = dinov2(image) if dinov2 is not None and trainer.step < cfg.repa_steps else None
-        return training_loss(net, scheduler, image, labels, coarse, dinov2_tokens=tokens)["loss"]
+        return training_loss(net, scheduler, image, labels, coarse, dinov2_tokens=tokens, criterion=criterion)["loss"]
 
     def preview_grid(net):
         image, labels, coarse = preview_batch
@@ -349,7 +353,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         ground_resolution=round(data.first.resolution[0], 4) if data.first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(triplets)} image/mask/coarse triplets",
         metrics={k: round(v, 4) for k, v in metrics.items()},
-        extra={"steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
+        extra={**loss_entry, "steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
                "guidance_scale": cfg.guidance_scale, "preset": cfg.preset, "embedding": _source(cfg.embedding),
                "vae": _source(cfg.vae) if cfg.preset == "small" else f"SD1.5 ({Path(cfg.sd_path).resolve().name})",
                "coarse_source": coarse_source(cfg.data) or "unknown", "repa": repa, "lr": cfg.lr,

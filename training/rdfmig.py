@@ -19,10 +19,9 @@ from core.change.fcf import load_fcf
 from core.change.rdfmig import TASK, architecture_for, build_denoiser, joint_image, sample_triplets
 from core.checkpoint import ModelCard, Normalization, save_model
 from core.data.change import ChangePatchDataset, list_change_triplets
-from core.losses import diffusion_criterion
 from core.raster import raster_info
 from core.synthesis.satsynth import diffusion_loss, training_scheduler
-from training.config import add_run_arguments, load_config
+from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
 
 
@@ -82,7 +81,7 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
             raise SystemExit(f"FCF model '{cfg.fcf}' reduces {fcf.bands}-band images but '{cfg.data}' has {bands}.")
         fcf.requires_grad_(False).eval()
     architecture = architecture_for(cfg.preset, cfg.representation, bands)
-    criterion = diffusion_criterion(cfg.loss, cfg.mcrd_e_max or None, cfg.mcrd_beta or None)
+    criterion, loss_entry = diffusion_loss_option(cfg)
     seed_everything(cfg.seed)
     model = build_denoiser(architecture)
     scheduler = training_scheduler()
@@ -108,12 +107,10 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
         return {}
 
     trainer.fit(loader, loss_fn, sample_grid if cfg.sample_every else None)
-    extra = {"steps": trainer.step, "loss": cfg.loss, "label_noise": cfg.label_noise,
+    extra = {**loss_entry, "steps": trainer.step, "label_noise": cfg.label_noise,
              "dtype": raster_info(triplets[0][0]).dtype, "fcf": fcf_card.name if fcf_card else None,
              "fcf_architecture": fcf_card.architecture if fcf_card else None,
              "scaling": "x01 = (raw - mean) / std per band (dataset range), then 2 x01 - 1"}
-    if cfg.loss == "mcrd":
-        extra["mcrd"] = criterion.to_dict()
     state = trainer.eval_model.state_dict()
     if fcf is not None:   # one folder holds everything sampling needs: the denoiser and the FCF decoder
         state = {**{f"denoiser.{k}": v for k, v in state.items()},

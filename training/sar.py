@@ -30,7 +30,7 @@ from core.oilspill.losses import saross_loss
 from core.oilspill.scaling import SarScaling
 from core.synthesis.generate import save_pair_grid
 from core.synthesis.satsynth import GeneratedPairs
-from training.config import add_run_arguments, load_config
+from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.segment import evaluate, split_pairs
 from training.trainer import Trainer, TrainSettings, seed_everything
 
@@ -51,6 +51,9 @@ class SarJointNetTrainConfig:
     steps: int = 5000
     lr: float = 1e-4
     ema_decay: float = 0.999
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    mcrd_beta: float = 0.0
     sample_every: int = 1000       # save a grid of generated pairs (DDIM-50) this often
     checkpoint_every: int = 500
     clip_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
@@ -133,11 +136,12 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
         resume=cfg.resume), parameters=parameters)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
     scheduler = jointnet.training_scheduler()
+    criterion, loss_entry = diffusion_loss_option(cfg)
     balance = architecture["balance"]
 
     def loss_fn(net, batch):
         x, labels, _ = batch
-        loss, _parts = jointnet.joint_loss(net, scheduler, x, labels, balance, cfg.stage)
+        loss, _parts = jointnet.joint_loss(net, scheduler, x, labels, balance, cfg.stage, criterion=criterion)
         return loss
 
     def sample_grid(net):
@@ -152,7 +156,7 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
         task=jointnet.TASK, name=cfg.name or run.name, architecture=architecture, bands=list(SAR_BANDS),
         normalization=IDENTITY, classes=data.classes, tile_size=architecture["sample_size"],
         training_data=f"{Path(cfg.data).resolve().name} ({data.layout}): {len(data.samples)} images",
-        extra={"stage": cfg.stage, "stages": history, "sar_scaling": scaling.as_dict(),
+        extra={**loss_entry, "stage": cfg.stage, "stages": history, "sar_scaling": scaling.as_dict(),
                "sampling_steps": jointnet.DEFAULT_SAMPLING_STEPS}))
 
 

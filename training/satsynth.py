@@ -17,7 +17,7 @@ from core.synthesis.generate import save_pair_grid
 from core.synthesis.satsynth import (DDIM_ETA, SAMPLERS, SR_TASK, TASK, GeneratedPairs, architecture_for,
                                      build_denoiser, diffusion_loss, downsample_pair, joint_tensor, prediction_type,
                                      sample, sr_architecture_for, sr_loss, super_resolve, training_scheduler)
-from training.config import add_run_arguments, load_config
+from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
 
 
@@ -34,6 +34,9 @@ class SatSynthTrainConfig:
     steps: int = 5000
     lr: float = 2e-4
     ema_decay: float = 0.999
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    mcrd_beta: float = 0.0
     sample_every: int = 1000       # save a grid of generated pairs (DDIM-20) this often
     checkpoint_every: int = 500
     num_workers: int = 0
@@ -53,6 +56,7 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
     seed_everything(cfg.seed)   # same config, same initial weights
     model = build_denoiser(architecture)
     scheduler = training_scheduler(prediction_type(architecture))
+    criterion, loss_entry = diffusion_loss_option(cfg)
     run = Path(cfg.output)
     trainer = Trainer(model, TrainSettings(
         run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
@@ -71,8 +75,8 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
             image, labels = downsample_pair(image, labels)
         x0 = joint_tensor(image, labels, k)
         if not super_resolution:
-            return diffusion_loss(net, scheduler, x0)
-        return sr_loss(net, scheduler, x0, joint_tensor(*downsample_pair(image, labels), k), bands)
+            return diffusion_loss(net, scheduler, x0, criterion=criterion)
+        return sr_loss(net, scheduler, x0, joint_tensor(*downsample_pair(image, labels), k), bands, criterion=criterion)
 
     def sample_grid(net):
         if super_resolution:  # real patches, downsampled and brought back up
@@ -91,7 +95,8 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
         normalization=Normalization(mean=low, std=span), classes=classes, tile_size=cfg.patch_size,
         ground_resolution=round(first.resolution[0] * factor, 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(pairs)} images",
-        extra={"steps": trainer.step, "base_downsample": factor, "dtype": first.dtype, "scaling": "x01 = (raw - mean) / std per band (dataset range)",
+        extra={**loss_entry, "steps": trainer.step, "base_downsample": factor, "dtype": first.dtype,
+               "scaling": "x01 = (raw - mean) / std per band (dataset range)",
                "unlabelled_pixels_trained_as": classes[0].name}))
 
 

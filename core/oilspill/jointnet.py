@@ -253,9 +253,10 @@ def _draw(shape, generator: torch.Generator | None, device: torch.device, randin
 
 
 def joint_loss(model: SarJointNet, scheduler: DDPMScheduler, image: torch.Tensor, labels: torch.Tensor,
-               balance: float, stage: int, generator: torch.Generator | None = None
+               balance: float, stage: int, generator: torch.Generator | None = None, criterion=F.mse_loss
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = ||x0 - x0_hat||^2 (+ CE(logits, labels) from stage 2), one t per sample shared by both modalities.
+    """L = ||x0 - x0_hat||^2 (or another criterion, e.g. MCRD) (+ CE(logits, labels) from stage 2), one t per
+    sample shared by both modalities.
 
     Draws from `generator`, in order: t, the image noise, then (stages 2/3) the independent label noise.
     `parts` holds the terms added into the loss (stage 1 adds no label term: 0.0).
@@ -264,13 +265,13 @@ def joint_loss(model: SarJointNet, scheduler: DDPMScheduler, image: torch.Tensor
     t = _draw((image.shape[0],), generator, device, randint_high=scheduler.config.num_train_timesteps)
     x_t = scheduler.add_noise(image, _draw(image.shape, generator, device), t)
     if stage == 1:
-        image_loss = F.mse_loss(model(x_t, None, t)[0], image)
+        image_loss = criterion(model(x_t, None, t)[0], image)
         return image_loss, {"image": image_loss.item(), "label": 0.0}
     classes = getattr(model, "module", model).classes   # the model itself under DistributedDataParallel
     y0 = balance * _signed_onehot(labels, classes).to(device)
     y_t = scheduler.add_noise(y0, _draw(y0.shape, generator, device), t)
     x0_hat, logits = model(x_t, y_t, t)
-    image_loss = F.mse_loss(x0_hat, image)
+    image_loss = criterion(x0_hat, image)
     label_loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
     return image_loss + label_loss, {"image": image_loss.item(), "label": label_loss.item()}
 

@@ -400,8 +400,9 @@ def cubic_timesteps(count: int, generator: torch.Generator | None = None, device
 def training_loss(model: IDGBR, scheduler: DDIMScheduler, image: torch.Tensor, labels: torch.Tensor,
                   coarse: torch.Tensor, generator: torch.Generator | None = None, drop_prob: float = DROP_PROB,
                   dinov2_tokens: torch.Tensor | None = None,
-                  repa_weight: float = REPA_WEIGHT) -> dict[str, torch.Tensor]:
-    """Eps-MSE at a cubic-sampled t with condition dropout, + repa_weight * L_REPA when DINOv2 tokens are given.
+                  repa_weight: float = REPA_WEIGHT, criterion=F.mse_loss) -> dict[str, torch.Tensor]:
+    """Eps-MSE (or another criterion, e.g. MCRD) at a cubic-sampled t with condition dropout, + repa_weight *
+    L_REPA when DINOv2 tokens are given.
 
     image (B, 3, H, W) in [-1, 1]; labels, coarse (B, H, W). Returns {"loss", "mse"[, "repa"]}.
     """
@@ -413,7 +414,7 @@ def training_loss(model: IDGBR, scheduler: DDIMScheduler, image: torch.Tensor, l
     noise = torch.randn(z0.shape, generator=generator, device=device)
     keep = torch.rand(batch, generator=generator, device=device) >= drop_prob
     eps, hidden = model.predict(scheduler.add_noise(z0, noise, t), t, conditions, keep, return_hidden=True)
-    losses = {"mse": F.mse_loss(eps, noise)}
+    losses = {"mse": criterion(eps, noise)}
     losses["loss"] = losses["mse"]
     if dinov2_tokens is not None:
         if model.projector is None:

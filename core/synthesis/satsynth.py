@@ -163,7 +163,7 @@ def _noisy_condition(scheduler, condition: torch.Tensor, levels: torch.Tensor,
 
 
 def sr_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0_high: torch.Tensor, low: torch.Tensor, bands: int,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, criterion=F.mse_loss) -> torch.Tensor:
     """MSE of the scheduler's prediction target (v for our x2 stage) for the high-res pair, given the
     (noise-augmented) upsampled low-res pair."""
     levels = torch.randint(0, SR_CONDITION_NOISE + 1, (low.shape[0],), device=low.device, generator=generator)
@@ -173,7 +173,7 @@ def sr_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0_high: torch.Ten
     noise = torch.randn(x0_high.shape, device=x0_high.device, generator=generator)
     noisy = scheduler.add_noise(x0_high, noise, t)
     target = scheduler.get_velocity(x0_high, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    return F.mse_loss(model(torch.cat([noisy, condition], dim=1), t).sample, target)
+    return criterion(model(torch.cat([noisy, condition], dim=1), t).sample, target)
 
 
 @torch.inference_mode()
