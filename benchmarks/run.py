@@ -68,8 +68,13 @@ def bench_fusion(cfg: argparse.Namespace) -> dict:
     return bench(cfg)
 
 
+def bench_rdfmig(cfg: argparse.Namespace) -> dict:
+    from benchmarks.rdfmig import bench
+    return bench(cfg)
+
+
 BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr, "sar": bench_sar,
-              "fusion": bench_fusion}
+              "fusion": bench_fusion, "rdfmig": bench_rdfmig}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------
