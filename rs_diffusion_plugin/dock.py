@@ -149,6 +149,7 @@ class RsDiffusionDock(QDockWidget):
     def __init__(self, parent=None):
         super().__init__("rs-diffusion", parent)
         self.setObjectName("RsDiffusionDock")
+        from rs_diffusion_plugin.change_tab import ChangeTab
         from rs_diffusion_plugin.fusion_tab import FusionTab
         from rs_diffusion_plugin.oilspill_tab import OilSpillTab
         from rs_diffusion_plugin.refine_tab import RefineTab
@@ -160,6 +161,8 @@ class RsDiffusionDock(QDockWidget):
         self.synthesize_tab = SynthesizeTab()
         self.oilspill_tab = OilSpillTab()
         self.fusion_tab = FusionTab()
-        for tab in (self.segment_tab, self.refine_tab, self.synthesize_tab, self.oilspill_tab, self.fusion_tab):
+        self.change_tab = ChangeTab()
+        for tab in (self.segment_tab, self.refine_tab, self.synthesize_tab, self.oilspill_tab, self.fusion_tab,
+                    self.change_tab):
             self.tabs.addTab(tab, tab.title)
         self.setWidget(self.tabs)

@@ -152,7 +152,7 @@ def fusion_tab(qtbot, project):
     from rs_diffusion_plugin.dock import RsDiffusionDock
     dock = RsDiffusionDock()
     qtbot.addWidget(dock)
-    assert dock.tabs.tabText(dock.tabs.count() - 1) == "Fusion"
+    assert dock.tabs.tabText(dock.tabs.indexOf(dock.fusion_tab)) == "Fusion"
     yield dock.fusion_tab   # not return: the dock must live as long as its tab
 
 
