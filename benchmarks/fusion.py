@@ -38,7 +38,7 @@ def bench(cfg: argparse.Namespace, prior_dir: str | Path | None = None, pairs_di
     prior_dir = Path(prior_dir or starter_model_dir(TASK))
     if not (prior_dir / "model.json").is_file():
         raise SystemExit(f"fusion: no fusion prior in {prior_dir} (run `make starter-fusion`).")
-    pairs = list_fusion_pairs(pairs_dir)[:2 if cfg.quick else 6]
+    pairs = list_fusion_pairs(pairs_dir)[:2 if cfg.quick else 3]
     seconds = {name: 0.0 for name in METHODS}
     scores: dict[str, list[dict]] = {name: [] for name in (*METHODS, "average")}
     prior = ""

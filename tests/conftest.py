@@ -100,6 +100,15 @@ def fusion_starter():
     return path
 
 
+@pytest.fixture(scope="session")
+def change_starters():
+    """The shipped change detector and RDF-MIG starter models."""
+    from core.catalog import starter_model_dir
+    paths = starter_model_dir("changedet"), starter_model_dir("rdfmig")
+    assert all((p / "model.json").is_file() for p in paths), "change starters missing: run `make starter-models`"
+    return paths
+
+
 def make_scene_raster(folder: Path, size=(200, 260), seed=3, nodata_border=0, name="scene"):
     from core.data.scenes import write_scene
     image, labels = folder / f"{name}.tif", folder / f"{name}_labels.tif"

@@ -32,3 +32,11 @@ def test_fusion_demo_fuses_the_shipped_pair(tmp_path, capsys, fusion_starter):
     printed = capsys.readouterr().out
     assert "Dig2DIG-25" in printed and "Qabf" in printed and "starter" in printed
     assert (tmp_path / "fused.tif").is_file() and (tmp_path / "fused_infrared_weights.tif").is_file()
+
+
+def test_change_demo_detects_changes_and_generates_triplets(tmp_path, capsys, change_starters):
+    from core.demo import change_demo
+    change_demo(tmp_path, argparse.Namespace(change_size=128, change_triplets=2, device="cpu"))
+    printed = capsys.readouterr().out
+    assert "change IoU" in printed and "RDF-MIG" in printed
+    assert (tmp_path / "changes.tif").is_file() and len(list((tmp_path / "change_triplets" / "A").iterdir())) == 2

@@ -23,7 +23,7 @@ from core.change.fcsiam import TASK, architecture_for, build_changedet
 from core.checkpoint import ClassInfo, ModelCard, Normalization
 from core.data.change import CHANGE_CLASSES, MASK_IGNORE, ChangePatchDataset, list_change_triplets, read_change_mask
 from core.data.scenes import scene_bands
-from core.metrics.segmentation import confusion_matrix
+from core.metrics.segmentation import change_scores, confusion_matrix
 from core.raster import raster_info
 from training.config import add_run_arguments, load_config
 from training.segment import split_pairs
@@ -52,17 +52,6 @@ class ChangeDetTrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
-
-
-def change_scores(confusion) -> dict[str, float]:
-    """IoU, F1, precision and recall of the change class and overall accuracy (NaN where undefined)."""
-    cm = np.asarray(confusion, dtype=np.float64)
-    tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
-
-    def ratio(num, den):
-        return float(num / den) if den > 0 else float("nan")
-    return {"IoU": ratio(tp, tp + fp + fn), "F1": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp),
-            "recall": ratio(tp, tp + fn), "accuracy": ratio(np.trace(cm), cm.sum())}
 
 
 def evaluate_patches(model: torch.nn.Module, loader, device) -> dict[str, float]:

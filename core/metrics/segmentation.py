@@ -28,3 +28,14 @@ def scores(confusion: np.ndarray | torch.Tensor, class_names: list[str]) -> dict
         out[f"IoU/{name}"] = float(i)
         out[f"F1/{name}"] = float(f)
     return out
+
+
+def change_scores(confusion) -> dict[str, float]:
+    """IoU, F1, precision and recall of the change class and overall accuracy (NaN where undefined)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
+
+    def ratio(num, den):
+        return float(num / den) if den > 0 else float("nan")
+    return {"IoU": ratio(tp, tp + fp + fn), "F1": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp),
+            "recall": ratio(tp, tp + fn), "accuracy": ratio(np.trace(cm), cm.sum())}
