@@ -240,3 +240,11 @@ def resampled_onto(src, target):
     from rasterio.vrt import WarpedVRT
     return WarpedVRT(src, crs=target.crs, transform=target.transform, width=target.width, height=target.height,
                      resampling=rasterio.enums.Resampling.bilinear, add_alpha=src.nodata is None)
+
+
+def pixel_area_km2(info: RasterInfo) -> float:
+    """Area of one pixel in km²; NaN when the layer has no projected CRS (polygons then give areas)."""
+    if info.crs_wkt is None or info.is_geographic:
+        return float("nan")
+    factor = rasterio.crs.CRS.from_wkt(info.crs_wkt).linear_units_factor[1]
+    return info.resolution[0] * info.resolution[1] * factor ** 2 / 1e6

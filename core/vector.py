@@ -161,3 +161,10 @@ def read_polygons_in_crs(path: str | os.PathLike, crs_wkt: str | None, layer: st
                 geom = reproject_geometry(geom, source_crs, crs_wkt)
             geometries.append(geom)
     return geometries
+
+
+def polygon_totals(path: str | os.PathLike) -> tuple[int, float]:
+    """Number of polygons and their summed `area_km2` in a file written by polygonize."""
+    with fiona.open(path) as src:
+        areas = [f["properties"]["area_km2"] for f in src]
+    return len(areas), float(sum(areas))

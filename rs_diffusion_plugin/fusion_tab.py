@@ -12,9 +12,9 @@ from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QSpinBox
 
-from rs_diffusion_plugin.algorithms.fuse_ir_visible import DIG_KINDS, FUSION_MODES, TASK, style_weight_layer
+from rs_diffusion_plugin.algorithms.fuse_ir_visible import DIG_KINDS, FUSION_MODES, TASK
 from rs_diffusion_plugin.dock import ModelPicker, TaskTab
-from rs_diffusion_plugin.layers import raster_source
+from rs_diffusion_plugin.layers import raster_source, style_unit_gray
 from rs_diffusion_plugin.task import CoreTask
 
 
@@ -128,7 +128,7 @@ class FusionTab(TaskTab):
         if result.weights_path:
             weights = QgsRasterLayer(result.weights_path, f"{name} infrared weights")
             if weights.isValid():
-                style_weight_layer(weights)
+                style_unit_gray(weights)
                 project.addMapLayer(weights)
         settings = result.settings
         method = f"{settings['mode'].upper()}-{settings['steps']}"

@@ -122,8 +122,9 @@ def apply_class_style(layer: QgsRasterLayer, style: QgsRasterRenderer | None) ->
         layer.triggerRepaint()
 
 
-def style_uncertainty_layer(layer: QgsRasterLayer) -> None:
-    """Grey from 0 (certain) to 1 (uncertain) on band 1 (entropy) of an uncertainty raster."""
+def style_unit_gray(layer: QgsRasterLayer) -> None:
+    """Grey from 0 to 1 on band 1: uncertainty rasters (entropy: certain .. uncertain) and fusion weight maps
+    (all visible .. all infrared)."""
     provider = layer.dataProvider()
     stretch = QgsContrastEnhancement(provider.dataType(1))
     stretch.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
@@ -148,7 +149,7 @@ def add_refined_outputs(refined_path: str, uncertainty_path: str, style: QgsRast
     if uncertainty_path:
         uncertainty = QgsRasterLayer(uncertainty_path, f"{name} (uncertainty)")
         if uncertainty.isValid():
-            style_uncertainty_layer(uncertainty)
+            style_unit_gray(uncertainty)
             project.addMapLayer(uncertainty)
             added.append(uncertainty)
     return added

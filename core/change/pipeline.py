@@ -23,10 +23,10 @@ from core.change.fcsiam import MULTIPLE, TASK, build_changedet
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
 from core.progress import Progress, SubProgress
-from core.raster import (GeoTiffWriter, RasterError, RasterInfo, check_bands, co_registered, open_raster, raster_info,
-                         read_window, resampled_onto)
+from core.raster import (GeoTiffWriter, RasterError, RasterInfo, check_bands, co_registered, open_raster,
+                         pixel_area_km2, raster_info, read_window, resampled_onto)
 from core.tiling import TileGrid, pad_tile, run_tiles
-from core.vector import polygonize
+from core.vector import polygon_totals, polygonize
 
 CHANGE, NO_CHANGE = 1, 0
 CHANGE_NODATA = 255
@@ -114,11 +114,11 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
         try:
             changed = _write_rasters(params, card, a_info, a_src, b_src, bands_a, bands_b, grid, runner,
                                      SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
-            polygons, area_km2 = 0, changed * _pixel_area_km2(a_info)
+            polygons, area_km2 = 0, changed * pixel_area_km2(a_info)
             if params.polygons_path:
                 polygonize(params.output_path, params.polygons_path, card.classes, only_values=[CHANGE],
                            progress=SubProgress(progress, 0.9, 1.0))
-                polygons, area_km2 = _polygon_totals(params.polygons_path)
+                polygons, area_km2 = polygon_totals(params.polygons_path)
         except BaseException:
             for out in (params.output_path, params.polygons_path, params.probability_path):
                 if out:
@@ -204,19 +204,3 @@ def _check_outputs(params: ChangeParams, name_a: str, name_b: str) -> None:
     if params.polygons_path and not params.polygons_path.lower().endswith(".gpkg"):
         raise ValueError(f"Change polygons are written as a GeoPackage: use a .gpkg file name, not "
                          f"'{params.polygons_path}'.")
-
-
-def _pixel_area_km2(info: RasterInfo) -> float:
-    """Area of one pixel in km²; NaN when the layer has no projected CRS (the polygons then give areas)."""
-    if info.crs_wkt is None or info.is_geographic:
-        return float("nan")
-    from rasterio.crs import CRS
-    factor = CRS.from_wkt(info.crs_wkt).linear_units_factor[1]
-    return info.resolution[0] * info.resolution[1] * factor ** 2 / 1e6
-
-
-def _polygon_totals(path: str) -> tuple[int, float]:
-    import fiona
-    with fiona.open(path) as src:
-        areas = [f["properties"]["area_km2"] for f in src]
-    return len(areas), float(sum(areas))

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from core.data.images import images_by_stem, to_unit, unit_range
 from core.data.scenes import (BUILDING, ROAD, SCENE_CRS, SOIL, VEGETATION, WATER, make_scene, scene_bands,
-                              scene_transform)
+                              scene_transform, shifted)
 from core.raster import RasterError, open_raster, read_window, write_geotiff
 
 CHANGE_FOLDERS = ("A", "B", "label")
@@ -159,7 +159,7 @@ def _shadow_direction(luminance, labels, buildings, count, rng) -> np.ndarray:
         for k, (dy, dx) in enumerate(directions):
             ring = np.zeros_like(footprint)
             for step in _SHADOW_REACH:
-                ring |= _shift(footprint, int(round(step * dy)), int(round(step * dx)))
+                ring |= shifted(footprint, int(round(step * dy)), int(round(step * dx)))
             ring &= ~footprint & ~blocked[ys, xs]
             if ring.sum() >= 4:
                 means[k] = luminance[ys, xs][ring].mean()
@@ -180,8 +180,8 @@ def _shadow_ratio(a, labels, buildings, count, shadow_dir) -> np.ndarray:
     behind = np.zeros(labels.shape, bool)
     ahead = np.zeros(labels.shape, bool)
     for step in (2, 3):
-        behind |= _shift(labels == BUILDING, int(round(step * shadow_dir[0])), int(round(step * shadow_dir[1])))
-        ahead |= _shift(labels == BUILDING, -int(round(step * shadow_dir[0])), -int(round(step * shadow_dir[1])))
+        behind |= shifted(labels == BUILDING, int(round(step * shadow_dir[0])), int(round(step * shadow_dir[1])))
+        ahead |= shifted(labels == BUILDING, -int(round(step * shadow_dir[0])), -int(round(step * shadow_dir[1])))
     shaded, lit = behind & ~blocked & ~ahead, ahead & ~blocked & ~behind
     if shaded.sum() < 20 or lit.sum() < 20:
         return _DEFAULT_SHADOW_RATIO
@@ -222,7 +222,7 @@ def _demolish(rng, a, b, labels, buildings, count, shadow_dir, shadow_ratio) -> 
         # Its shadow is gone: lift the dark pixels just behind the footprint back to lit ground.
         reach = np.zeros_like(footprint)
         for step in range(1, 13):
-            reach |= _shift(footprint, int(round(step * shadow_dir[0])), int(round(step * shadow_dir[1])))
+            reach |= shifted(footprint, int(round(step * shadow_dir[0])), int(round(step * shadow_dir[1])))
         reach &= ~footprint & ~others[ys, xs]
         if reach.any():
             luminance = a[:3, ys, xs].mean(0)
@@ -365,21 +365,11 @@ def _rectangle(cy, cx, length, depth, angle, shape):
     return np.clip(inside + 0.5, 0, 1), np.s_[top:bottom, left:right]
 
 
-def _shift(array, dy, dx):
-    """out[y, x] = array[y - dy, x - dx], False/0 outside."""
-    out = np.zeros_like(array)
-    height, width = array.shape
-    if abs(dy) < height and abs(dx) < width:
-        out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
-            array[max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
-    return out
-
-
 def _cast_shadow(heights, direction) -> np.ndarray:
     """Soft shadow (0..1) of raised surfaces `heights` px tall (shadow length) falling along `direction`."""
     shadow = np.zeros(heights.shape, np.float32)
     for step in range(1, int(np.ceil(heights.max())) + 1):
-        caster = _shift(heights, int(round(step * direction[0])), int(round(step * direction[1])))
+        caster = shifted(heights, int(round(step * direction[0])), int(round(step * direction[1])))
         shadow = np.maximum(shadow, np.clip(caster - step + 1, 0, 1))
     return ndimage.gaussian_filter(shadow, 0.5)
 

@@ -407,7 +407,7 @@ def _trace(shape, paths):
             which[near_y, near_x])
 
 
-def _shift(array, dy, dx):
+def shifted(array, dy, dx):
     """out[y, x] = array[y - dy, x - dx], zero outside."""
     out = np.zeros_like(array)
     height, width = array.shape
@@ -424,7 +424,7 @@ def _cast_shadow(surface, direction):
     """
     shadow = np.zeros(surface.shape, bool)
     for step in range(1, int(np.ceil(surface.max())) + 1):
-        caster = _shift(surface, int(round(step * direction[0])), int(round(step * direction[1])))
+        caster = shifted(surface, int(round(step * direction[0])), int(round(step * direction[1])))
         shadow |= caster >= surface + step
     return shadow
 

@@ -27,10 +27,10 @@ from core.device import BatchRunner, describe_device, resolve_device
 from core.oilspill.saross import TASK, build_saross
 from core.oilspill.scaling import INPUT_KINDS, SarScaling, fit_scene_scaler
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, RasterError, open_raster, raster_info, read_window
+from core.raster import GeoTiffWriter, RasterError, open_raster, pixel_area_km2, raster_info, read_window
 from core.segmentation.pipeline import class_raster_dtype
 from core.tiling import TileGrid, pad_tile, run_tiles
-from core.vector import polygonize, read_polygons_in_crs
+from core.vector import polygon_totals, polygonize, read_polygons_in_crs
 
 OIL_CLASS = "oil"
 LAND_CLASS = "land"
@@ -116,12 +116,12 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
         try:
             oil_pixels = _run_tiles(params, probability_path, card, info, scaler, land, grid, runner,
                                     SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
-            slicks, area_km2 = 0, oil_pixels * _pixel_area_km2(info)
+            slicks, area_km2 = 0, oil_pixels * pixel_area_km2(info)
             if params.polygons_path:
                 oil = [c.value for c in card.classes if c.name == OIL_CLASS]
                 polygonize(params.output_path, params.polygons_path, card.classes, only_values=oil,
                            mean_of={"mean_oil_prob": probability_path}, progress=SubProgress(progress, 0.9, 1.0))
-                slicks, area_km2 = _polygon_totals(params.polygons_path)
+                slicks, area_km2 = polygon_totals(params.polygons_path)
         except BaseException:
             for out in (params.output_path, params.polygons_path, params.probability_path):
                 if out:
@@ -209,19 +209,3 @@ def _run_tiles(params, probability_path, card, info, scaler, land, grid, runner,
                 band_names=["oil probability"], **common))
         run_tiles(grid, len(card.classes), read_tile, predict, write_block, params.batch_size, progress)
     return oil_pixels
-
-
-def _pixel_area_km2(info) -> float:
-    """Area of one pixel in km²; NaN when the layer has no projected CRS (the polygons then give areas)."""
-    if info.crs_wkt is None or info.is_geographic:
-        return float("nan")
-    from rasterio.crs import CRS
-    factor = CRS.from_wkt(info.crs_wkt).linear_units_factor[1]
-    return info.resolution[0] * info.resolution[1] * factor ** 2 / 1e6
-
-
-def _polygon_totals(path: str) -> tuple[int, float]:
-    import fiona
-    with fiona.open(path) as src:
-        areas = [f["properties"]["area_km2"] for f in src]
-    return len(areas), float(sum(areas))

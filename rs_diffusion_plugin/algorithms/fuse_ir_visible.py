@@ -1,13 +1,13 @@
 """rsdiffusion:fuse_ir_visible — one fused layer from an infrared and a visible layer (Dig2DIG / DDFM)."""
 from __future__ import annotations
 
-from qgis.core import (QgsContrastEnhancement, QgsProcessingOutputString, QgsProcessingParameterBand,
-                       QgsProcessingParameterEnum, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsSingleBandGrayRenderer)
+from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterBand, QgsProcessingParameterEnum,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer)
 
 from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
+from rs_diffusion_plugin.layers import style_unit_gray
 
 # core.fusion.prior.TASK and core.fusion.sampler's FUSION_MODES, DIG_KINDS, EM_MODES, without importing torch
 TASK = "fusion-prior"
@@ -104,19 +104,6 @@ class FuseIrVisibleAlgorithm(RsDiffusionAlgorithm):
             return {}
         outputs = {"OUTPUT": result.output_path, "PRIOR": result.prior}
         if result.weights_path:
-            self.style_on_load(context, result.weights_path, style_weight_layer)
+            self.style_on_load(context, result.weights_path, style_unit_gray)
             outputs["OUTPUT_WEIGHTS"] = result.weights_path
         return outputs
-
-
-def style_weight_layer(layer) -> None:
-    """Grey from 0 (all visible) to 1 (all infrared) on band 1 (the first recomputation) of a weight raster."""
-    provider = layer.dataProvider()
-    stretch = QgsContrastEnhancement(provider.dataType(1))
-    stretch.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
-    stretch.setMinimumValue(0.0)
-    stretch.setMaximumValue(1.0)
-    renderer = QgsSingleBandGrayRenderer(provider, 1)
-    renderer.setContrastEnhancement(stretch)
-    layer.setRenderer(renderer)
-    layer.triggerRepaint()

@@ -8,7 +8,7 @@ from qgis.core import (QgsProcessingOutputNumber,
 
 from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
-from rs_diffusion_plugin.layers import apply_class_style, class_style, style_uncertainty_layer
+from rs_diffusion_plugin.layers import apply_class_style, class_style, style_unit_gray
 
 TASK = "idgbr"
 
@@ -98,6 +98,6 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
         self.style_on_load(context, result.output_path, lambda layer: apply_class_style(layer, style))
         outputs = {"OUTPUT": result.output_path, "CHANGED_FRACTION": result.changed_fraction}
         if result.uncertainty_path:
-            self.style_on_load(context, result.uncertainty_path, style_uncertainty_layer)
+            self.style_on_load(context, result.uncertainty_path, style_unit_gray)
             outputs["OUTPUT_UNCERTAINTY"] = result.uncertainty_path
         return outputs
