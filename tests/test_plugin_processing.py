@@ -94,7 +94,7 @@ def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
 
 @pytest.mark.slow
 def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters, idgbr_starter,
-                                               sar_starters, fusion_starter):
+                                               sar_starters, fusion_starter, change_starters):
     """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
     binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
     if not os.path.exists(binary):
@@ -154,6 +154,28 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     assert "PRIOR:" in run.stdout and "starter" in run.stdout     # the bundled starter fusion prior
     with rasterio.open(fused) as dst, rasterio.open(vi) as src:
         assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape and dst.count == 3
+    from core.data.change import write_change_pair
+    date_a, date_b, change_label = tmp_path / "date_a.tif", tmp_path / "date_b.tif", tmp_path / "change_label.tif"
+    write_change_pair(date_a, date_b, change_label, 72, 96, seed=9)
+    changes, change_polygons = tmp_path / "qp_changes.tif", tmp_path / "qp_changes.gpkg"
+    run = subprocess.run([binary, "run", "rsdiffusion:detect_changes", "--", f"INPUT_A={date_a}", f"INPUT_B={date_b}",
+                          f"OUTPUT={changes}", f"OUTPUT_POLYGONS={change_polygons}"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "CHANGED_AREA_KM2:" in run.stdout and change_polygons.is_file()   # the bundled starter detector
+    with rasterio.open(changes) as dst, rasterio.open(date_a) as src:
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
+    change_set = tmp_path / "qp_change_set"
+    run = subprocess.run([binary, "run", "rsdiffusion:build_change_training_set", "--", f"INPUT_A={date_a}",
+                          f"INPUT_B={date_b}", f"CHANGES={change_label}", "PATCH_SIZE=32", "STRIDE=32",
+                          f"OUTPUT_FOLDER={change_set}"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert len(list((change_set / "label").iterdir())) == 6
+    triplets = tmp_path / "qp_triplets"
+    run = subprocess.run([binary, "run", "rsdiffusion:synthesize_change_pairs", "--", "COUNT=1", "STEPS=2",
+                          f"OUTPUT_FOLDER={triplets}"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert (triplets / "label" / "change_00000.tif").is_file()   # the bundled starter RDF-MIG
     bundled = profiles / "profiles" / "default" / "python" / "plugins" / "rs_diffusion_plugin" / "vendor" / "core"
     assert bundled.is_dir()
 
