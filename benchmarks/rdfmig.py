@@ -38,7 +38,7 @@ def bench(cfg: argparse.Namespace) -> dict:
     if not (fcf / "model.json").is_file():
         raise SystemExit(f"rdfmig: no FCF starter in {fcf} (run `make starter-rdfmig`).")
     real_count, held_out, size = (8, 4, 128) if cfg.quick else (60, 20, 128)
-    joint_steps, detector_steps = (20, 20) if cfg.quick else (800, 600)
+    joint_steps, detector_steps = (20, 20) if cfg.quick else (500, 400)
     with tempfile.TemporaryDirectory(prefix="rsd-bench-rdfmig-") as tmp:
         tmp = Path(tmp)
         with step(f"{real_count} training + {held_out} held-out procedural pairs"):
