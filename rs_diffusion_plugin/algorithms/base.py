@@ -82,6 +82,17 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
         return {"OUTPUT_FOLDER": result.output_dir, "INDEX": result.index_path, "PREVIEW": result.preview_path,
                 "PAIRS": len(result.pairs)}
 
+    def generation_values(self, parameters, context) -> dict:
+        """The core parameters every pair generator shares, from the parameters add_generation_parameters
+        added (+ MODEL and STEPS)."""
+        return dict(output_dir=self.parameterAsString(parameters, "OUTPUT_FOLDER", context),
+                    count=self.parameterAsInt(parameters, "COUNT", context),
+                    model_dir=self.parameterAsFile(parameters, "MODEL", context),
+                    steps=self.parameterAsInt(parameters, "STEPS", context),
+                    seed=self.parameterAsInt(parameters, "SEED", context),
+                    batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+                    device=self.device(parameters, context))
+
     def device(self, parameters, context) -> str:
         return DEVICE_CHOICES[self.parameterAsEnum(parameters, "DEVICE", context)]
 

@@ -46,14 +46,7 @@ class SynthesizeChangePairsAlgorithm(RsDiffusionAlgorithm):
         from core.change.generate import ChangeSynthesisParams, synthesize_change_pairs
 
         def run(progress):
-            params = ChangeSynthesisParams(
-                output_dir=self.parameterAsString(parameters, "OUTPUT_FOLDER", context),
-                count=self.parameterAsInt(parameters, "COUNT", context),
-                model_dir=self.parameterAsFile(parameters, "MODEL", context),
-                steps=self.parameterAsInt(parameters, "STEPS", context),
-                seed=self.parameterAsInt(parameters, "SEED", context),
-                batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-                device=self.device(parameters, context))
+            params = ChangeSynthesisParams(**self.generation_values(parameters, context))
             return synthesize_change_pairs(params, progress)
 
         result = self.run_core(run, feedback)

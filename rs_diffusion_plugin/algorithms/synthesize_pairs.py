@@ -45,17 +45,11 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
 
         def run(progress):
             params = SynthesisParams(
-                output_dir=self.parameterAsString(parameters, "OUTPUT_FOLDER", context),
-                count=self.parameterAsInt(parameters, "COUNT", context),
-                model_dir=self.parameterAsFile(parameters, "MODEL", context),
+                **self.generation_values(parameters, context),
                 sampler=self.parameterAsEnumString(parameters, "SAMPLER", context),
-                steps=self.parameterAsInt(parameters, "STEPS", context),
                 eta=self.parameterAsDouble(parameters, "ETA", context),
                 super_resolution=self.parameterAsBool(parameters, "SR", context),
-                sr_model_dir=self.parameterAsFile(parameters, "SR_MODEL", context),
-                seed=self.parameterAsInt(parameters, "SEED", context),
-                batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-                device=self.device(parameters, context))
+                sr_model_dir=self.parameterAsFile(parameters, "SR_MODEL", context))
             return synthesize_pairs(params, progress)
 
         return self.generation_outputs(self.run_core(run, feedback))

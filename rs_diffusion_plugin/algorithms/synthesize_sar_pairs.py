@@ -29,14 +29,6 @@ class SynthesizeSarPairsAlgorithm(RsDiffusionAlgorithm):
         from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 
         def run(progress):
-            params = SarSynthesisParams(
-                output_dir=self.parameterAsString(parameters, "OUTPUT_FOLDER", context),
-                count=self.parameterAsInt(parameters, "COUNT", context),
-                model_dir=self.parameterAsFile(parameters, "MODEL", context),
-                steps=self.parameterAsInt(parameters, "STEPS", context),
-                seed=self.parameterAsInt(parameters, "SEED", context),
-                batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-                device=self.device(parameters, context))
-            return synthesize_sar_pairs(params, progress)
+            return synthesize_sar_pairs(SarSynthesisParams(**self.generation_values(parameters, context)), progress)
 
         return self.generation_outputs(self.run_core(run, feedback))
