@@ -7,7 +7,7 @@ import rasterio
 import torch
 
 from core.change.generate import ChangeSynthesisParams, synthesize_change_pairs
-from core.change.rdfmig import architecture_for, build_denoiser, joint_image, load_rdfmig, sample_triplets
+from core.change.rdfmig import architecture_for, build_denoiser, joint_image, load_rdfmig
 from core.data.change import ChangePatchDataset, list_change_triplets, write_change_dataset
 from training.fcf import FcfTrainConfig, train_fcf
 from training.rdfmig import NoisyMasks, RdfmigTrainConfig, train_rdfmig
@@ -46,12 +46,12 @@ def test_trained_models_generate_triplets_in_the_data_bands(trained, tmp_path):
     data, with_fcf, concat = trained
     bands = ChangePatchDataset(list_change_triplets(data), 32).bands
     for model_dir in (with_fcf, concat):
-        denoiser, fcf, card = load_rdfmig(model_dir)
-        assert (fcf is not None) == (card.architecture["representation"] == "fcf")
-        generated = sample_triplets(denoiser, card.architecture, fcf, count=2, steps=2, seed=1, size=32)
+        model, card = load_rdfmig(model_dir)
+        assert (model.fcf is not None) == (card.architecture["representation"] == "fcf") and model.vae is None
+        generated = model.sample(count=2, steps=2, seed=1, size=32)
         assert generated.a.shape == generated.b.shape == (2, bands, 32, 32)
         assert set(generated.mask.unique().tolist()) <= {0, 1}
-    _, _, card = load_rdfmig(with_fcf)
+    _, card = load_rdfmig(with_fcf)
     mcrd = card.extra["mcrd"]
     assert card.extra["loss"] == "mcrd" and mcrd["rho"] == pytest.approx(2 * mcrd["sigma"] ** 2)
     result = synthesize_change_pairs(ChangeSynthesisParams(str(tmp_path / "out"), count=3, model_dir=str(with_fcf),

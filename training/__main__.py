@@ -56,7 +56,9 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "fcf": (fcf.add_arguments, fcf.main,
             "train the RDF-MIG FCF module (each date's bands <-> one channel) on a change folder (A/, B/, label/)"),
     "rdfmig": (rdfmig.add_arguments, rdfmig.main,
-               "train the RDF-MIG joint (date A, date B, change mask) diffusion model (--loss mse|mcrd)"),
+               "train the RDF-MIG joint (date A, date B, change mask) diffusion model (--loss mse|mcrd, --vae)"),
+    "change-vae": (rdfmig.add_vae_arguments, rdfmig.main_vae,
+                   "train the small autoencoder of RDF-MIG's latent variant on FCF feature images"),
     "convert-guided-diffusion": (convert.add_arguments, convert.main,
                                  "turn a local guided-diffusion checkpoint (.pt) into a fusion-prior model folder"),
 }

@@ -31,13 +31,13 @@ from core.raster import hex_to_rgba
 from core.refinement.embedding import NOISE_STD, LabelEmbedding, embedding_loss, random_class_maps
 from core.refinement.model import (GUIDANCE_SCALE, REPA_WEIGHT, SAMPLING_STEPS, TASK, architecture_for,
                                    build_model, noise_scheduler, refine, training_loss)
+from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
 from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.idgbr_data import TripletPatchDataset, coarse_source, list_triplets
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.trainer import Trainer, TrainSettings, seed_everything, stacked
 
 log = logging.getLogger("rs_diffusion")
 EMBEDDING_TASK, VAE_TASK = "idgbr-embedding", "idgbr-vae"
-SCALING_BATCHES = 8     # batches of latents whose std sets the VAE's scaling factor
 DINOV2_SIZE = 224       # REPA's DINOv2 input size: 16 x 16 patch tokens at patch 14
 PREVIEW_COUNT = 4       # fixed patches refined for the preview grids
 
@@ -46,11 +46,6 @@ def dataset_card_fields(data: FolderDataset) -> dict:
     """The card fields every IDGBR stage takes from the dataset: classes, bands and per-band range."""
     low, span = band_ranges(data.pairs)
     return {"classes": data.classes, "bands": list(data.bands), "normalization": Normalization(mean=low, std=span)}
-
-
-def stacked(dataset) -> list[torch.Tensor]:
-    """Every item of a small fixed dataset as one batch per field (the preview / validation patches)."""
-    return [torch.stack(field) for field in zip(*(dataset[i] for i in range(len(dataset))))]
 
 
 def load_embedding(model_dir: str, classes: list[ClassInfo]) -> LabelEmbedding:
@@ -169,14 +164,6 @@ def vae_quality(vae: AutoencoderKL, embedding: LabelEmbedding, image01: torch.Te
     return {"image_psnr": psnr, "label_accuracy": accuracy}
 
 
-@torch.no_grad()
-def latent_scaling_factor(vae: AutoencoderKL, embedding: LabelEmbedding, loader, device) -> float:
-    """1 / std of the latents (mode) of images and embedded masks over a few batches."""
-    latents = [vae.encode(vae_inputs(embedding, image.to(device), labels.to(device))).latent_dist.mode().flatten()
-               for _, (image, labels) in zip(range(SCALING_BATCHES), loader)]
-    return 1.0 / torch.cat(latents).std().item()
-
-
 def train_vae(cfg: VaeTrainConfig) -> Path:
     data = FolderDataset.open(cfg.data)
     fields = dataset_card_fields(data)
@@ -197,11 +184,7 @@ def train_vae(cfg: VaeTrainConfig) -> Path:
     fixed_image, fixed_labels = (t.to(trainer.device) for t in stacked(fixed))
 
     def loss_fn(net, batch):
-        x = vae_inputs(embedding, *batch)
-        posterior = net.encode(x).latent_dist
-        recon = net.decode(posterior.sample()).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * kl
+        return autoencoder_loss(net, vae_inputs(embedding, *batch), cfg.kl_weight)
 
     def validate(net):
         net.eval()
@@ -209,14 +192,16 @@ def train_vae(cfg: VaeTrainConfig) -> Path:
 
     metrics = trainer.fit(loader, loss_fn, validate)
     trainer.eval_model.eval()
-    factor = latent_scaling_factor(trainer.eval_model, embedding, loader, trainer.device)
+    factor = latent_scaling_factor(trainer.eval_model, (vae_inputs(embedding, image.to(trainer.device),
+                                                                   labels.to(trainer.device))
+                                                        for image, labels in loader))
     return trainer.export(ModelCard(
         task=VAE_TASK, name=cfg.name or run.name, tile_size=cfg.patch_size,
         architecture={"preset": "small", "classes": len(data.classes),
                       "vae": {**vae_config, "scaling_factor": round(factor, 6)}},
         training_data=f"{Path(cfg.data).resolve().name}: {len(data.pairs)} images + their embedded masks",
         metrics={k: round(v, 4) for k, v in metrics.items()},
-        extra={"steps": trainer.step, "loss": f"L1 + MSE + {cfg.kl_weight:g} x per-element KL",
+        extra={"steps": trainer.step, "loss": loss_description(cfg.kl_weight),
                "embedding": _source(cfg.embedding), "dtype": data.first.dtype,
                "metrics_on": f"top-left {cfg.patch_size} px patches of the first {len(fixed)} training images",
                "scaling": "image in [-1, 1] = 2 (raw - mean) / std - 1 per band (dataset range)"},

@@ -4,8 +4,10 @@ Reads a change folder (A/, B/, label/; core.data.change) and, for the FCF repres
 trained FCF model (`python -m training fcf`), frozen here. `loss = "mcrd"` swaps the epsilon-MSE
 for the robust MCRD loss (sigma from e_max and beta by the supplement's Eq. 16; core.losses).
 `label_noise` corrupts that share of the training masks (a benchmark of robustness: noisy labels
-are what MCRD is for). Writes `<output>/model` plus training state, log.csv, curves.png and
-sample grids.
+are what MCRD is for). `vae` switches to the latent variant (the supplement's 512 px LDM): a local
+Stable Diffusion folder (its vae/) or a small autoencoder of ours, fitted on the feature images by
+`python -m training change-vae` (train_change_vae below). Writes `<output>/model` plus training
+state, log.csv, curves.png and sample grids.
 """
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 
-from core.change.fcf import load_fcf
-from core.change.rdfmig import TASK, architecture_for, build_denoiser, joint_image, sample_triplets
+from core.change.fcf import load_fcf, psnr
+from core.change.latent import SMALL_VAE, VAE_TASK, load_vae
+from core.change.rdfmig import TASK, RdfmigModel, architecture_for, build_denoiser, joint_image
 from core.checkpoint import ModelCard, Normalization, save_model
 from core.data.change import ChangePatchDataset, list_change_triplets
 from core.raster import raster_info
 from core.synthesis.satsynth import diffusion_loss, training_scheduler
+from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
 from training.config import add_run_arguments, diffusion_loss_option, load_config
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.trainer import Trainer, TrainSettings, seed_everything, stacked
 
 
 @dataclass
@@ -36,6 +41,7 @@ class RdfmigTrainConfig:
     mcrd_e_max: float = 0.0        # 0: core.losses' default
     mcrd_beta: float = 0.0
     label_noise: float = 0.0       # share of training masks replaced by a wrong one (robustness benchmark)
+    vae: str = ""                  # latent variant: SD diffusers folder or change-vae model folder; "": pixels
     preset: str = "small"
     patch_size: int = 64
     batch_size: int = 16
@@ -75,12 +81,11 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
     triplets = list_change_triplets(cfg.data)
     dataset = ChangePatchDataset(triplets, cfg.patch_size, cfg.samples_per_image, train=True)
     bands = dataset.bands
-    fcf, fcf_card = (load_fcf(cfg.fcf) if cfg.representation == "fcf" else (None, None))
-    if fcf is not None:
-        if fcf.bands != bands:
-            raise SystemExit(f"FCF model '{cfg.fcf}' reduces {fcf.bands}-band images but '{cfg.data}' has {bands}.")
-        fcf.requires_grad_(False).eval()
-    architecture = architecture_for(cfg.preset, cfg.representation, bands)
+    fcf, fcf_card = _frozen_fcf(cfg.fcf, bands, cfg.data) if cfg.representation == "fcf" else (None, None)
+    vae, vae_source = load_vae(cfg.vae) if cfg.vae else (None, None)
+    if vae is not None:
+        vae.requires_grad_(False).eval()
+    architecture = architecture_for(cfg.preset, cfg.representation, bands, vae, cfg.patch_size)
     criterion, loss_entry = diffusion_loss_option(cfg)
     seed_everything(cfg.seed)
     model = build_denoiser(architecture)
@@ -90,19 +95,18 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
         run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
         val_every=cfg.sample_every or cfg.steps, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
         device=cfg.device, resume=cfg.resume))
-    if fcf is not None:
-        fcf.to(trainer.device)
+    frozen = RdfmigModel(architecture, model, fcf, vae).to(trainer.device)   # the FCF and VAE of every step
     train_set = NoisyMasks(dataset, cfg.label_noise, cfg.seed) if cfg.label_noise > 0 else dataset
     loader = trainer.loader(train_set, cfg.batch_size, cfg.num_workers)
 
     def loss_fn(net, batch):
         a, b, mask = batch
-        x0 = joint_image(architecture, fcf, a * 2 - 1, b * 2 - 1, (mask == 1).long())
+        x0 = frozen.target(a * 2 - 1, b * 2 - 1, (mask == 1).long())
         return diffusion_loss(net, scheduler, x0, criterion=criterion)
 
     def sample_grid(net):
         from core.change.generate import save_triplet_grid
-        generated = sample_triplets(net, architecture, fcf, count=4, steps=20, seed=cfg.seed, size=cfg.patch_size)
+        generated = RdfmigModel(architecture, net, fcf, vae).sample(4, steps=20, seed=cfg.seed, size=cfg.patch_size)
         save_triplet_grid(generated, run / f"samples_{trainer.step:06d}.png")
         return {}
 
@@ -111,12 +115,9 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
              "dtype": raster_info(triplets[0][0]).dtype, "fcf": fcf_card.name if fcf_card else None,
              "fcf_architecture": fcf_card.architecture if fcf_card else None,
              "scaling": "x01 = (raw - mean) / std per band (dataset range), then 2 x01 - 1"}
-    state = trainer.eval_model.state_dict()
-    if fcf is not None:   # one folder holds everything sampling needs: the denoiser and the FCF decoder
-        state = {**{f"denoiser.{k}": v for k, v in state.items()},
-                 **{f"fcf.{k}": v for k, v in fcf.state_dict().items()}}
-    else:
-        state = {f"denoiser.{k}": v for k, v in state.items()}
+    if vae_source:
+        extra["latent"] = f"denoiser on the latents of {vae_source} (frozen; its weights are in this folder)"
+    state = RdfmigModel(architecture, trainer.eval_model, fcf, vae).state_dict()   # everything sampling needs
     low, high = dataset.unit_ranges()
     card = ModelCard(task=TASK, name=cfg.name or run.name, architecture=architecture,
                      bands=list(dataset.band_names),
@@ -130,13 +131,105 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
     return model_dir
 
 
+def _frozen_fcf(model_dir: str, bands: int, data: str):
+    if not model_dir:
+        raise SystemExit("The FCF representation needs a trained FCF model (`fcf = ...`; `python -m training fcf`).")
+    fcf, card = load_fcf(model_dir)
+    if fcf.bands != bands:
+        raise SystemExit(f"FCF model '{model_dir}' reduces {fcf.bands}-band images but '{data}' has {bands}.")
+    return fcf.requires_grad_(False).eval(), card
+
+
+# --- the latent variant's small autoencoder ---------------------------------------------------------------
+@dataclass
+class ChangeVaeTrainConfig:
+    data: str                      # a change folder (A/, B/, label/)
+    output: str
+    fcf: str                       # the FCF model whose feature images the autoencoder learns
+    name: str = ""
+    patch_size: int = 128
+    batch_size: int = 8
+    samples_per_image: int = 4
+    steps: int = 2000
+    lr: float = 1e-3
+    kl_weight: float = 1e-4
+    ema_decay: float = 0.0
+    val_every: int = 500
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
+    """A small AutoencoderKL (SD's 8x layout, core.change.latent.SMALL_VAE) on FCF feature images."""
+    triplets = list_change_triplets(cfg.data)
+    dataset = ChangePatchDataset(triplets, cfg.patch_size, cfg.samples_per_image, train=True)
+    fcf, fcf_card = _frozen_fcf(cfg.fcf, dataset.bands, cfg.data)
+    seed_everything(cfg.seed)
+    vae = AutoencoderKL.from_config(SMALL_VAE)
+    run = Path(cfg.output)
+    trainer = Trainer(vae, TrainSettings(
+        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
+        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    fcf.to(trainer.device)
+    loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
+    fixed = ChangePatchDataset(triplets[:4], cfg.patch_size, train=False)
+    fixed_x = _feature_images(fcf, [t.to(trainer.device) for t in stacked(fixed)])
+
+    def validate(net):
+        net.eval()
+        with torch.no_grad():
+            recon = net.decode(net.encode(fixed_x).latent_dist.mode()).sample.clamp(-1, 1)
+        mask_accuracy = ((recon[:, 2] > 0) == (fixed_x[:, 2] > 0)).float().mean().item()
+        return {"feature_psnr": psnr(recon, fixed_x), "mask_accuracy": mask_accuracy}
+
+    def inputs():
+        return (_feature_images(fcf, [t.to(trainer.device) for t in batch]) for batch in loader)
+
+    metrics = trainer.fit(loader, lambda net, batch: autoencoder_loss(
+        net, _feature_images(fcf, batch), cfg.kl_weight), validate)
+    trainer.eval_model.eval()
+    config = {**SMALL_VAE, "scaling_factor": round(latent_scaling_factor(trainer.eval_model, inputs()), 6)}
+    low, high = dataset.unit_ranges()
+    card = ModelCard(task=VAE_TASK, name=cfg.name or run.name, architecture={"vae": config},
+                     bands=list(dataset.band_names),
+                     normalization=Normalization(mean=[low] * dataset.bands, std=[high - low] * dataset.bands),
+                     tile_size=cfg.patch_size, metrics={k: round(v, 4) for k, v in metrics.items()},
+                     training_data=f"{Path(cfg.data).resolve().name}: feature images of {len(triplets)} triplets",
+                     extra={"steps": trainer.step, "loss": loss_description(cfg.kl_weight), "fcf": fcf_card.name,
+                            "metrics_on": f"top-left {cfg.patch_size} px patches of the first {len(fixed)} triplets"})
+    model_dir = run / "model"
+    if trainer.dist.main:
+        save_model(model_dir, card, trainer.eval_model.state_dict())
+    trainer.dist.close()
+    return model_dir
+
+
+@torch.no_grad()
+def _feature_images(fcf, batch) -> torch.Tensor:
+    a, b, mask = batch
+    return joint_image({"representation": "fcf"}, fcf, a * 2 - 1, b * 2 - 1, (mask == 1).long())
+
+
 def add_arguments(parser) -> None:
     add_run_arguments(parser, "RdfmigTrainConfig")
     parser.add_argument("--fcf", help="override: FCF model folder")
     parser.add_argument("--loss", choices=("mse", "mcrd"), help="override: epsilon loss")
     parser.add_argument("--representation", choices=("fcf", "concat"), help="override: joint image")
     parser.add_argument("--label-noise", type=float, help="override: share of corrupted training masks")
+    parser.add_argument("--vae", help="override: latent variant's autoencoder (SD folder or change-vae model)")
 
 
 def main(args) -> None:
     print(f"model written to {train_rdfmig(load_config(RdfmigTrainConfig, args.config, args))}")
+
+
+def add_vae_arguments(parser) -> None:
+    add_run_arguments(parser, "ChangeVaeTrainConfig")
+    parser.add_argument("--fcf", help="override: FCF model folder")
+
+
+def main_vae(args) -> None:
+    print(f"model written to {train_change_vae(load_config(ChangeVaeTrainConfig, args.config, args))}")

@@ -271,3 +271,8 @@ def _to_device(batch, device):
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def stacked(dataset) -> list[torch.Tensor]:
+    """Every item of a small fixed dataset as one batch per field (the preview / validation patches)."""
+    return [torch.stack(field) for field in zip(*(dataset[i] for i in range(len(dataset))))]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from core.catalog import starter_model_dir
-from core.change.rdfmig import TASK, ChangeTriplets, load_rdfmig, sample_triplets
+from core.change.rdfmig import TASK, ChangeTriplets, load_rdfmig
 from core.device import describe_device, resolve_device
 from core.progress import Progress, SubProgress
 from core.raster import staged_dir, write_geotiff
@@ -60,8 +60,8 @@ def synthesize_change_pairs(params: ChangeSynthesisParams, progress: Progress | 
     if not 1 <= params.steps <= 1000:
         raise ValueError(f"DDIM steps must be between 1 and 1000, not {params.steps}.")
     device = resolve_device(params.device)
-    denoiser, fcf, card = load_rdfmig(params.resolved_model_dir())
-    denoiser = denoiser.to(device)
+    model, card = load_rdfmig(params.resolved_model_dir())
+    model = model.to(device)
     size = card.tile_size
     progress.info(f"Generating {params.count} change triplets of {size} x {size} px ({', '.join(card.bands)}) with "
                   f"'{card.name}' (DDIM-{params.steps}) on {describe_device(device)}.")
@@ -74,8 +74,8 @@ def synthesize_change_pairs(params: ChangeSynthesisParams, progress: Progress | 
             progress.check()
             count = min(params.batch_size, params.count - start)
             seed = params.seed + start   # batch seeds: a run is reproducible and its batches independent
-            triplets = sample_triplets(denoiser, card.architecture, fcf, count, params.steps, seed, size,
-                                       SubProgress(progress, i / len(batches), (i + 1) / len(batches)))
+            triplets = model.sample(count, params.steps, seed, size,
+                                    SubProgress(progress, i / len(batches), (i + 1) / len(batches)))
             rows += _write_batch(out, triplets, card, start, seed)
             if len(preview) < PREVIEW_TRIPLETS:
                 preview.append(triplets)

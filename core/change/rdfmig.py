@@ -1,4 +1,4 @@
-"""RDF-MIG: one pixel-space DDPM over a bi-temporal image pair and its change mask.
+"""RDF-MIG: one DDPM over a bi-temporal image pair and its change mask.
 
 With the FCF module (the supplement's design) the diffusion model sees a 3-channel "feature
 image" [fcf(A), fcf(B), 2 mask - 1]: a learned per-image reduction of each date to one channel,
@@ -6,6 +6,8 @@ whose decoder restores all bands (RGB or RGB+NIR) after sampling. The ablation (
 plain (2 C + 1)-channel concatenation [A, B, 2 mask - 1]. The denoiser is a diffusers
 UNet2DModel predicting epsilon with the linear 1e-4..0.02, T = 1000 schedule; its loss is MSE
 or the robust MCRD (core.losses), which down-weights the large errors mislabelled masks cause.
+The latent variant (the supplement's 512 px LDM; core.change.latent) runs the same denoiser on
+an AutoencoderKL's latents of the feature image instead of its pixels.
 """
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
+from torch import nn
 
 from core.change.fcf import FCF, concat_image, feature_image, split_concat_image, split_feature_image
-from core.checkpoint import ModelCard
+from core.checkpoint import ModelCard, load_card, load_into
+from core.latents import decode_latents, encode_latents, vae_factor
 from core.progress import Progress
 from core.synthesis.satsynth import DDIM_ETA, PRESETS, denoise
 
@@ -24,15 +28,27 @@ TASK = "rdfmig"
 REPRESENTATIONS = ("fcf", "concat")
 
 
-def architecture_for(preset: str, representation: str, bands: int) -> dict[str, Any]:
-    """SatSynth's UNet presets ('paper' 128 px, 'small' 64 px) on the joint change image."""
+def architecture_for(preset: str, representation: str, bands: int, vae: AutoencoderKL | None = None,
+                     patch_size: int | None = None) -> dict[str, Any]:
+    """SatSynth's UNet presets ('paper' 128 px, 'small' 64 px) on the joint change image, or with `vae` on
+    the latents of the feature image of `patch_size` px tiles (its config, scaling included, goes in the card)."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown RDF-MIG preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     if representation not in REPRESENTATIONS:
         raise ValueError(f"Unknown representation '{representation}'; choose one of {', '.join(REPRESENTATIONS)}.")
     channels = 3 if representation == "fcf" else 2 * bands + 1
-    return {"preset": preset, "representation": representation, "bands": bands,
-            "unet": dict(PRESETS[preset], in_channels=channels, out_channels=channels)}
+    unet = dict(PRESETS[preset], in_channels=channels, out_channels=channels)
+    architecture = {"preset": preset, "representation": representation, "bands": bands, "unet": unet}
+    if vae is not None:
+        if representation != "fcf":
+            raise ValueError("The latent variant encodes the 3-channel FCF feature image; use representation 'fcf'.")
+        factor = vae_factor(vae)
+        if not patch_size or patch_size % factor:
+            raise ValueError(f"Patch size {patch_size} px is not a multiple of {factor} (the autoencoder's factor).")
+        latent = vae.config.latent_channels
+        unet.update(in_channels=latent, out_channels=latent, sample_size=patch_size // factor)
+        architecture["vae"] = {k: v for k, v in vae.config.items() if not k.startswith("_")}   # no paths
+    return architecture
 
 
 def build_denoiser(architecture: dict[str, Any]) -> UNet2DModel:
@@ -41,7 +57,7 @@ def build_denoiser(architecture: dict[str, Any]) -> UNet2DModel:
 
 def joint_image(architecture: dict[str, Any], fcf: FCF | None, a: torch.Tensor, b: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-    """Dates A and B in [-1, 1] (B, C, H, W) and a 0/1 change mask (B, H, W) -> the diffusion model's x0."""
+    """Dates A and B in [-1, 1] (B, C, H, W) and a 0/1 change mask (B, H, W) -> the joint image in [-1, 1]."""
     mask = mask.float()[:, None]
     if architecture["representation"] == "fcf":
         return feature_image(fcf, a, b, mask)
@@ -55,33 +71,50 @@ class ChangeTriplets:
     mask: torch.Tensor   # (B, H, W) 0 / 1
 
 
-@torch.inference_mode()
-def sample_triplets(model: UNet2DModel, architecture: dict[str, Any], fcf: FCF | None, count: int, steps: int = 50,
-                    seed: int = 0, size: int | None = None, progress: Progress | None = None,
-                    eta: float = DDIM_ETA) -> ChangeTriplets:
-    """Generate `count` (A, B, mask) triplets with DDIM-`steps`; FCF's decoder restores every band."""
-    size = size or architecture["unet"]["sample_size"]
-    x = denoise(model, (count, architecture["unet"]["in_channels"], size, size), "ddim", steps, seed, progress, eta)
-    if architecture["representation"] == "fcf":
-        fcf = fcf.cpu().eval()
-        a, b, mask = split_feature_image(fcf, x)
-    else:
-        a, b, mask = split_concat_image(x)
-    return ChangeTriplets(a.clamp(-1, 1), b.clamp(-1, 1), mask.reshape(count, size, size).long())
+class RdfmigModel(nn.Module):
+    """Everything generation needs, stored in one folder as denoiser.*, fcf.* and (latent variant) vae.*:
+    the denoiser, the frozen FCF whose decoder restores the bands, and the frozen autoencoder."""
+
+    def __init__(self, architecture: dict[str, Any], denoiser: UNet2DModel, fcf: FCF | None = None,
+                 vae: AutoencoderKL | None = None):
+        super().__init__()
+        self.architecture, self.denoiser, self.fcf, self.vae = architecture, denoiser, fcf, vae
+
+    @property
+    def pixel_factor(self) -> int:
+        """Pixels per denoiser sample along each axis (1 in pixel space)."""
+        return vae_factor(self.vae) if self.vae is not None else 1
+
+    @torch.no_grad()
+    def target(self, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The diffusion model's x0: the joint image, or its latents in the latent variant."""
+        x = joint_image(self.architecture, self.fcf, a, b, mask)
+        return encode_latents(self.vae, x) if self.vae is not None else x
+
+    @torch.inference_mode()
+    def sample(self, count: int, steps: int = 50, seed: int = 0, size: int | None = None,
+               progress: Progress | None = None, eta: float = DDIM_ETA) -> ChangeTriplets:
+        """Generate `count` (A, B, mask) triplets of `size` px with DDIM-`steps`; FCF's decoder restores the bands."""
+        factor = self.pixel_factor
+        size = size or self.architecture["unet"]["sample_size"] * factor
+        if size % factor:
+            raise ValueError(f"Size {size} px is not a multiple of {factor} (the autoencoder's factor).")
+        shape = (count, self.architecture["unet"]["in_channels"], size // factor, size // factor)
+        x = denoise(self.denoiser, shape, "ddim", steps, seed, progress, eta, clip=self.vae is None)
+        if self.vae is not None:
+            device = next(self.vae.parameters()).device
+            x = torch.cat([decode_latents(self.vae, z[None].to(device)) for z in x]).clamp(-1, 1).cpu()
+        if self.fcf is not None:
+            a, b, mask = split_feature_image(self.fcf.cpu().eval(), x)
+        else:
+            a, b, mask = split_concat_image(x)
+        return ChangeTriplets(a.clamp(-1, 1), b.clamp(-1, 1), mask.reshape(count, size, size).long())
 
 
-def load_rdfmig(model_dir: str) -> tuple[UNet2DModel, FCF | None, ModelCard]:
-    """The denoiser and (FCF representation) the FCF it was trained with, from one model folder."""
-    from core.checkpoint import ModelError, load_card, load_weights
+def load_rdfmig(model_dir: str) -> tuple[RdfmigModel, ModelCard]:
+    """A trained RDF-MIG folder: denoiser, FCF (FCF representation) and autoencoder (latent variant)."""
     card = load_card(model_dir, task=TASK)
-    denoiser = build_denoiser(card.architecture)
-    fcf = FCF(**card.extra["fcf_architecture"]) if card.architecture["representation"] == "fcf" else None
-    state = load_weights(model_dir)
-    try:
-        denoiser.load_state_dict({k[len("denoiser."):]: v for k, v in state.items() if k.startswith("denoiser.")})
-        if fcf is not None:
-            fcf.load_state_dict({k[len("fcf."):]: v for k, v in state.items() if k.startswith("fcf.")})
-    except RuntimeError as exc:
-        raise ModelError(f"Weights in {model_dir} do not match the architecture in its card: "
-                         f"{str(exc).splitlines()[0]}") from exc
-    return denoiser.eval(), fcf, card
+    architecture = card.architecture
+    fcf = FCF(**card.extra["fcf_architecture"]) if architecture["representation"] == "fcf" else None
+    vae = AutoencoderKL.from_config(architecture["vae"]) if "vae" in architecture else None
+    return load_into(RdfmigModel(architecture, build_denoiser(architecture), fcf, vae), model_dir).eval(), card

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.latents import decode_latents, encode_latents, vae_factor
 from core.progress import Progress
 from core.refinement.embedding import LabelEmbedding
 
@@ -330,7 +331,7 @@ class IDGBR(nn.Module):
 
     @property
     def latent_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor(self.vae)
 
     def diffusion_parameters(self) -> list[nn.Parameter]:
         """What the diffusion stage trains: the denoiser, the guidance modules and the REPA projector."""
@@ -339,8 +340,7 @@ class IDGBR(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> scaled latents (the VAE's mode: deterministic conditions and targets)."""
-        config = self.vae.config
-        return (self.vae.encode(image).latent_dist.mode() - (config.shift_factor or 0.0)) * config.scaling_factor
+        return encode_latents(self.vae, image)
 
     def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, H, W) class indices -> latents of their embedding (E_S in the paper)."""
@@ -348,9 +348,7 @@ class IDGBR(nn.Module):
 
     def decode_logits(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> VAE decode -> label decoder -> (B, K, H, W) logits (D_S in the paper)."""
-        config = self.vae.config
-        decoded = self.vae.decode(latents / config.scaling_factor + (config.shift_factor or 0.0)).sample
-        return self.label_embedding.decode(decoded)
+        return self.label_embedding.decode(decode_latents(self.vae, latents))
 
     def text_states(self, batch: int) -> torch.Tensor:
         """The fixed empty-text states: the UNets' cross-attention always sees the same (no) prompt."""

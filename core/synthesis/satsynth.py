@@ -84,14 +84,15 @@ class GeneratedPairs:
 
 @torch.inference_mode()
 def denoise(model: UNet2DModel, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50, seed: int = 0,
-            progress: Progress | None = None, eta: float = DDIM_ETA) -> torch.Tensor:
+            progress: Progress | None = None, eta: float = DDIM_ETA, clip: bool = True) -> torch.Tensor:
     """Pure noise of `shape` -> samples in [-1, 1] (CPU) of an unconditional epsilon model with the linear
-    schedule: DDPM always runs all T steps (the paper's sampler), DDIM `steps` with `eta`."""
+    schedule: DDPM always runs all T steps (the paper's sampler), DDIM `steps` with `eta`. `clip=False`
+    for latents, which are not bounded: no clipping of the x0 estimates, no final clamp."""
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
     progress = progress or Progress()
     config = training_scheduler().config
-    scheduler = DDIMScheduler.from_config(config) if sampler == "ddim" else DDPMScheduler.from_config(config)
+    scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(config, clip_sample=clip)
     scheduler.set_timesteps(steps if sampler == "ddim" else TIMESTEPS)
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -102,7 +103,7 @@ def denoise(model: UNet2DModel, shape: tuple[int, ...], sampler: str = "ddim", s
         x = scheduler.step(eps, t, x, generator=generator).prev_sample if sampler == "ddpm" else \
             scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
         progress.step(i + 1, len(scheduler.timesteps))
-    return x.clamp(-1, 1).cpu()
+    return (x.clamp(-1, 1) if clip else x).cpu()
 
 
 @torch.inference_mode()
