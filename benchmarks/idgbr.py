@@ -1,8 +1,9 @@
 """The idgbr section: batched classifier-free guidance speed-up, and the WFm@3px gain of the starter refiner.
 
 cfg_batched_speedup times one denoiser call of classifier-free guidance done as the official code does it
-(an unconditional and a conditional forward, one after the other) against our single forward over the
-stacked batch, on the starter model at its tile size. wfm3_gain refines the starter segmenter's maps of
+(an unconditional and a conditional forward, one after the other) against our single CFG forward
+(IDGBR.predict_cfg: one UNet-encoder pass shared by both branches, the decoder over the stacked 2B rows),
+on the starter model at its tile size. wfm3_gain refines the starter segmenter's maps of
 held-out procedural scenes (never seen by the segmenter or the refiner) and scores both against the truth.
 """
 from __future__ import annotations
@@ -44,15 +45,13 @@ def cfg_speedup(cfg: argparse.Namespace) -> dict:
     z = torch.randn(model.encode_image(image).shape, generator=generator).to(device)
     t = noise_scheduler().timesteps[0]
     keep_none = torch.zeros(batch, dtype=torch.bool, device=device)
-    stacked_conditions = conditions.repeat(2)
-    keep_stacked = torch.arange(2 * batch, device=device) >= batch
 
     def separate():
         model.predict(z, t, conditions, keep_none)
         model.predict(z, t, conditions)
 
     def batched():
-        model.predict(torch.cat([z, z]), t, stacked_conditions, keep_stacked)
+        model.predict_cfg(z, t, conditions)
 
     times = {"separate": [], "batched": []}
     with step(f"CFG forwards, {batch} tiles of {size} px, best of {REPEATS} interleaved repeats"):

@@ -250,7 +250,8 @@ def test_cfg_runs_both_branches_in_one_batched_forward():
     probabilities = refine(model, image, coarse, steps=3, guidance_scale=3.0, seed=1)
     for hook in hooks:
         hook.remove()
-    assert encoder_rows == decoder_rows == [4, 4, 4] and not whole_unet_calls  # one pass of 2B rows per step
+    # one forward per step: the encoder once over B rows (shared by both branches), the decoder over 2B rows
+    assert encoder_rows == [2, 2, 2] and decoder_rows == [4, 4, 4] and not whole_unet_calls
 
     scheduler = noise_scheduler()
     scheduler.set_timesteps(3)

@@ -232,11 +232,6 @@ class ConditionFeatures:
     image: list[torch.Tensor]
     coarse: list[torch.Tensor]
 
-    def repeat(self, times: int) -> ConditionFeatures:
-        """Tile along the batch, matching torch.cat([z] * times)."""
-        return ConditionFeatures([f.repeat(times, 1, 1, 1) for f in self.image],
-                                 [f.repeat(times, 1, 1, 1) for f in self.coarse])
-
 
 class GuidanceModule(nn.Module):
     """f' = ZeroConv1x1([f_zt, f_cI, f_cr]); f_g = f' + CrossAttn(Q = f', K = V = [f_cI, f_cr]) (paper eq. 8-10).
@@ -375,6 +370,17 @@ class IDGBR(nn.Module):
         eps = unet_decoder(self.unet, guided, emb, hidden)
         return (eps, features[-1]) if return_hidden else eps
 
+    def predict_cfg(self, z_t: torch.Tensor, t: torch.Tensor | int,
+                    conditions: ConditionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_uncond, eps_cond) in one forward. The guidance is added to the encoder's outputs, so the UNet
+        encoder never sees the conditions: both branches share one encoder pass, and the decoder runs once over
+        the stacked [plain | guided] features (2B rows). Equal to two predict() calls, at ~1.5 forwards' cost."""
+        batch = z_t.shape[0]
+        features, emb = unet_encoder_features(self.unet, z_t, t, self.text_states(batch))
+        residuals = self.guidance(features, conditions)
+        stacked = [torch.cat([f, f + r]) for f, r in zip(features, residuals)]
+        return unet_decoder(self.unet, stacked, torch.cat([emb, emb]), self.text_states(2 * batch)).chunk(2)
+
     def forward(self, z_t: torch.Tensor, t: torch.Tensor | int, c_image: torch.Tensor, c_coarse: torch.Tensor,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         return self.predict(z_t, t, self.condition_features(c_image, c_coarse), keep)
@@ -432,8 +438,8 @@ def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int =
            guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, progress: Progress | None = None) -> torch.Tensor:
     """Refined class probabilities (B, K, H, W) from images (B, 3, H, W) in [-1, 1] and coarse maps (B, H, W).
 
-    DDIM from z_T ~ N(0, I); with CFG the unconditional and conditional passes run as one batched forward
-    ([uncond rows | cond rows]). Probabilities, not labels, so that tiles can be blended.
+    DDIM from z_T ~ N(0, I); with CFG the unconditional and conditional passes run as one forward
+    (IDGBR.predict_cfg). Probabilities, not labels, so that tiles can be blended.
     """
     factor = model.latent_factor
     if image.shape[-1] % factor or image.shape[-2] % factor:
@@ -447,17 +453,11 @@ def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int =
         scheduler.set_timesteps(steps)
         c_image = model.encode_image(image.to(device))
         conditions = model.condition_features(c_image, model.encode_labels(coarse.to(device)))
-        batch = c_image.shape[0]
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn(c_image.shape, generator=generator).to(device)
-        guided = guidance_scale != 1
-        if guided:
-            conditions = conditions.repeat(2)
-            keep = torch.arange(2 * batch, device=device) >= batch
         for i, t in enumerate(scheduler.timesteps):
-            if guided:
-                eps_uncond, eps_cond = model.predict(torch.cat([z, z]), t, conditions, keep).chunk(2)
-                eps = cfg_combine(eps_uncond, eps_cond, guidance_scale)
+            if guidance_scale != 1:
+                eps = cfg_combine(*model.predict_cfg(z, t, conditions), guidance_scale)
             else:
                 eps = model.predict(z, t, conditions)
             z = scheduler.step(eps, t, z).prev_sample
