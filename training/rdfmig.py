@@ -141,6 +141,9 @@ def _frozen_fcf(model_dir: str, bands: int, data: str):
 
 
 # --- the latent variant's small autoencoder ---------------------------------------------------------------
+PREVIEW_TRIPLETS = 4   # the triplets whose tiles score the autoencoder during training
+
+
 @dataclass
 class ChangeVaeTrainConfig:
     data: str                      # a change folder (A/, B/, label/)
@@ -175,7 +178,7 @@ def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
         checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
     fcf.to(trainer.device)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
-    fixed = ChangePatchDataset(triplets[:4], cfg.patch_size, train=False)
+    fixed = ChangePatchDataset(triplets[:PREVIEW_TRIPLETS], cfg.patch_size, train=False)
     fixed_x = _feature_images(fcf, [t.to(trainer.device) for t in stacked(fixed)])
 
     def validate(net):
@@ -185,13 +188,13 @@ def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
         mask_accuracy = ((recon[:, 2] > 0) == (fixed_x[:, 2] > 0)).float().mean().item()
         return {"feature_psnr": psnr(recon, fixed_x), "mask_accuracy": mask_accuracy}
 
-    def inputs():
-        return (_feature_images(fcf, [t.to(trainer.device) for t in batch]) for batch in loader)
+    def loss_fn(net, batch):
+        return autoencoder_loss(net, _feature_images(fcf, batch), cfg.kl_weight)
 
-    metrics = trainer.fit(loader, lambda net, batch: autoencoder_loss(
-        net, _feature_images(fcf, batch), cfg.kl_weight), validate)
+    metrics = trainer.fit(loader, loss_fn, validate)
     trainer.eval_model.eval()
-    config = {**SMALL_VAE, "scaling_factor": round(latent_scaling_factor(trainer.eval_model, inputs()), 6)}
+    feature_batches = (_feature_images(fcf, [t.to(trainer.device) for t in batch]) for batch in loader)
+    config = {**SMALL_VAE, "scaling_factor": round(latent_scaling_factor(trainer.eval_model, feature_batches), 6)}
     low, high = dataset.unit_ranges()
     card = ModelCard(task=VAE_TASK, name=cfg.name or run.name, architecture={"vae": config},
                      bands=list(dataset.band_names),
@@ -199,7 +202,7 @@ def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
                      tile_size=cfg.patch_size, metrics={k: round(v, 4) for k, v in metrics.items()},
                      training_data=f"{Path(cfg.data).resolve().name}: feature images of {len(triplets)} triplets",
                      extra={"steps": trainer.step, "loss": loss_description(cfg.kl_weight), "fcf": fcf_card.name,
-                            "metrics_on": f"top-left {cfg.patch_size} px patches of the first {len(fixed)} triplets"})
+                            "metrics_on": f"every {cfg.patch_size} px tile of the first {PREVIEW_TRIPLETS} triplets"})
     model_dir = run / "model"
     if trainer.dist.main:
         save_model(model_dir, card, trainer.eval_model.state_dict())
