@@ -53,22 +53,36 @@ def cfg_speedup(cfg: argparse.Namespace) -> dict:
     def batched():
         model.predict_cfg(z, t, conditions)
 
+    separate_s, batched_s = best_times(separate, batched, f"{batch} tiles of {size} px")
+    speedup = separate_s / batched_s
+    threads = torch.get_num_threads()
+    figures = {"cfg_batched_speedup": round(speedup, 2), "cfg_batched_speedup_target": SPEEDUP_TARGET,
+               "cfg_batched_speedup_pass": speedup >= SPEEDUP_TARGET,
+               "cfg_seconds": {"two_forwards": round(separate_s, 4), "one_batched_forward": round(batched_s, 4)},
+               "cfg_settings": {"tiles": batch, "tile_px": size, "model": card.name, "device": describe_device(device),
+                                "threads": threads}}
+    if device.type == "cpu" and threads > 1:   # the same on one thread: what batching gains without parallelism
+        torch.set_num_threads(1)
+        try:
+            one = best_times(separate, batched, f"{batch} tiles of {size} px, one thread")
+        finally:
+            torch.set_num_threads(threads)
+        figures["cfg_batched_speedup_one_thread"] = round(one[0] / one[1], 2)
+    return figures
+
+
+def best_times(separate, batched, what: str) -> tuple[float, float]:
+    """Best of REPEATS interleaved runs of each (after a warm-up): other load only ever adds time."""
     times = {"separate": [], "batched": []}
-    with step(f"CFG forwards, {batch} tiles of {size} px, best of {REPEATS} interleaved repeats"):
-        for fn in (separate, batched):   # warm-up
+    with step(f"CFG forwards, {what}, best of {REPEATS} interleaved repeats"):
+        for fn in (separate, batched):
             fn()
         for _ in range(REPEATS):
             for name, fn in (("separate", separate), ("batched", batched)):
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    separate_s, batched_s = min(times["separate"]), min(times["batched"])   # best of: other load only adds time
-    speedup = separate_s / batched_s
-    return {"cfg_batched_speedup": round(speedup, 2), "cfg_batched_speedup_target": SPEEDUP_TARGET,
-            "cfg_batched_speedup_pass": speedup >= SPEEDUP_TARGET,
-            "cfg_seconds": {"two_forwards": round(separate_s, 4), "one_batched_forward": round(batched_s, 4)},
-            "cfg_settings": {"tiles": batch, "tile_px": size, "model": card.name, "device": describe_device(device),
-                             "threads": torch.get_num_threads()}}
+    return min(times["separate"]), min(times["batched"])
 
 
 def wfm_gain(cfg: argparse.Namespace, tmp: Path) -> dict:
