@@ -45,7 +45,7 @@ qgis: setup
 	env -u QT_QPA_PLATFORM RS_DIFFUSION_SITE_PACKAGES="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		qgis --profiles-path $(CURDIR)/.qgis_profile --noversioncheck
 
-## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~5 h)
+## starter-models: train every shipped starter model with our own CLI (2 CPU cores: ~6 h)
 starter-models: starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion starter-rdfmig
 
 runs/data/scenes/classes.json: | setup
@@ -56,7 +56,7 @@ starter-segmentation: setup runs/data/scenes/classes.json
 	$(PY) -m training segment --config training/configs/segmentation_starter.toml
 	$(call ship,runs/starter/segmentation,segmentation_starter)
 
-## starter-satsynth: SatSynth base + x2 SR (~60 min)
+## starter-satsynth: SatSynth base + x2 SR (~100 min)
 starter-satsynth: setup runs/data/scenes/classes.json
 	$(PY) -m training satsynth --config training/configs/satsynth_starter.toml
 	$(call ship,runs/starter/satsynth,satsynth_starter)
