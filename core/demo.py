@@ -23,6 +23,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from core.catalog import RESOURCES_DIR
@@ -161,14 +162,19 @@ def fusion_demo(out: Path, args) -> None:
                                           weights_path=str(out / "fused_infrared_weights.tif"), device=args.device),
                              progress)
     progress.close()
-    sources = [to_gray(read_array(p)[0]) for p in (infrared, visible, result.output_path)]
-    metrics = fusion_metrics(*sources)
+    ir_gray, vis_gray, fused = (to_gray(read_array(p)[0]) for p in (infrared, visible, result.output_path))
+    metrics = fusion_metrics(ir_gray, vis_gray, fused)
+    baselines = {"average": fusion_metrics(ir_gray, vis_gray, np.round((ir_gray + vis_gray) / 2)),
+                 "max": fusion_metrics(ir_gray, vis_gray, np.maximum(ir_gray, vis_gray))}
     print(f"\nfusion       : {result.output_path} (Dig2DIG-{result.settings['steps']}, S = "
           f"{result.settings['dig_interval']}, {result.tiles} tile(s) in {result.seconds:.1f} s on {result.device}; "
           f"prior {result.prior})")
     print(f"weights      : {result.weights_path}: mean infrared weight per DIG recomputation "
           + ", ".join(f"{w:.3f}" for w in result.mean_infrared_weight))
-    print("metrics      : " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("Qabf", "SSIM", "MI", "VIF", "EN", "SD")))
+    shown = ("Qabf", "SSIM", "MI", "VIF", "EN", "SD")
+    print("metrics      : " + ", ".join(f"{k} {metrics[k]:.3f}" for k in shown))
+    for name, values in baselines.items():
+        print(f"  {name + ' of sources':<19}: " + ", ".join(f"{k} {values[k]:.3f}" for k in shown))
 
 
 

@@ -73,6 +73,8 @@ class FusionTab(TaskTab):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(2, 1000)
         self.steps_spin.setValue(25)
+        self.steps_spin.setToolTip("Reverse diffusion steps: Dig2DIG 25, DDFM 100 in the papers; the time grows "
+                                   "in proportion (the log states the work before the run)")
         form.addRow("Sampling steps", self.steps_spin)
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(FUSION_MODES)
@@ -82,11 +84,14 @@ class FusionTab(TaskTab):
         self.interval_spin = QSpinBox()
         self.interval_spin.setRange(1, 1000)
         self.interval_spin.setValue(10)
-        self.interval_spin.setToolTip("Recompute the DIG weights every S steps")
+        self.interval_spin.setToolTip("Recompute the weight of each source every S steps from how much the prior "
+                                      "gains from it over the next S steps (the paper: S = 10 with 25 steps; "
+                                      "smaller S costs more prior evaluations)")
         form.addRow("DIG interval S", self.interval_spin)
         self.kind_combo = QComboBox()
         self.kind_combo.addItems(DIG_KINDS)
-        self.kind_combo.setToolTip("scalar: one weight per source and tile; spatial: one per pixel")
+        self.kind_combo.setToolTip("scalar: one weight per source and 256 px tile (the paper's Eq. 11, default); "
+                                   "spatial: one per pixel, from the gains in the 64 px window around it")
         form.addRow("DIG kind", self.kind_combo)
         self.add_device_row(form)
         self.add_raster_output_row(form, "Fused raster")

@@ -304,6 +304,26 @@ def test_real_roadscene_pair_average_beats_noise():
     assert good["MI"] > bad["MI"] and good["SSIM"] > bad["SSIM"]
 
 
+
+# TNO pair 01, F = round((IR + VI) / 2): the reference values of specs/dig2dig.md (CDDFuse's evaluator)
+TNO_REFERENCE = {"EN": 6.2484, "SD": 23.3161, "SF": 6.6722, "AG": 2.6036, "MI": 2.0991, "SCD": 1.7660,
+                 "VIF": 0.5083, "Qabf": 0.3311, "CC": 0.3971, "MSE": 1682.66, "PSNR": 15.52}
+TNO_SSIM = {2.0: 1.0232, 255.0: 1.5245}
+
+
+def test_metrics_reproduce_the_reference_values_on_tno_pair_01():
+    from tests.conftest import shared_data
+    folder = shared_data("irvis_tno_ref")
+    ir, vi = fusion_eval.read_gray(folder / "ir" / "01.png"), fusion_eval.read_gray(folder / "vi" / "01.png")
+    assert ir.shape == vi.shape == (576, 768)
+    fused = np.round((ir + vi) / 2)
+    for data_range, expected in TNO_SSIM.items():
+        values = fm.fusion_metrics(ir, vi, fused, data_range=data_range)
+        assert values["SSIM"] == pytest.approx(expected, rel=1e-3), data_range
+    for name, expected in TNO_REFERENCE.items():
+        assert values[name] == pytest.approx(expected, rel=1e-3), name
+
+
 # --- evaluate-fusion ------------------------------------------------------------------------------------
 
 def write_image(path, array, driver, dtype="uint8"):

@@ -58,6 +58,12 @@ def test_colour_fusion_keeps_the_visible_grid_and_colour(tmp_path, irvis_pair, t
         w = weights.read()
     assert ((w > 0) & (w < 1)).all()
     assert len(result.mean_infrared_weight) == 3
+    # the log names the layers and states the work before the run: 5 steps + 3 DIG levels x 2 sources per tile
+    assert "Fusing infrared 'ir.tif' with visible 'vi.tif'" in progress.messages[1]
+    assert progress.messages[2].startswith(f"Expected work: {result.tiles} tile(s) of 32 px x 5 steps + 3 DIG noise "
+                                           f"levels x 2 sources = {result.tiles * 11} prior evaluations")
+    assert sum(batch * count for batch, count in result.prior_forwards.items()) == result.tiles * 11
+    assert set(result.seconds_by_part) == {"prior", "dig", "em", "io"} and result.megapixels_per_minute > 0
     assert progress.fractions[-1] == 1.0 and any(0 < f < 1 for f in progress.fractions)
     assert any("Prior:" in m for m in progress.messages)
 

@@ -39,15 +39,15 @@ def feedback_log() -> tuple[QgsProcessingFeedback, list[str]]:
 def test_algorithm_is_registered_with_the_documented_parameters(processing):
     from core.fusion.em import EM_MODES
     from core.fusion.prior import TASK
-    from core.fusion.sampler import DIG_KINDS, FUSION_MODES
+    from core.fusion.sampler import DIG_DISTANCES, DIG_KINDS, FUSION_MODES
     from rs_diffusion_plugin.algorithms import fuse_ir_visible as adapter
-    assert (adapter.TASK, adapter.FUSION_MODES, adapter.DIG_KINDS, adapter.EM_MODES) == (
-        TASK, FUSION_MODES, DIG_KINDS, EM_MODES)
+    assert (adapter.TASK, adapter.FUSION_MODES, adapter.DIG_KINDS, adapter.DIG_DISTANCES, adapter.EM_MODES) == (
+        TASK, FUSION_MODES, DIG_KINDS, DIG_DISTANCES, EM_MODES)
     alg = QgsApplication.processingRegistry().algorithmById(FUSE)
     assert alg is not None and alg.group() == "Image fusion"
     assert [p.name() for p in alg.parameterDefinitions()] == [
         "INFRARED", "VISIBLE", "MODEL", "STEPS", "DIG_INTERVAL", "MODE", "OUTPUT", "OUTPUT_WEIGHTS", "DIG_KIND",
-        "DDFM_MODE", "INFRARED_BAND", "SEED", "TILE_SIZE", "OVERLAP", "DEVICE"]
+        "DIG_DISTANCE", "DIG_TEMPERATURE", "DDFM_MODE", "INFRARED_BAND", "SEED", "TILE_SIZE", "OVERLAP", "DEVICE"]
     p = alg.parameterDefinition
     assert p("MODEL").defaultValue() == str(starter_model_dir("fusion-prior"))
     assert (p("STEPS").defaultValue(), p("STEPS").minimum(), p("STEPS").maximum()) == (25, 2, 1000)
@@ -55,11 +55,14 @@ def test_algorithm_is_registered_with_the_documented_parameters(processing):
     assert (p("MODE").options(), p("MODE").defaultValue()) == (["dig", "ddfm"], "dig")
     assert (p("DIG_KIND").options(), p("DIG_KIND").defaultValue()) == (["scalar", "spatial"], "scalar")
     assert (p("DDFM_MODE").options(), p("DDFM_MODE").defaultValue()) == (["paper", "code"], "paper")
+    assert (p("DIG_DISTANCE").options(), p("DIG_DISTANCE").defaultValue()) == (["l2", "squared_l2", "mse"], "l2")
+    assert p("DIG_TEMPERATURE").defaultValue() == 1.0
     assert p("OUTPUT_WEIGHTS").flags() & p("OUTPUT_WEIGHTS").FlagOptional and not p("OUTPUT_WEIGHTS").createByDefault()
     assert p("INFRARED_BAND").parentLayerParameterName() == "INFRARED" and p("INFRARED_BAND").defaultValue() == 1
     assert (p("SEED").defaultValue(), p("TILE_SIZE").defaultValue(), p("TILE_SIZE").minimum()) == (0, 256, 32)
     assert p("OVERLAP").defaultValue() == 32
-    for name in ("DIG_KIND", "DDFM_MODE", "INFRARED_BAND", "SEED", "TILE_SIZE", "OVERLAP"):
+    for name in ("DIG_KIND", "DIG_DISTANCE", "DIG_TEMPERATURE", "DDFM_MODE", "INFRARED_BAND", "SEED", "TILE_SIZE",
+                 "OVERLAP"):
         assert p(name).flags() & p(name).FlagAdvanced, name
     assert {"OUTPUT", "OUTPUT_WEIGHTS", "PRIOR"} <= {o.name() for o in alg.outputDefinitions()}
     assert "256x256_diffusion_uncond.pt" in alg.shortHelpString() and "resampled" in alg.shortHelpString()
@@ -83,6 +86,8 @@ def test_fuse_through_processing_keeps_the_visible_grid(processing, project, tmp
         values = weights.read()
         assert ((values >= 0) & (values <= 1)).all()
     assert any("tiny prior" in line for line in log) and not any("resampled" in line for line in log)
+    assert any("Fusing infrared 'ir' with visible 'vi'" in line for line in log), log
+    assert any(line.startswith("Expected work:") for line in log), log
     loaded = {layer.source(): layer for layer in project.mapLayers().values()}
     assert str(tmp_path / "fused.tif") in loaded
     assert isinstance(loaded[str(tmp_path / "weights.tif")].renderer(), QgsSingleBandGrayRenderer)

@@ -112,7 +112,8 @@ def main_pairs(args) -> None:
 
 def add_fuse_arguments(parser) -> None:
     from core.fusion.em import EM_MODES
-    from core.fusion.sampler import DIG_KINDS, FUSION_MODES
+    from core.fusion.pipeline import DEFAULT_BATCH
+    from core.fusion.sampler import DIG_DISTANCES, DIG_KINDS, FUSION_MODES
     parser.add_argument("--pairs", required=True, help="folder with ir/ and vi/ holding the pairs under the same names")
     parser.add_argument("--output", required=True, help="folder for the fused images (NAME.tif)")
     parser.add_argument("--model", default="", help="fusion prior folder (default: the starter prior)")
@@ -120,8 +121,13 @@ def add_fuse_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=25, help="reverse steps (Dig2DIG 25, DDFM 100 in the papers)")
     parser.add_argument("--dig-interval", type=int, default=10, help="S: recompute the DIG weights every S steps")
     parser.add_argument("--dig-kind", choices=DIG_KINDS, default="scalar")
+    parser.add_argument("--dig-distance", choices=DIG_DISTANCES, default="l2",
+                        help="l of Eq. 8: l2 (the paper), squared_l2, mse (per-pixel mean: an ablation)")
+    parser.add_argument("--dig-temperature", type=float, default=1.0, help="softmax(DIG / T); 1 = the paper's Eq. 11")
+    parser.add_argument("--dig-patch", type=int, default=64, help="spatial DIG: patch size in pixels")
     parser.add_argument("--ddfm-mode", choices=EM_MODES, default="paper", help="EM wiring (see core/fusion/em.py)")
-    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--tile-size", type=int, default=256, help="fixed tile (DIG's distances are over the tile)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="tiles per prior forward")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
 
@@ -131,10 +137,13 @@ def main_fuse(args) -> None:
     from core.fusion.sampler import FusionSettings
     from core.progress import TqdmProgress
     settings = FusionSettings(mode=args.mode, steps=args.steps, dig_interval=args.dig_interval,
-                              dig_kind=args.dig_kind, em_mode=args.ddfm_mode, seed=args.seed)
+                              dig_kind=args.dig_kind, dig_distance=args.dig_distance,
+                              dig_temperature=args.dig_temperature, dig_patch=args.dig_patch, em_mode=args.ddfm_mode,
+                              seed=args.seed)
     progress = TqdmProgress("fuse")
     results = fuse_folder(args.pairs, args.output, FusionParams("", "", "", model_dir=args.model, settings=settings,
-                                                                tile_size=args.tile_size, device=args.device),
+                                                                tile_size=args.tile_size, batch_size=args.batch_size,
+                                                                device=args.device),
                           progress)
     progress.close()
     print(f"{len(results)} fused images written to {args.output} ({results[0].prior}; "

@@ -6,12 +6,17 @@ luma and the infrared are fused tile by tile with overlap by Dig2DIG or DDFM
 (core.fusion.sampler), and the blended fused luma is put back together with the visible
 image's colour (its Cb/Cr), so a colour visible layer gives a colour result. Optionally the
 infrared weight of every DIG recomputation is written as a raster band each.
+
+Every tile has the same size (`tile_size`, 256 px by default, the paper's working size; a smaller
+image is padded up to it), because DIG's distances are taken over the whole tile and their scale
+sets how decisive the weights are. Tiles are fused `batch_size` at a time.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +28,14 @@ from core.catalog import starter_model_dir
 from core.data.images import to_unit, unit_range
 from core.device import describe_device, resolve_device
 from core.fusion.prior import TASK, FusionPrior, load_prior
-from core.fusion.sampler import FusionSettings, fuse, rgb_to_ycbcr, timesteps_for, ycbcr_to_rgb
+from core.fusion.sampler import (FusionSettings, dig_levels, fuse, prior_evaluations, rgb_to_ycbcr, timesteps_for,
+                                 ycbcr_to_rgb)
 from core.progress import Progress, SubProgress
 from core.raster import (GeoTiffWriter, RasterError, co_registered, open_raster, raster_info, read_window,
                          resampled_onto)
 from core.tiling import TileGrid, pad_tile, run_tiles
+
+DEFAULT_BATCH = 2     # tiles per prior forward: the starter prior's best images/s on a 2-core CPU (make bench)
 
 
 @dataclass
@@ -40,9 +48,9 @@ class FusionParams:
     settings: FusionSettings = field(default_factory=FusionSettings)
     weights_path: str = ""              # optional raster: infrared weight at each DIG recomputation (dig mode)
     infrared_band: int = 1
-    tile_size: int = 256
+    tile_size: int = 256                # fixed: DIG's distances are taken over the whole tile
     overlap: int = 32
-    batch_size: int = 1
+    batch_size: int = DEFAULT_BATCH
     device: str = "auto"
     infrared_name: str = ""             # how the user knows the layers, for messages
     visible_name: str = ""
@@ -62,6 +70,14 @@ class FusionResult:
     tiles: int
     resampled: bool                     # the infrared layer was resampled onto the visible grid
     mean_infrared_weight: list[float]   # per DIG recomputation, over the whole image (empty for ddfm)
+    prior_forwards: dict[int, int] = field(default_factory=dict)   # batch size -> number of prior evaluations
+    seconds_by_part: dict[str, float] = field(default_factory=dict)  # prior, dig, em, io (reading, blending, writing)
+
+    pixels: int = 0                     # width x height of the fused layer
+
+    @property
+    def megapixels_per_minute(self) -> float:
+        return self.pixels / 1e6 / (self.seconds / 60)
 
 
 def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> FusionResult:
@@ -86,17 +102,21 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
     device = resolve_device(params.device)
     prior = prior.to(device).eval()
     multiple = max(prior.multiple, 8)
-    tile = min(params.tile_size, -(-max(vis.width, vis.height) // multiple) * multiple)
-    if tile % multiple:
+    tile = params.tile_size
+    if tile % multiple or tile < multiple:
         raise ValueError(f"Tile size must be a multiple of {multiple} pixels for this prior, not {tile}.")
     grid = TileGrid(vis.height, vis.width, tile, min(params.overlap, tile // 2))
     recomputes = len(range(0, settings.steps, settings.dig_interval)) if settings.mode == "dig" else 0
     if params.weights_path and not recomputes:
         raise ValueError("Weight maps exist only in the 'dig' mode; DDFM uses fixed weights.")
-    progress.info(f"Fusing '{ir_name}' and '{vis_name}' ({vis.width} x {vis.height} px, {len(grid)} tile(s) of "
-                  f"{tile} px) with {settings.mode.upper()}-{settings.steps}"
-                  + (f", {settings.dig_kind} DIG every {settings.dig_interval} steps" if recomputes else "")
-                  + f" on {describe_device(device)}.")
+    progress.info(f"Fusing infrared '{ir_name}' with visible '{vis_name}' ({vis.width} x {vis.height} px) by "
+                  f"{settings.mode.upper()}-{settings.steps}"
+                  + (f", {settings.dig_kind} DIG ({settings.dig_distance} distance, softmax temperature "
+                     f"{settings.dig_temperature:g}) every {settings.dig_interval} steps" if recomputes else "") + f", on {describe_device(device)}.")
+    progress.info(f"Expected work: {len(grid)} tile(s) of {tile} px x {settings.steps} steps"
+                  + (f" + {dig_levels(settings)} DIG noise levels x 2 sources" if recomputes else "")
+                  + f" = {len(grid) * prior_evaluations(settings)} prior evaluations of one tile; crop the layers "
+                  "to fuse less.")
 
     with contextlib.ExitStack() as stack:
         vis_src = stack.enter_context(open_raster(params.visible_path))
@@ -107,20 +127,23 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
                              f"'{vis_name}'.")
         vis_bands = [1, 2, 3] if colour else [1]
         weight_sums = np.zeros(recomputes)
+        totals = {"forwards": Counter(), "seconds": dict.fromkeys(("prior", "dig", "em"), 0.0)}
         try:
             valid_pixels = _run_tiles(params, prior, device, vis_src, ir_src, vis_bands, grid, recomputes,
-                                      weight_sums, progress)
+                                      weight_sums, totals, progress)
         except BaseException:
             for out in (params.output_path, params.weights_path):
                 if out:
                     Path(out).unlink(missing_ok=True)     # a failed or cancelled run leaves no half set of outputs
             raise
     seconds = time.perf_counter() - started
-    progress.info(f"Fused in {seconds:.1f} s.")
+    parts = dict(totals["seconds"], io=seconds - sum(totals["seconds"].values()))
+    progress.info(f"Fused in {seconds:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ").")
     progress.set_fraction(1.0)
     return FusionResult(params.output_path, params.weights_path, prior.describe(), settings.as_dict(),
                         describe_device(device), seconds, len(grid), not same_grid,
-                        [float(s / max(valid_pixels, 1)) for s in weight_sums])
+                        [float(s / max(valid_pixels, 1)) for s in weight_sums],
+                        dict(sorted(totals["forwards"].items())), parts, vis.width * vis.height)
 
 
 def _check_outputs(params: FusionParams, ir_name: str, vis_name: str) -> None:
@@ -132,7 +155,7 @@ def _check_outputs(params: FusionParams, ir_name: str, vis_name: str) -> None:
 
 
 def _run_tiles(params, prior: FusionPrior, device, vis_src, ir_src, vis_bands, grid, recomputes, weight_sums,
-               progress) -> int:
+               totals, progress) -> int:
     settings = params.settings
     vis_range = unit_range(vis_src, vis_bands)
     ir_range = unit_range(ir_src, [params.infrared_band])
@@ -159,6 +182,9 @@ def _run_tiles(params, prior: FusionPrior, device, vis_src, ir_src, vis_bands, g
         sub = SubProgress(progress, done / len(grid), (done + len(tiles)) / len(grid))
         tile_settings = dataclasses.replace(settings, seed=settings.seed + 7919 * tiles[0].i + tiles[0].j)
         fused, trace = fuse(prior, infrared, ycbcr[:, :1], tile_settings, sub)
+        totals["forwards"].update(trace.forward_batches)
+        for part, seconds in trace.seconds.items():
+            totals["seconds"][part] += seconds
         done += len(tiles)
         channels = [fused, ycbcr[:, 1:]]
         if recomputes:

@@ -9,10 +9,12 @@ from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
 from rs_diffusion_plugin.layers import style_unit_gray
 
-# core.fusion.prior.TASK and core.fusion.sampler's FUSION_MODES, DIG_KINDS, EM_MODES, without importing torch
+# core.fusion.prior.TASK and core.fusion.sampler's FUSION_MODES, DIG_KINDS, DIG_DISTANCES, EM_MODES, without
+# importing torch
 TASK = "fusion-prior"
 FUSION_MODES = ("dig", "ddfm")
 DIG_KINDS = ("scalar", "spatial")
+DIG_DISTANCES = ("l2", "squared_l2", "mse")
 EM_MODES = ("paper", "code")
 
 
@@ -24,15 +26,18 @@ class FuseIrVisibleAlgorithm(RsDiffusionAlgorithm):
             "targets of the infrared and the texture and detail of the visible, with a diffusion image prior "
             "and no fusion training. MODE dig (Dig2DIG): the weight of each source is recomputed every "
             "DIG_INTERVAL steps from how much information the prior gains from it (scalar: one weight per tile; "
-            "spatial: per pixel), 25 steps by default. MODE ddfm: DDFM's fixed weights (the paper uses 100 "
+            "spatial: per pixel), 25 steps by default. The gains are L2 distances over the whole tile "
+            "(DIG_DISTANCE l2, the paper's), so keep TILE_SIZE at 256 unless you know why: a larger tile makes "
+            "the weights more decisive, a smaller one closer to 0.5. DIG_TEMPERATURE 1 is the paper's softmax. MODE ddfm: DDFM's fixed weights (the paper uses 100 "
             "steps). The result is on the visible layer's grid and keeps its colours (the fused brightness "
             "replaces the visible brightness); when the infrared layer is on another grid (size, pixel size, "
             "extent or CRS) it is resampled (bilinear) onto the visible grid first. OUTPUT_WEIGHTS (dig mode "
             "only): the infrared weight (0..1) of each DIG recomputation, one band each. Default prior: a small "
             "starter trained on procedural scenes; for real imagery convert guided-diffusion's "
             "256x256_diffusion_uncond.pt with `python -m training convert-guided-diffusion` and choose the "
-            "folder it writes as MODEL. Large images run tile by tile with overlap; keep the tile size a "
-            "multiple of the prior's downsampling factor.")
+            "folder it writes as MODEL. Large images run tile by tile with overlap (an image smaller than a tile "
+            "is padded to one); the tile size must be a multiple of the prior's downsampling factor. The log "
+            "states the work (tiles x steps) before the run starts: crop the layers to fuse less.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INFRARED", self.tr("Infrared layer")))
@@ -53,6 +58,12 @@ class FuseIrVisibleAlgorithm(RsDiffusionAlgorithm):
         self.add_advanced(QgsProcessingParameterEnum(
             "DIG_KIND", self.tr("DIG weights"), options=list(DIG_KINDS), defaultValue="scalar",
             usesStaticStrings=True))
+        self.add_advanced(QgsProcessingParameterEnum(
+            "DIG_DISTANCE", self.tr("DIG distance l (l2: the paper's L2 distance over the tile)"),
+            options=list(DIG_DISTANCES), defaultValue="l2", usesStaticStrings=True))
+        self.add_advanced(QgsProcessingParameterNumber(
+            "DIG_TEMPERATURE", self.tr("DIG softmax temperature (1: the paper's Eq. 11)"),
+            QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=1e-3))
         self.add_advanced(QgsProcessingParameterEnum(
             "DDFM_MODE", self.tr("DDFM EM step"), options=list(EM_MODES), defaultValue="paper",
             usesStaticStrings=True))
@@ -83,6 +94,8 @@ class FuseIrVisibleAlgorithm(RsDiffusionAlgorithm):
                 steps=self.parameterAsInt(parameters, "STEPS", context),
                 dig_interval=self.parameterAsInt(parameters, "DIG_INTERVAL", context),
                 dig_kind=self.parameterAsEnumString(parameters, "DIG_KIND", context),
+                dig_distance=self.parameterAsEnumString(parameters, "DIG_DISTANCE", context),
+                dig_temperature=self.parameterAsDouble(parameters, "DIG_TEMPERATURE", context),
                 em_mode=self.parameterAsEnumString(parameters, "DDFM_MODE", context),
                 seed=self.parameterAsInt(parameters, "SEED", context))
             params = FusionParams(
