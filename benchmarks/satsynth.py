@@ -22,7 +22,8 @@ from core.data.scenes import make_scene, write_scene_dataset
 from core.device import describe_device, resolve_device
 from core.metrics.fid import FEATURE_STAGES, SegmenterFeatures, frechet_distance
 from core.synthesis.generate import SynthesisParams, load_denoiser, synthesize_pairs, to_raw
-from core.synthesis.satsynth import DDIM_ETA, TASK, sample
+from core.diffusion.sampling import DDIM_ETA
+from core.synthesis.satsynth import TASK, sample
 from training.augment_eval import AugmentEvalConfig, run_augment_eval
 
 DDIM_TARGET = 0.10       # DDIM-50's proxy FID within 10% of DDPM-1000's

@@ -201,7 +201,8 @@ def satsynth_ddim(workdir: Path) -> dict[str, np.ndarray]:
 @case
 def satsynth_sr(workdir: Path) -> dict[str, np.ndarray]:
     """satsynth.super_resolve (x2 stage, v-prediction, DDIM): 2 seeded 8 px pairs -> 16 px, 3 steps, seed 7."""
-    from core.synthesis.satsynth import GeneratedPairs, build_denoiser, sr_architecture_for, super_resolve
+    from core.data.generated import GeneratedPairs
+    from core.synthesis.satsynth import build_denoiser, sr_architecture_for, super_resolve
     arch = sr_architecture_for("small", SATSYNTH_BANDS, SATSYNTH_CLASSES)
     arch["unet"].update(TINY_UNET, sample_size=16, down_block_types=["DownBlock2D"] * 2,
                         up_block_types=["UpBlock2D"] * 2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.losses import LOSSES, MCRDLoss, diffusion_criterion, mcrd_sigma
+from core.diffusion.losses import LOSSES, MCRDLoss, diffusion_criterion, mcrd_sigma
 
 
 def _closed_form_gradient(loss: MCRDLoss, e: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,8 @@ def test_half_precision_inputs_are_computed_in_float32():
 
 def test_shared_diffusion_loss_accepts_mcrd():
     """Through core.synthesis.satsynth.diffusion_loss: with a very wide kernel MCRD is the MSE loss."""
-    from core.synthesis.satsynth import diffusion_loss, training_scheduler
+    from core.diffusion.losses import diffusion_loss
+    from core.diffusion.schedules import training_scheduler
 
     class Denoiser(torch.nn.Module):
         def __init__(self):

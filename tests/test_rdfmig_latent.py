@@ -15,7 +15,7 @@ from core.change.fcf import load_fcf
 from core.change.rdfmig import RdfmigModel, architecture_for, build_denoiser, joint_image, load_rdfmig
 from core.checkpoint import ModelError, load_card, load_weights
 from core.data.change import ChangePatchDataset, list_change_triplets, write_change_dataset
-from core.synthesis.satsynth import denoise
+from core.diffusion.sampling import denoise
 from training.fcf import FcfTrainConfig, train_fcf
 from training.rdfmig import ChangeVaeTrainConfig, RdfmigTrainConfig, train_change_vae, train_rdfmig
 from training.trainer import stacked

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from core.oilspill.jointnet import (DEFAULT_SAMPLING_STEPS, PRESETS, TIMESTEPS, architecture_for, balancing_factor,
+from core.diffusion.schedules import TIMESTEPS
+from core.oilspill.jointnet import (DEFAULT_SAMPLING_STEPS, PRESETS, architecture_for, balancing_factor,
                                     build_jointnet, fft_power, init_label_net_from_sar, joint_loss, sample_pairs,
                                     start_stage, training_scheduler)
 from core.progress import Progress

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from core.checkpoint import load_card, load_into
 from core.data.scenes import write_scene_dataset
-from core.synthesis.satsynth import (architecture_for, build_denoiser, diffusion_loss, joint_tensor, sample,
-                                     training_scheduler)
+from core.diffusion.losses import diffusion_loss
+from core.diffusion.schedules import training_scheduler
+from core.synthesis.satsynth import architecture_for, build_denoiser, joint_tensor, sample
 from training.__main__ import main as training_main
 
 ARCH = architecture_for("small", bands=3, n_classes=5)

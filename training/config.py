@@ -50,7 +50,7 @@ def add_run_arguments(parser, config_name: str) -> None:
 
 def diffusion_loss_option(cfg) -> tuple:
     """(criterion, model-card entry) from a diffusion config's `loss` ("mse" | "mcrd"), `mcrd_e_max` and
-    `mcrd_beta` (0: core.losses' defaults): every diffusion trainer offers the robust MCRD loss this way."""
-    from core.losses import diffusion_criterion
+    `mcrd_beta` (0: core.diffusion.losses' defaults): every diffusion trainer offers the robust MCRD loss this way."""
+    from core.diffusion.losses import diffusion_criterion
     criterion = diffusion_criterion(cfg.loss, cfg.mcrd_e_max or None, cfg.mcrd_beta or None)
     return criterion, ({"loss": "mcrd", "mcrd": criterion.to_dict()} if cfg.loss == "mcrd" else {"loss": "mse"})

@@ -18,7 +18,9 @@ import numpy as np
 from core.checkpoint import ModelCard, Normalization
 from core.data.images import ImagePatchDataset, list_images
 from core.fusion.prior import TASK, architecture_for
-from core.synthesis.satsynth import denoise, diffusion_loss, training_scheduler
+from core.diffusion.losses import diffusion_loss
+from core.diffusion.sampling import denoise
+from core.diffusion.schedules import training_scheduler
 from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
 
@@ -35,8 +37,8 @@ class FusionPriorTrainConfig:
     steps: int = 4000
     lr: float = 4e-4
     ema_decay: float = 0.995
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
     mcrd_beta: float = 0.0
     sample_every: int = 1000       # save a grid of prior samples (DDIM-25) this often; 0: never
     checkpoint_every: int = 500

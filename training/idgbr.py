@@ -238,8 +238,8 @@ class IdgbrTrainConfig:
     steps: int = 5000
     lr: float = 1e-4               # the paper's 1e-5 is for the pretrained sd15 UNet
     ema_decay: float = 0.999
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
     mcrd_beta: float = 0.0
     sample_every: int = 1000       # refine fixed patches into a preview grid this often; 0: never
     guidance_scale: float = GUIDANCE_SCALE   # CFG weight stored in the card: what previews and users sample with

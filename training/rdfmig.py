@@ -2,7 +2,7 @@
 
 Reads a change folder (A/, B/, label/; core.data.change) and, for the FCF representation, a
 trained FCF model (`python -m training fcf`), frozen here. `loss = "mcrd"` swaps the epsilon-MSE
-for the robust MCRD loss (sigma from e_max and beta by the supplement's Eq. 16; core.losses).
+for the robust MCRD loss (sigma from e_max and beta by the supplement's Eq. 16; core.diffusion.losses).
 `label_noise` corrupts that share of the training masks (a benchmark of robustness: noisy labels
 are what MCRD is for). `vae` switches to the latent variant (the supplement's 512 px LDM): a local
 Stable Diffusion folder (its vae/) or a small autoencoder of ours, fitted on the feature images by
@@ -24,7 +24,8 @@ from core.change.rdfmig import TASK, RdfmigModel, architecture_for, build_denois
 from core.checkpoint import ModelCard, Normalization, save_model
 from core.data.change import ChangePatchDataset, list_change_triplets
 from core.raster import raster_info
-from core.synthesis.satsynth import diffusion_loss, training_scheduler
+from core.diffusion.losses import diffusion_loss
+from core.diffusion.schedules import training_scheduler
 from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
 from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything, stacked
@@ -38,7 +39,7 @@ class RdfmigTrainConfig:
     name: str = ""
     representation: str = "fcf"    # fcf | concat (the supplement's ablation)
     loss: str = "mse"              # mse | mcrd
-    mcrd_e_max: float = 0.0        # 0: core.losses' default
+    mcrd_e_max: float = 0.0        # 0: core.diffusion.losses' default
     mcrd_beta: float = 0.0
     label_noise: float = 0.0       # share of training masks replaced by a wrong one (robustness benchmark)
     vae: str = ""                  # latent variant: SD diffusers folder or change-vae model folder; "": pixels

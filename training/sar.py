@@ -29,7 +29,7 @@ from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.losses import saross_loss
 from core.oilspill.scaling import SarScaling
 from core.synthesis.generate import save_pair_grid
-from core.synthesis.satsynth import GeneratedPairs
+from core.data.generated import GeneratedPairs
 from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.segment import evaluate, split_pairs
 from training.trainer import Trainer, TrainSettings, seed_everything
@@ -51,8 +51,8 @@ class SarJointNetTrainConfig:
     steps: int = 5000
     lr: float = 1e-4
     ema_decay: float = 0.999
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
     mcrd_beta: float = 0.0
     sample_every: int = 1000       # save a grid of generated pairs (DDIM-50) this often
     checkpoint_every: int = 500

@@ -14,9 +14,13 @@ from pathlib import Path
 from core.checkpoint import ModelCard, Normalization
 from core.data.folder import FolderDataset, PatchDataset, band_ranges
 from core.synthesis.generate import save_pair_grid
-from core.synthesis.satsynth import (DDIM_ETA, SAMPLERS, SR_TASK, TASK, GeneratedPairs, architecture_for,
-                                     build_denoiser, diffusion_loss, downsample_pair, joint_tensor, prediction_type,
-                                     sample, sr_architecture_for, sr_loss, super_resolve, training_scheduler)
+from core.data.generated import GeneratedPairs
+from core.diffusion.losses import diffusion_loss
+from core.diffusion.sampling import DDIM_ETA, SAMPLERS
+from core.diffusion.schedules import training_scheduler
+from core.synthesis.satsynth import (SR_TASK, TASK, architecture_for, build_denoiser, downsample_pair,
+                                     joint_tensor, prediction_type, sample, sr_architecture_for, sr_loss,
+                                     super_resolve)
 from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.trainer import Trainer, TrainSettings, seed_everything
 
@@ -34,8 +38,8 @@ class SatSynthTrainConfig:
     steps: int = 5000
     lr: float = 2e-4
     ema_decay: float = 0.999
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.losses' defaults)
+    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
+    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
     mcrd_beta: float = 0.0
     sample_every: int = 1000       # save a grid of generated pairs (DDIM-20) this often
     checkpoint_every: int = 500

@@ -5,7 +5,7 @@ image" [fcf(A), fcf(B), 2 mask - 1]: a learned per-image reduction of each date 
 whose decoder restores all bands (RGB or RGB+NIR) after sampling. The ablation ("concat") is the
 plain (2 C + 1)-channel concatenation [A, B, 2 mask - 1]. The denoiser is a diffusers
 UNet2DModel predicting epsilon with the linear 1e-4..0.02, T = 1000 schedule; its loss is MSE
-or the robust MCRD (core.losses), which down-weights the large errors mislabelled masks cause.
+or the robust MCRD (core.diffusion.losses), which down-weights the large errors mislabelled masks cause.
 The latent variant (the supplement's 512 px LDM; core.change.latent) runs the same denoiser on
 an AutoencoderKL's latents of the feature image instead of its pixels.
 """
@@ -22,7 +22,8 @@ from core.change.fcf import FCF, concat_image, feature_image, split_concat_image
 from core.checkpoint import ModelCard, load_card, load_into
 from core.latents import decode_latents, encode_latents, vae_factor
 from core.progress import Progress
-from core.synthesis.satsynth import DDIM_ETA, PRESETS, denoise
+from core.diffusion.presets import PIXEL_UNET_PRESETS
+from core.diffusion.sampling import DDIM_ETA, denoise
 
 TASK = "rdfmig"
 REPRESENTATIONS = ("fcf", "concat")
@@ -32,12 +33,12 @@ def architecture_for(preset: str, representation: str, bands: int, vae: Autoenco
                      patch_size: int | None = None) -> dict[str, Any]:
     """SatSynth's UNet presets ('paper' 128 px, 'small' 64 px) on the joint change image, or with `vae` on
     the latents of the feature image of `patch_size` px tiles (its config, scaling included, goes in the card)."""
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown RDF-MIG preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+    if preset not in PIXEL_UNET_PRESETS:
+        raise ValueError(f"Unknown RDF-MIG preset '{preset}'; choose one of {', '.join(PIXEL_UNET_PRESETS)}.")
     if representation not in REPRESENTATIONS:
         raise ValueError(f"Unknown representation '{representation}'; choose one of {', '.join(REPRESENTATIONS)}.")
     channels = 3 if representation == "fcf" else 2 * bands + 1
-    unet = dict(PRESETS[preset], in_channels=channels, out_channels=channels)
+    unet = dict(PIXEL_UNET_PRESETS[preset], in_channels=channels, out_channels=channels)
     architecture = {"preset": preset, "representation": representation, "bands": bands, "unet": unet}
     if vae is not None:
         if representation != "fcf":

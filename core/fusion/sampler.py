@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from core.fusion.em import EM_MODES, EmState, em_step
 from core.fusion.prior import FusionPrior
 from core.progress import Progress
-from core.synthesis.satsynth import TIMESTEPS, training_scheduler
+from core.diffusion.schedules import TIMESTEPS, training_scheduler
 
 FUSION_MODES = ("dig", "ddfm")
 DIG_KINDS = ("scalar", "spatial")

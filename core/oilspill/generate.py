@@ -23,7 +23,7 @@ from core.oilspill.jointnet import DEFAULT_SAMPLING_STEPS, TASK, SarPairs, build
 from core.progress import Progress, SubProgress
 from core.raster import staged_dir, write_geotiff
 from core.synthesis.generate import save_pair_grid
-from core.synthesis.satsynth import GeneratedPairs
+from core.data.generated import GeneratedPairs
 
 PREVIEW_PAIRS = 8
 SOFT_DIR = "soft"

@@ -17,10 +17,10 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch import nn
 
 from core.data.folder import IGNORE_INDEX
+from core.diffusion import schedules
 from core.progress import Progress
 
 TASK = "sar-jointnet"
-TIMESTEPS = 1000
 DEFAULT_SAMPLING_STEPS = 200
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper gives no channel widths; this is the 256 px pixel-space DDPM UNet (Ho et al. 2020,
@@ -179,8 +179,7 @@ def build_jointnet(architecture: dict[str, Any]) -> SarJointNet:
 
 def training_scheduler() -> DDPMScheduler:
     """The paper's squared-cosine schedule, T = 1000; the networks predict x0 ("sample")."""
-    return DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-                         clip_sample=False)
+    return schedules.training_scheduler("sample", "squared-cosine", clip_sample=False)
 
 
 def fft_power(x: torch.Tensor) -> torch.Tensor:

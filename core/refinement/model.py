@@ -26,12 +26,12 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.diffusion.schedules import TIMESTEPS, schedule_config
 from core.latents import decode_latents, encode_latents, vae_factor
 from core.progress import Progress
 from core.refinement.embedding import LabelEmbedding
 
 TASK = "idgbr"
-TIMESTEPS = 1000
 CONDITION_TIMESTEP = 1   # [code]: the siamese encoder sees its clean latents at t = 1
 DROP_PROB = 0.2          # condition dropout, so that the unconditional branch of CFG is trained
 GUIDANCE_SCALE = 3.0
@@ -389,8 +389,7 @@ class IDGBR(nn.Module):
 # --- diffusion: schedule, training loss, sampling ----------------------------------------------------
 def noise_scheduler() -> DDIMScheduler:
     """SD's schedule: scaled_linear betas 8.5e-4 .. 1.2e-2, T = 1000, epsilon; add_noise to train, DDIM to sample."""
-    return DDIMScheduler(num_train_timesteps=TIMESTEPS, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+    return DDIMScheduler(**schedule_config("scaled-linear"), prediction_type="epsilon", clip_sample=False,
                          set_alpha_to_one=False, steps_offset=1)
 
 

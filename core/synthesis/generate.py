@@ -18,11 +18,12 @@ import torch
 from core.catalog import starter_model_dir
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.data.folder import write_class_table
+from core.data.generated import GeneratedPairs
 from core.device import describe_device, resolve_device
+from core.diffusion.sampling import DDIM_ETA, SAMPLERS
 from core.progress import Progress, SubProgress
 from core.raster import hex_to_rgba, staged_dir, write_geotiff
-from core.synthesis.satsynth import (DDIM_ETA, SAMPLERS, SR_TASK, TASK, GeneratedPairs, build_denoiser, sample,
-                                     super_resolve)
+from core.synthesis.satsynth import SR_TASK, TASK, build_denoiser, sample, super_resolve
 
 PREVIEW_PAIRS = 8
 

@@ -3,47 +3,34 @@
 The joint tensor is [image scaled to [-1, 1], analog bits of the labels] ((bands + n_bits)
 channels); the denoiser is a diffusers UNet2DModel predicting epsilon, with the paper's
 linear beta schedule (1e-4 .. 2e-2, T = 1000). Sampling uses DDPM (the paper's 1000
-ancestral steps) or DDIM-N (the fast path; stochastic, eta = 1, by default: see DDIM_ETA).
+ancestral steps) or DDIM-N (the fast path; stochastic, eta = 1, by default: see
+core.diffusion.sampling.DDIM_ETA). Schedule, loss and sampler live in core.diffusion.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from core.data.generated import GeneratedPairs
+from core.diffusion.losses import diffusion_target
+from core.diffusion.presets import PIXEL_UNET_PRESETS
+from core.diffusion.sampling import DDIM_ETA, denoise
+from core.diffusion.schedules import training_scheduler
 from core.encodings import bit_class_probabilities, decode_bits, encode_bits, n_bits
 from core.progress import Progress
 
 TASK = "satsynth"
-TIMESTEPS = 1000
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's 128 px denoiser: channels 128, 256, 256, 512, attention at 16 px.
-    "paper": {"sample_size": 128, "block_out_channels": [128, 256, 256, 512], "layers_per_block": 2,
-              "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-              "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"]},
-    # Trainable on a CPU in minutes: the starter model.
-    "small": {"sample_size": 64, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
-              "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-              "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"], "norm_num_groups": 8},
-}
-SAMPLERS = ("ddim", "ddpm")
-# DDIM's eta (0 = deterministic, 1 = the DDPM posterior's noise at every skipped step). The paper does not use
-# DDIM. Measured on the 1800-step starter (proxy FID, 32 pairs, DDPM-1000 = 7.3): eta 0 -> 19.6, eta 0.5 -> 15.3,
-# eta 1 -> 9.1; on the 3000-step one (DDPM-1000 = 12.9): eta 0 -> 36.2, eta 1 -> 12.9. A small, briefly trained
-# model's deterministic path drifts off the data; fresh noise at every step corrects it, so eta 1 is the default
-# and 0 stays available for reproducible interpolation.
-DDIM_ETA = 1.0
 
 
 def architecture_for(preset: str, bands: int, n_classes: int) -> dict[str, Any]:
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown SatSynth preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+    if preset not in PIXEL_UNET_PRESETS:
+        raise ValueError(f"Unknown SatSynth preset '{preset}'; choose one of {', '.join(PIXEL_UNET_PRESETS)}.")
     channels = bands + n_bits(n_classes)
     return {"preset": preset, "bands": bands, "classes": n_classes,
-            "unet": dict(PRESETS[preset], in_channels=channels, out_channels=channels)}
+            "unet": dict(PIXEL_UNET_PRESETS[preset], in_channels=channels, out_channels=channels)}
 
 
 def prediction_type(architecture: dict[str, Any]) -> str:
@@ -55,56 +42,9 @@ def build_denoiser(architecture: dict[str, Any]) -> UNet2DModel:
     return UNet2DModel(**architecture["unet"])
 
 
-def training_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=2e-2,
-                         prediction_type=prediction_type)
-
-
 def joint_tensor(image01: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """(B, bands, H, W) image in [0, 1] + (B, H, W) class indices -> (B, bands + n_bits, H, W) in [-1, 1]."""
     return torch.cat([image01 * 2 - 1, encode_bits(labels, n_classes).to(image01)], dim=1)
-
-
-def diffusion_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor,
-                   generator: torch.Generator | None = None, criterion=F.mse_loss) -> torch.Tensor:
-    """Epsilon loss at a timestep drawn uniformly from 0..T-1 for each sample: MSE, or any
-    criterion(prediction, target) such as core.losses' robust MCRD."""
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device,
-                      generator=generator)
-    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-    noisy = scheduler.add_noise(x0, noise, t)
-    return criterion(model(noisy, t).sample, noise)
-
-
-@dataclass
-class GeneratedPairs:
-    images: torch.Tensor         # (B, bands, H, W) in [0, 1]
-    labels: torch.Tensor         # (B, H, W) class indices, always < K
-    probabilities: torch.Tensor  # (B, K, H, W) soft labels from the analog bits
-
-
-@torch.inference_mode()
-def denoise(model: UNet2DModel, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50, seed: int = 0,
-            progress: Progress | None = None, eta: float = DDIM_ETA, clip: bool = True) -> torch.Tensor:
-    """Pure noise of `shape` -> samples in [-1, 1] (CPU) of an unconditional epsilon model with the linear
-    schedule: DDPM always runs all T steps (the paper's sampler), DDIM `steps` with `eta`. `clip=False`
-    for latents, which are not bounded: no clipping of the x0 estimates, no final clamp."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
-    progress = progress or Progress()
-    config = training_scheduler().config
-    scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(config, clip_sample=clip)
-    scheduler.set_timesteps(steps if sampler == "ddim" else TIMESTEPS)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(*shape, generator=generator).to(device)
-    model.eval()
-    for i, t in enumerate(scheduler.timesteps):
-        eps = model(x, t).sample
-        x = scheduler.step(eps, t, x, generator=generator).prev_sample if sampler == "ddpm" else \
-            scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
-        progress.step(i + 1, len(scheduler.timesteps))
-    return (x.clamp(-1, 1) if clip else x).cpu()
 
 
 @torch.inference_mode()
@@ -174,8 +114,8 @@ def sr_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0_high: torch.Ten
                       generator=generator)
     noise = torch.randn(x0_high.shape, device=x0_high.device, generator=generator)
     noisy = scheduler.add_noise(x0_high, noise, t)
-    target = scheduler.get_velocity(x0_high, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    return criterion(model(torch.cat([noisy, condition], dim=1), t).sample, target)
+    prediction = model(torch.cat([noisy, condition], dim=1), t).sample
+    return criterion(prediction, diffusion_target(scheduler, x0_high, noise, t))
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""Losses shared by every diffusion trainer: epsilon-MSE and RDF-MIG's robust MCRD.
+"""Losses shared by every diffusion trainer: the diffusion loss (MSE, or RDF-MIG's robust MCRD).
 
 MCRD (maximum correntropy robust diffusion, RDF-MIG supplement Eqs. 13-16) replaces the squared error of the
 epsilon prediction e = f_theta(x_t, t) - eps by a correntropy (Welsch) loss
@@ -11,7 +11,7 @@ predicted at all (a mislabelled mask, a corrupted image) stops pulling the model
 from the error range that must stay MSE-like (Eq. 16): 3 e_max^2 / (2 sigma^2) <= beta.
 
 A trainer picks the loss by name (`diffusion_criterion`) and passes it to
-core.synthesis.satsynth.diffusion_loss(..., criterion=...); `MCRDLoss.to_dict()` goes into the model card.
+`diffusion_loss(..., criterion=...)`; `MCRDLoss.to_dict()` goes into the model card.
 """
 from __future__ import annotations
 
@@ -88,3 +88,27 @@ def diffusion_criterion(name: str, e_max: float | None = None, beta: float | Non
         return MCRDLoss(e_max=defaults.e_max if e_max is None else e_max,
                         beta=defaults.beta if beta is None else beta)
     raise ValueError(f"Unknown diffusion loss '{name}'; choose one of {', '.join(LOSSES)}.")
+
+
+PREDICTION_TARGETS = ("epsilon", "v_prediction", "sample")   # diffusers' names for eps, v and x0 models
+
+
+def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What a model of the scheduler's prediction type should output for x_t = add_noise(x0, noise, t)."""
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TARGETS:
+        raise ValueError(f"Unknown prediction type '{kind}'; expected one of {', '.join(PREDICTION_TARGETS)}.")
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    return noise if kind == "epsilon" else x0
+
+
+def diffusion_loss(model: torch.nn.Module, scheduler, x0: torch.Tensor, generator: torch.Generator | None = None,
+                   criterion: Criterion = F.mse_loss) -> torch.Tensor:
+    """The loss of an unconditional diffusers model at a timestep drawn uniformly from 0..T-1 for each sample,
+    against the scheduler's prediction target: MSE, or any criterion(prediction, target) such as MCRD."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device,
+                      generator=generator)
+    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+    noisy = scheduler.add_noise(x0, noise, t)
+    return criterion(model(noisy, t).sample, diffusion_target(scheduler, x0, noise, t))

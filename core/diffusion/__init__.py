@@ -1,0 +1,9 @@
+"""The diffusion layer every method builds on: named noise schedules, training losses and sampling.
+
+Below the method folders (synthesis, change, oilspill, refinement, fusion) and above the machinery
+(raster, tiling, checkpoint, device, progress): a method imports from here, never from another method.
+- schedules: T = 1000 and the three named beta schedules the papers use, as diffusers schedulers;
+- losses: the diffusion training loss for the scheduler's prediction target (epsilon, v or x0) with
+  MSE or the robust MCRD criterion;
+- sampling: DDPM / DDIM sampling of an unconditional pixel or latent model.
+"""
