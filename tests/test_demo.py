@@ -32,6 +32,10 @@ def test_fusion_demo_fuses_the_shipped_pair(tmp_path, capsys, fusion_starter):
     printed = capsys.readouterr().out
     assert "Dig2DIG-25" in printed and "Qabf" in printed and "starter" in printed
     assert (tmp_path / "fused.tif").is_file() and (tmp_path / "fused_infrared_weights.tif").is_file()
+    weights = [float(w) for w in printed.split("per DIG recomputation ")[1].splitlines()[0].split(", ")]
+    # the weights steer: measured 0.000, 0.740, 0.019 (with a per-pixel mean as l they were 0.434, 0.500, 0.500)
+    assert len(weights) == 3 and max(abs(w - 0.5) for w in weights) > 0.3 and max(weights) - min(weights) > 0.3
+    assert "max of sources" in printed and "average of sources" in printed
 
 
 def test_change_demo_detects_changes_and_generates_triplets(tmp_path, capsys, change_starters):
