@@ -5,7 +5,7 @@ Two QGIS sessions (about 15 s each):
 - dependencies reachable (this venv, through RS_DIFFUSION_SITE_PACKAGES as metadata.txt
   documents): the plugin loads, its toolbar button opens the rs-diffusion dock with the
   "Segment" tab, the Processing provider is registered; a screenshot of the main window goes
-  to tests/artifacts/desktop_dock.png.
+  to tests/artifacts/desktop_dock.png (ignored by git: `make test` leaves the tree clean).
 - dependencies missing (system Python only, no torch): the plugin still loads without any
   Python error and the button opens the dependency installer dialog instead of the dock.
 
