@@ -18,11 +18,12 @@ import torch.nn.functional as F
 
 from benchmarks.harness import step
 from core.catalog import starter_model_dir
+from core.data.generated import to_raw
 from core.data.scenes import make_scene, write_scene_dataset
 from core.device import describe_device, resolve_device
-from core.metrics.fid import FEATURE_STAGES, SegmenterFeatures, frechet_distance
-from core.synthesis.generate import SynthesisParams, load_denoiser, synthesize_pairs, to_raw
 from core.diffusion.sampling import DDIM_ETA
+from core.metrics.fid import FEATURE_STAGES, SegmenterFeatures, frechet_distance
+from core.synthesis.generate import SynthesisParams, load_denoiser, synthesize_pairs
 from core.synthesis.satsynth import TASK, sample
 from training.augment_eval import AugmentEvalConfig, run_augment_eval
 

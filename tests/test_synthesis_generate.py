@@ -14,7 +14,8 @@ from core.checkpoint import ClassInfo, ModelCard, ModelError, Normalization, sav
 from core.data.folder import FolderDataset
 from core.progress import Cancelled, Progress
 from core.raster import RasterError
-from core.synthesis.generate import SynthesisParams, synthesize_pairs, to_raw
+from core.data.generated import to_raw
+from core.synthesis.generate import SynthesisParams, synthesize_pairs
 from core.synthesis.satsynth import SR_TASK, TASK, architecture_for, build_denoiser, sr_architecture_for
 
 CLASSES = [ClassInfo(10, "field", "#aa8800"), ClassInfo(20, "forest", "#006600"), ClassInfo(30, "water", "#0000cc")]
@@ -73,7 +74,20 @@ def test_scaling_back_to_the_training_data_range_and_type():
     card = ModelCard(task=TASK, name="m", architecture={}, bands=["b"], normalization=Normalization([10.0], [200.0]),
                      classes=CLASSES, tile_size=8, extra={"dtype": "uint8"})
     raw = to_raw(torch.tensor([[[[0.0, 0.5, 1.0, 1.2]]]]), card)
-    assert raw.dtype == np.uint8 and raw.ravel().tolist() == [10, 110, 210, 250]
+    assert raw.dtype == np.uint8 and raw.ravel().tolist() == [10, 110, 210, 210]   # model images end at 1
+
+
+@pytest.mark.parametrize("dtype, low, span, expected", [
+    ("uint8", 0.0, 255.0, [1, 128, 255]),          # 0 stays free: it is our rasters' nodata
+    ("uint16", 0.0, 4000.0, [1, 2000, 4000]),
+    ("int16", -1000.0, 2000.0, [-1000, 0, 1000]),  # signed data keeps its negative values
+    ("float32", -1.0, 2.0, [-1.0, 0.0, 1.0]),
+])
+def test_raw_values_one_conversion_for_every_generator(dtype, low, span, expected):
+    card = ModelCard(task=TASK, name="m", architecture={}, bands=["b"], normalization=Normalization([low], [span]),
+                     classes=CLASSES, tile_size=8, extra={"dtype": dtype})
+    raw = to_raw(torch.tensor([[[[-0.1, 0.5, 1.0]]]]), card)
+    assert raw.dtype == np.dtype(dtype) and raw.ravel().tolist() == expected
 
 
 def test_refuses_a_non_empty_folder_and_a_mismatched_sr_model(models, tmp_path):

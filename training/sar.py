@@ -22,14 +22,13 @@ import torch
 
 from core.checkpoint import ModelCard, Normalization, load_card, load_into
 from core.data.folder import IGNORE_INDEX
+from core.data.generated import GeneratedPairs, save_pair_grid
 from core.data.sar import SAR_BANDS, MosaicDataset, SarCropDataset, open_sar_dataset
 from core.metrics.segmentation import confusion_matrix, scores
 from core.oilspill import jointnet, saross
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.losses import saross_loss
 from core.oilspill.scaling import SarScaling
-from core.synthesis.generate import save_pair_grid
-from core.data.generated import GeneratedPairs
 from training.config import add_run_arguments, diffusion_loss_option, load_config
 from training.segment import evaluate, split_pairs
 from training.trainer import Trainer, TrainSettings, seed_everything

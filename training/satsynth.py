@@ -13,8 +13,7 @@ from pathlib import Path
 
 from core.checkpoint import ModelCard, Normalization
 from core.data.folder import FolderDataset, PatchDataset, band_ranges
-from core.synthesis.generate import save_pair_grid
-from core.data.generated import GeneratedPairs
+from core.data.generated import GeneratedPairs, save_pair_grid
 from core.diffusion.losses import diffusion_loss
 from core.diffusion.sampling import DDIM_ETA, SAMPLERS
 from core.diffusion.schedules import training_scheduler

@@ -7,7 +7,6 @@ re-stretch them like any 8-bit SAR image. Generated pairs have no location: no C
 """
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,12 +17,11 @@ import torch
 from core.catalog import starter_model_dir
 from core.checkpoint import ModelCard, load_card, load_into
 from core.data.folder import write_class_table
+from core.data.generated import GeneratedPairs, check_generation, save_pair_grid, write_generated_folder
 from core.device import describe_device, resolve_device
 from core.oilspill.jointnet import DEFAULT_SAMPLING_STEPS, TASK, SarPairs, build_jointnet, sample_pairs
-from core.progress import Progress, SubProgress
-from core.raster import staged_dir, write_geotiff
-from core.synthesis.generate import save_pair_grid
-from core.data.generated import GeneratedPairs
+from core.progress import Progress
+from core.raster import write_geotiff
 
 PREVIEW_PAIRS = 8
 SOFT_DIR = "soft"
@@ -64,8 +62,7 @@ def load_jointnet(model_dir: str, device: torch.device) -> tuple[torch.nn.Module
 def synthesize_sar_pairs(params: SarSynthesisParams, progress: Progress | None = None) -> SarSynthesisResult:
     progress = progress or Progress()
     started = time.perf_counter()
-    if params.count < 1:
-        raise ValueError("Number of pairs must be at least 1.")
+    check_generation(params.count, params.batch_size)
     if not 1 <= params.steps <= 1000:
         raise ValueError(f"DDIM steps must be between 1 and 1000, not {params.steps}.")
     device = resolve_device(params.device)
@@ -76,25 +73,17 @@ def synthesize_sar_pairs(params: SarSynthesisParams, progress: Progress | None =
     size = card.architecture["sample_size"]
     progress.info(f"Generating {params.count} SAR pairs of {size} x {size} px with '{card.name}' "
                   f"(DDIM-{params.steps}, b = {card.architecture['balance']:.3f}) on {describe_device(device)}.")
-    rows, preview = [], []
-    with staged_dir(params.output_dir) as out:
-        for sub in ("images", "masks", SOFT_DIR):
-            (out / sub).mkdir()
-        batches = range(0, params.count, params.batch_size)
-        for b, start in enumerate(batches):
-            progress.check()
-            count = min(params.batch_size, params.count - start)
-            seed = params.seed + start   # batch seeds: a run is reproducible and its batches independent
-            pairs = sample_pairs(model, card.architecture, count, params.steps, seed,
-                                 progress=SubProgress(progress, b / len(batches), (b + 1) / len(batches)))
-            rows += _write_batch(out, pairs, card, start, seed)
-            if len(preview) < PREVIEW_PAIRS:
-                preview.append(pairs)
+
+    def finish(out: Path, first: list[SarPairs]) -> None:
         write_class_table(out, [asdict(c) for c in card.classes], card.bands)
-        _write_index(out / "index.csv", rows, params, card)
-        save_pair_grid(_preview(preview), [c.color for c in card.classes], out / "preview.png")
+        save_pair_grid(_preview(first), [c.color for c in card.classes], out / "preview.png")
+
+    rows = write_generated_folder(
+        params.output_dir, params.count, params.batch_size, params.seed, ("images", "masks", SOFT_DIR),
+        lambda count, seed, share: sample_pairs(model, card.architecture, count, params.steps, seed, progress=share),
+        lambda out, pairs, start, seed: _write_batch(out, pairs, card, start, seed),
+        {"model": card.name, "ddim_steps": str(params.steps)}, finish, PREVIEW_PAIRS, progress)
     final = Path(params.output_dir)
-    progress.info(f"{params.count} pairs written to {final}.")
     return SarSynthesisResult(str(final), str(final / "index.csv"), str(final / "preview.png"),
                               [tuple(str(final / r[k]) for k in ("image", "mask", "soft")) for r in rows],
                               [asdict(c) for c in card.classes], size, describe_device(device),
@@ -122,13 +111,6 @@ def _write_batch(out: Path, pairs: SarPairs, card: ModelCard, start: int, seed: 
                      "seed": seed, "index_in_batch": i,
                      **{f"fraction_{c.name}": round(float(f), 4) for c, f in zip(card.classes, fractions)}})
     return rows
-
-
-def _write_index(path: Path, rows: list[dict], params: SarSynthesisParams, card: ModelCard) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], "model", "ddim_steps"])
-        writer.writeheader()
-        writer.writerows(dict(r, model=card.name, ddim_steps=params.steps) for r in rows)
 
 
 def _preview(batches: list[SarPairs]) -> GeneratedPairs:

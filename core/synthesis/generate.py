@@ -7,7 +7,6 @@ model's ground resolution). Images are written in the training data's value rang
 """
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,11 +17,12 @@ import torch
 from core.catalog import starter_model_dir
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.data.folder import write_class_table
-from core.data.generated import GeneratedPairs
+from core.data.generated import (GeneratedPairs, check_generation, first_pairs, save_pair_grid, to_raw,
+                                 write_generated_folder)
 from core.device import describe_device, resolve_device
 from core.diffusion.sampling import DDIM_ETA, SAMPLERS
 from core.progress import Progress, SubProgress
-from core.raster import hex_to_rgba, staged_dir, write_geotiff
+from core.raster import write_geotiff
 from core.synthesis.satsynth import SR_TASK, TASK, build_denoiser, sample, super_resolve
 
 PREVIEW_PAIRS = 8
@@ -84,29 +84,24 @@ def synthesize_pairs(params: SynthesisParams, progress: Progress | None = None) 
                   f"({params.sampler.upper()}-{steps}{', x2 with ' + repr(sr_card.name) if sr else ''}) "
                   f"on {describe_device(device)}.")
     out_card = sr_card or card
-    rows, preview = [], []
-    with staged_dir(params.output_dir) as out:
-        (out / "images").mkdir()
-        (out / "masks").mkdir()
-        batches = range(0, params.count, params.batch_size)
-        for b, start in enumerate(batches):
-            progress.check()
-            count = min(params.batch_size, params.count - start)
-            seed = params.seed + start   # batch seeds: a run is reproducible and its batches independent
-            share = SubProgress(progress, b / len(batches), (b + (0.5 if sr else 1.0)) / len(batches))
-            pairs = sample(base, card.architecture, count, params.sampler, params.steps, seed, progress=share,
-                           eta=params.eta)
-            if sr:
-                share = SubProgress(progress, (b + 0.5) / len(batches), (b + 1) / len(batches))
-                pairs = super_resolve(sr, sr_card.architecture, pairs, params.sr_steps, seed, progress=share)
-            rows += _write_batch(out, pairs, out_card, start, seed)
-            if len(preview) < PREVIEW_PAIRS:
-                preview.append(pairs)
+
+    def generate(count: int, seed: int, progress: Progress) -> GeneratedPairs:
+        pairs = sample(base, card.architecture, count, params.sampler, params.steps, seed,
+                       progress=SubProgress(progress, 0, 0.5 if sr else 1), eta=params.eta)
+        if sr:
+            pairs = super_resolve(sr, sr_card.architecture, pairs, params.sr_steps, seed,
+                                  progress=SubProgress(progress, 0.5, 1))
+        return pairs
+
+    def finish(out: Path, first: list[GeneratedPairs]) -> None:
         write_class_table(out, [asdict(c) for c in out_card.classes], out_card.bands)
-        _write_index(out / "index.csv", rows, params, card, sr_card)
-        save_pair_grid(_first(preview, PREVIEW_PAIRS), [c.color for c in out_card.classes], out / "preview.png")
+        save_pair_grid(first_pairs(first, PREVIEW_PAIRS), [c.color for c in out_card.classes], out / "preview.png")
+
+    rows = write_generated_folder(
+        params.output_dir, params.count, params.batch_size, params.seed, ("images", "masks"), generate,
+        lambda out, pairs, start, seed: _write_batch(out, pairs, out_card, start, seed),
+        _run_columns(params, card, sr_card), finish, PREVIEW_PAIRS, progress)
     final = Path(params.output_dir)
-    progress.info(f"{params.count} pairs written to {final}.")
     return SynthesisResult(str(final), str(final / "index.csv"), str(final / "preview.png"),
                            [(str(final / r["image"]), str(final / r["mask"])) for r in rows],
                            [asdict(c) for c in out_card.classes], size,
@@ -114,8 +109,7 @@ def synthesize_pairs(params: SynthesisParams, progress: Progress | None = None) 
 
 
 def _check(params: SynthesisParams) -> None:
-    if params.count < 1:
-        raise ValueError("Number of pairs must be at least 1.")
+    check_generation(params.count, params.batch_size)
     if params.sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler '{params.sampler}'; choose one of {', '.join(SAMPLERS)}.")
     if params.sampler == "ddim" and not 1 <= params.steps <= 1000:
@@ -128,18 +122,6 @@ def _check_cascade(card: ModelCard, sr_card: ModelCard) -> None:
         raise ModelError(f"Super-resolution model '{sr_card.name}' ({len(sr_card.bands)} bands, "
                          f"{len(sr_card.classes)} classes) does not match base model '{card.name}' "
                          f"({len(card.bands)} bands, {len(card.classes)} classes).")
-
-
-def to_raw(images01: torch.Tensor, card: ModelCard) -> np.ndarray:
-    """[0, 1] model images -> the training data's range and type (scaling stored in the card)."""
-    low = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
-    span = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
-    raw = images01.numpy() * span + low
-    dtype = np.dtype(card.extra.get("dtype", "float32"))
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        raw = np.clip(np.round(raw), info.min, info.max)
-    return raw.astype(dtype)
 
 
 def _write_batch(out: Path, pairs: GeneratedPairs, card: ModelCard, start: int, seed: int) -> list[dict]:
@@ -158,34 +140,8 @@ def _write_batch(out: Path, pairs: GeneratedPairs, card: ModelCard, start: int, 
     return rows
 
 
-def _write_index(path: Path, rows: list[dict], params: SynthesisParams, card: ModelCard,
-                 sr_card: ModelCard | None) -> None:
+def _run_columns(params: SynthesisParams, card: ModelCard, sr_card: ModelCard | None) -> dict[str, str]:
     ddim = params.sampler == "ddim"
-    extra = {"model": card.name, "sampler": f"ddim-{params.steps}" if ddim else "ddpm-1000",
-             "ddim_eta": f"{params.eta:g}" if ddim else "",
-             "super_resolution": f"{sr_card.name} (ddim-{params.sr_steps})" if sr_card else "off"}
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], *extra])
-        writer.writeheader()
-        writer.writerows({**r, **extra} for r in rows)
-
-
-def _first(batches: list[GeneratedPairs], n: int) -> GeneratedPairs:
-    return GeneratedPairs(torch.cat([b.images for b in batches])[:n], torch.cat([b.labels for b in batches])[:n],
-                          probabilities=None)
-
-
-def pair_grid(pairs: GeneratedPairs, colors: list[str]) -> np.ndarray:
-    """Rows of image | label map as one RGB array (first three bands, or gray for one band)."""
-    palette = np.array([hex_to_rgba(c)[:3] for c in colors], dtype=np.uint8)
-    rows = []
-    for image, labels in zip(pairs.images, pairs.labels):
-        rgb = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
-        rgb = (rgb.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        rows.append(np.concatenate([rgb, palette[labels.numpy()]], axis=1))
-    return np.concatenate(rows, axis=0)
-
-
-def save_pair_grid(pairs: GeneratedPairs, colors: list[str], path: str | Path) -> None:
-    from PIL import Image
-    Image.fromarray(pair_grid(pairs, colors)).save(path)
+    return {"model": card.name, "sampler": f"ddim-{params.steps}" if ddim else "ddpm-1000",
+            "ddim_eta": f"{params.eta:g}" if ddim else "",
+            "super_resolution": f"{sr_card.name} (ddim-{params.sr_steps})" if sr_card else "off"}
