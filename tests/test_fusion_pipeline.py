@@ -184,3 +184,25 @@ def test_priors_load_from_every_folder_kind_and_never_fall_back_to_random(tmp_pa
         load_prior(other)
     with pytest.raises(ModelError, match="neither"):
         load_prior(tmp_path)
+
+
+def test_fuse_cli_passes_the_dig_options(tmp_path, tiny_prior, capsys, monkeypatch):  # noqa: F811
+    """`python -m training fuse` with the DIG distance, temperature, patch and batch options reaches the pipeline."""
+    from core.data.irvis import write_irvis_dataset
+    from core.fusion import pipeline
+    from training.__main__ import main as training_main
+    pairs = write_irvis_dataset(tmp_path / "pairs", count=1, size=48, seed=5)
+    seen = []
+    original = pipeline.fuse_ir_visible
+    monkeypatch.setattr(pipeline, "fuse_ir_visible", lambda params, progress=None: seen.append(params) or
+                        original(params, progress))
+    training_main(["fuse", "--pairs", str(pairs), "--output", str(tmp_path / "fused"), "--model", str(tiny_prior),
+                   "--steps", "4", "--dig-interval", "2", "--dig-distance", "mse", "--dig-temperature", "0.5",
+                   "--dig-kind", "spatial", "--dig-patch", "8", "--tile-size", "32", "--batch-size", "3",
+                   "--device", "cpu"])
+    assert "1 fused images written" in capsys.readouterr().out
+    settings = seen[0].settings
+    assert (settings.dig_distance, settings.dig_temperature, settings.dig_kind, settings.dig_patch) == (
+        "mse", 0.5, "spatial", 8)
+    assert (seen[0].tile_size, seen[0].batch_size) == (32, 3)
+    assert len(list((tmp_path / "fused").glob("*.tif"))) == 1
