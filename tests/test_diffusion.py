@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.diffusion.losses import diffusion_loss, diffusion_target
+from core.diffusion.sampling import reverse_diffusion, sampling_scheduler
 from core.diffusion.schedules import SCHEDULES, TIMESTEPS, schedule_config, training_scheduler
 
 
@@ -42,3 +43,57 @@ def test_the_loss_target_follows_the_schedulers_prediction_type(prediction):
 
     loss = diffusion_loss(Oracle(), scheduler, x0, torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(0, abs=1e-10)
+
+
+def _oracle(x0: torch.Tensor, scheduler, prediction: str):
+    """A perfect model of a one-point data distribution: the output for x_t in the given prediction type."""
+    def model_fn(x_t, t):
+        a = scheduler.alphas_cumprod[t]
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+    return model_fn
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_an_x0_hook_that_changes_nothing_reproduces_the_diffusers_step(prediction, eta):
+    model = torch.nn.Conv2d(2, 2, 3, padding=1)
+    torch.manual_seed(0)
+    start = torch.randn(2, 2, 8, 8)
+    results, seen = [], []
+    for hook in (None, lambda x0, t, i: seen.append(i) or x0):
+        scheduler = sampling_scheduler("ddim", 10, prediction)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            results.append(reverse_diffusion(lambda x, t: model(x), start.clone(), scheduler, eta, generator,
+                                             x0_hook=hook))
+    assert seen == list(range(10))
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("timesteps", [None, [999, 700, 400, 150, 30, 0]])
+def test_a_perfect_model_is_recovered_on_uniform_and_explicit_timesteps(timesteps):
+    x0 = torch.rand(1, 1, 4, 4) * 2 - 1
+    scheduler = sampling_scheduler("ddim", 6, timesteps=timesteps)
+    x = reverse_diffusion(_oracle(x0, scheduler, "epsilon"), torch.randn(1, 1, 4, 4), scheduler)
+    assert torch.allclose(x, x0, atol=1e-4)
+    if timesteps is not None:
+        assert scheduler.timesteps.tolist() == timesteps
+
+
+def test_the_x0_hook_steers_the_chain_and_the_last_step_ends_on_its_estimate():
+    scheduler = sampling_scheduler("ddim", timesteps=[999, 500, 100, 7])
+    target = torch.full((1, 1, 4, 4), 0.25)
+    x = reverse_diffusion(lambda x, t: torch.zeros_like(x), torch.randn(1, 1, 4, 4), scheduler,
+                          x0_hook=lambda x0, t, i: target)
+    assert torch.allclose(x, target, atol=1e-6)
+
+
+def test_samplers_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="sampler"):
+        sampling_scheduler("euler")
+    with pytest.raises(ValueError, match="strictly decrease"):
+        sampling_scheduler("ddim", timesteps=[10, 10, 0])
+    with pytest.raises(ValueError, match="DDIM"):
+        reverse_diffusion(lambda x, t: x, torch.zeros(1, 1, 2, 2), sampling_scheduler("ddpm"),
+                          x0_hook=lambda x0, t, i: x0)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
 
 from core.diffusion.schedules import TIMESTEPS
+from core.oilspill import jointnet
 from core.oilspill.jointnet import (DEFAULT_SAMPLING_STEPS, PRESETS, architecture_for, balancing_factor,
                                     build_jointnet, fft_power, init_label_net_from_sar, joint_loss, sample_pairs,
                                     start_stage, training_scheduler)
@@ -226,25 +226,30 @@ def test_sample_pairs_feeds_eq21_estimates_to_ddim_and_is_reproducible(monkeypat
         if isinstance(conv, torch.nn.Conv2d):
             conv.weight.data.normal_(0, 0.05)
     outputs, estimates = [], []
-    forward, step = model.forward, DDIMScheduler.step
+    forward, loop = model.forward, jointnet.reverse_diffusion
 
     def forward_spy(x_t, y_t, t):
         outputs.append((t, forward(x_t, y_t, t)))
         return outputs[-1][1]
 
-    def step_spy(self, model_output, timestep, sample, **kwargs):
-        estimates.append((timestep, model_output, kwargs.get("eta")))
-        return step(self, model_output, timestep, sample, **kwargs)
+    def loop_spy(model_fn, x, scheduler, *args, x0_hook, **kwargs):
+        assert scheduler.config.prediction_type == "sample" and not scheduler.config.clip_sample
+        assert not args and kwargs.get("eta", 0.0) == 0.0   # deterministic DDIM
+
+        def hook_spy(x0, t, i):
+            estimates.append((t, x0_hook(x0, t, i)))
+            return estimates[-1][1]
+        return loop(model_fn, x, scheduler, *args, x0_hook=hook_spy, **kwargs)
 
     monkeypatch.setattr(model, "forward", forward_spy)
-    monkeypatch.setattr(DDIMScheduler, "step", step_spy)
+    monkeypatch.setattr(jointnet, "reverse_diffusion", loop_spy)
     progress = Steps()
     pairs = sample_pairs(model, arch, count=2, steps=3, seed=11, progress=progress)
 
     assert progress.calls == [(1, 3), (2, 3), (3, 3)]
     assert len(outputs) == len(estimates) == 3 and len({int(t) for t, _ in outputs}) == 3
-    for (t_model, (x0_hat, logits)), (t_step, estimate, eta) in zip(outputs, estimates):
-        assert t_model == t_step and eta == 0.0
+    for (t_model, (x0_hat, logits)), (t_step, estimate) in zip(outputs, estimates):
+        assert t_model == t_step
         assert torch.equal(estimate[:, :1], x0_hat.clamp(-1, 1))
         torch.testing.assert_close(estimate[:, 1:], (logits.softmax(dim=1) * 2 - 1) * BALANCE)
     assert torch.equal(pairs.logits, outputs[-1][1][1])

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 
 from core.fusion.em import EM_MODES, EmState, em_step
 from core.fusion.prior import FusionPrior
-from core.progress import Progress
+from core.diffusion.sampling import reverse_diffusion, sampling_scheduler
 from core.diffusion.schedules import TIMESTEPS, training_scheduler
+from core.progress import Progress
 
 FUSION_MODES = ("dig", "ddfm")
 DIG_KINDS = ("scalar", "spatial")
@@ -239,43 +240,52 @@ def fuse(prior: FusionPrior, infrared: torch.Tensor, visible: torch.Tensor, sett
     size: the pipeline always fuses tiles of one size (256 px by default).
     """
     settings.validate()
-    progress = progress or Progress()
-    alphas = training_scheduler().alphas_cumprod.to(torch.float64)
-    times = timesteps_for(settings)
-    trace = FusionTrace(timesteps=times)
-    device = infrared.device
+    scheduler = sampling_scheduler("ddim", timesteps=timesteps_for(settings))
+    trace = FusionTrace(timesteps=scheduler.timesteps.tolist())
     generator = torch.Generator().manual_seed(settings.seed)
     b, _, h, w = infrared.shape
-    x = torch.randn(b, prior.channels, h, w, generator=generator).to(device)
-    state = EmState.initial(infrared)
-    weights = torch.ones(b, 2, 1, 1, device=device)              # DDFM: both terms at full strength
-    dig = (_DigEstimator(prior, torch.cat([infrared, visible], dim=1), alphas.to(device).float(), settings, trace)
-           if settings.mode == "dig" else None)
-    clock = _synchronize(device)
-    for i, t in enumerate(times):
-        if dig is not None and i % settings.dig_interval == 0:
-            gains, new_weights = dig.at_step(i, times)
-            trace.gains.append(gains)
-            weights = 2 * new_weights
-            trace.dig_steps.append(i)
-            clock = _tick(trace, "dig", clock, device)
-        trace.weights.append(weights / 2)
-        a = alphas[t].float()
-        eps = prior(x, torch.full((b,), t, device=device))
-        trace.forward_batches.append(b)
-        clock = _tick(trace, "prior", clock, device)
-        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
-        fused, state = em_step(luma(x0), infrared, visible, state, weights[:, :1], weights[:, 1:], settings.em_mode)
-        x0 = with_luma(x0, fused)
-        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        a_next = alphas[times[i + 1]].float() if i + 1 < len(times) else torch.tensor(1.0)
-        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-        clock = _tick(trace, "em", clock, device)
-        progress.step(i + 1, len(times))
+    x = torch.randn(b, prior.channels, h, w, generator=generator).to(infrared.device)
+    rectification = _Rectification(prior, infrared, visible, settings, trace)
+    x = reverse_diffusion(rectification.predict, x, scheduler, x0_hook=rectification.rectify, progress=progress)
     return luma(x).clamp(-1, 1), trace
 
 
-def _tick(trace: FusionTrace, part: str, since: float, device: torch.device) -> float:
-    now = _synchronize(device)
-    trace.seconds[part] += now - since
-    return now
+class _Rectification:
+    """DDFM's model function and x0 hook: the prior's epsilon (with Dig2DIG's weights recomputed every S steps
+    before it) and one EM rectification of the x0 estimate's luma toward the sources, timed by part."""
+
+    def __init__(self, prior: FusionPrior, infrared: torch.Tensor, visible: torch.Tensor, settings: FusionSettings,
+                 trace: FusionTrace):
+        self.prior, self.infrared, self.visible, self.settings, self.trace = prior, infrared, visible, settings, trace
+        self.device = infrared.device
+        self.state = EmState.initial(infrared)
+        self.weights = torch.ones(infrared.shape[0], 2, 1, 1, device=self.device)   # DDFM: both terms at full strength
+        alphas = training_scheduler().alphas_cumprod.to(self.device).float()
+        self.dig = (_DigEstimator(prior, torch.cat([infrared, visible], dim=1), alphas, settings, trace)
+                    if settings.mode == "dig" else None)
+        self.clock = _synchronize(self.device)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        i = len(self.trace.weights)
+        if self.dig is not None and i % self.settings.dig_interval == 0:
+            gains, new_weights = self.dig.at_step(i, self.trace.timesteps)
+            self.trace.gains.append(gains)
+            self.weights = 2 * new_weights
+            self.trace.dig_steps.append(i)
+            self._tick("dig")
+        self.trace.weights.append(self.weights / 2)
+        eps = self.prior(x, torch.full((x.shape[0],), int(t), device=self.device))
+        self.trace.forward_batches.append(x.shape[0])
+        self._tick("prior")
+        return eps
+
+    def rectify(self, x0: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+        fused, self.state = em_step(luma(x0), self.infrared, self.visible, self.state, self.weights[:, :1],
+                                    self.weights[:, 1:], self.settings.em_mode)
+        self._tick("em")
+        return with_luma(x0, fused)
+
+    def _tick(self, part: str) -> None:
+        now = _synchronize(self.device)
+        self.trace.seconds[part] += now - self.clock
+        self.clock = now

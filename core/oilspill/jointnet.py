@@ -13,11 +13,12 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from core.data.folder import IGNORE_INDEX
 from core.diffusion import schedules
+from core.diffusion.sampling import reverse_diffusion, sampling_scheduler
 from core.progress import Progress
 
 TASK = "sar-jointnet"
@@ -291,22 +292,24 @@ def sample_pairs(model: SarJointNet, architecture: dict[str, Any], count: int, s
     At every step the label x0 estimate is (softmax(logits) * 2 - 1) * b (Eq. 21): a valid balanced
     mask, whatever scale the logits have; the image estimate is x0_hat clamped to [-1, 1].
     """
-    progress = progress or Progress()
-    scheduler = DDIMScheduler.from_config(training_scheduler().config)
-    scheduler.set_timesteps(steps)
     balance, classes = architecture["balance"], architecture["classes"]
     size = size or architecture["sample_size"]
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(count, 1, size, size, generator=generator).to(device)
     y = torch.randn(count, classes, size, size, generator=generator).to(device)
+    last_logits = []
+
+    def predict(joint: torch.Tensor, t) -> torch.Tensor:
+        return torch.cat(model(joint[:, :1], joint[:, 1:], t), dim=1)
+
+    def label_feedback(x0: torch.Tensor, t, i: int) -> torch.Tensor:
+        last_logits[:] = [x0[:, 1:]]
+        return torch.cat([x0[:, :1].clamp(-1, 1), (x0[:, 1:].softmax(dim=1) * 2 - 1) * balance], dim=1)
+
     model.eval()
-    for i, t in enumerate(scheduler.timesteps):
-        x0_hat, logits = model(x, y, t)
-        estimate = torch.cat([x0_hat.clamp(-1, 1), (logits.softmax(dim=1) * 2 - 1) * balance], dim=1)
-        joint = scheduler.step(estimate, t, torch.cat([x, y], dim=1), eta=0.0).prev_sample
-        x, y = joint[:, :1], joint[:, 1:]
-        progress.step(i + 1, len(scheduler.timesteps))
-    logits = logits.float().cpu()
+    scheduler = sampling_scheduler("ddim", steps, "sample", "squared-cosine", clip=False)
+    joint = reverse_diffusion(predict, torch.cat([x, y], dim=1), scheduler, x0_hook=label_feedback, progress=progress)
+    x, logits = joint[:, :1], last_logits[0].float().cpu()
     return SarPairs(images=x.clamp(-1, 1).float().cpu(), labels=logits.argmax(dim=1),
                     probabilities=logits.softmax(dim=1), logits=logits)

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.diffusion.sampling import reverse_diffusion
 from core.diffusion.schedules import TIMESTEPS, schedule_config
 from core.latents import decode_latents, encode_latents, vae_factor
 from core.progress import Progress
@@ -443,7 +444,6 @@ def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int =
     factor = model.latent_factor
     if image.shape[-1] % factor or image.shape[-2] % factor:
         raise ValueError(f"Tile size {tuple(image.shape[-2:])} must be a multiple of {factor} (the VAE's factor).")
-    progress = progress or Progress()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -454,13 +454,13 @@ def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int =
         conditions = model.condition_features(c_image, model.encode_labels(coarse.to(device)))
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn(c_image.shape, generator=generator).to(device)
-        for i, t in enumerate(scheduler.timesteps):
+
+        def predict(z_t: torch.Tensor, t) -> torch.Tensor:
             if guidance_scale != 1:
-                eps = cfg_combine(*model.predict_cfg(z, t, conditions), guidance_scale)
-            else:
-                eps = model.predict(z, t, conditions)
-            z = scheduler.step(eps, t, z).prev_sample
-            progress.step(i + 1, len(scheduler.timesteps))
+                return cfg_combine(*model.predict_cfg(z_t, t, conditions), guidance_scale)
+            return model.predict(z_t, t, conditions)
+
+        z = reverse_diffusion(predict, z, scheduler, progress=progress)
         return model.decode_logits(z).softmax(dim=1)
     finally:
         model.train(was_training)

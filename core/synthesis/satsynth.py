@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 
 from core.data.generated import GeneratedPairs
 from core.diffusion.losses import diffusion_target
 from core.diffusion.presets import PIXEL_UNET_PRESETS
-from core.diffusion.sampling import DDIM_ETA, denoise
+from core.diffusion.sampling import DDIM_ETA, denoise, reverse_diffusion, sampling_scheduler
 from core.diffusion.schedules import training_scheduler
 from core.encodings import bit_class_probabilities, decode_bits, encode_bits, n_bits
 from core.progress import Progress
@@ -122,9 +122,7 @@ def sr_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0_high: torch.Ten
 def super_resolve(model: UNet2DModel, architecture: dict[str, Any], low: GeneratedPairs, steps: int = 50,
                   seed: int = 0, progress: Progress | None = None) -> GeneratedPairs:
     """2x image/label pairs from base-model pairs (DDIM-N)."""
-    progress = progress or Progress()
-    scheduler = DDIMScheduler.from_config(training_scheduler(prediction_type(architecture)).config)
-    scheduler.set_timesteps(steps)
+    scheduler = sampling_scheduler("ddim", steps, prediction_type(architecture))
     bands, k = architecture["bands"], architecture["classes"]
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -134,9 +132,8 @@ def super_resolve(model: UNet2DModel, architecture: dict[str, Any], low: Generat
     x = torch.randn(condition.shape[0], architecture["unet"]["out_channels"], *condition.shape[-2:],
                     generator=generator).to(device)
     model.eval()
-    for i, t in enumerate(scheduler.timesteps):
-        x = scheduler.step(model(torch.cat([x, condition], dim=1), t).sample, t, x).prev_sample
-        progress.step(i + 1, len(scheduler.timesteps))
+    x = reverse_diffusion(lambda x_t, t: model(torch.cat([x_t, condition], dim=1), t).sample, x, scheduler,
+                          progress=progress)
     x = x.clamp(-1, 1).cpu()
     bits = x[:, bands:]
     return GeneratedPairs(images=(x[:, :bands] + 1) / 2, labels=decode_bits(bits, k),
