@@ -60,7 +60,7 @@ def sampler_figures(cfg: argparse.Namespace) -> dict:
     for name, label, sampler, steps, eta in runs:
         with step(f"{n} pairs with {label}"):
             start = time.perf_counter()
-            generated[name] = sample(model, card.architecture, n, sampler, steps, seed=1, eta=eta)
+            generated[name] = sample(model, n, sampler, steps, seed=1, eta=eta)
             seconds[name] = time.perf_counter() - start
     fid = {name: frechet_distance(real[:n], features(to_raw(pairs.images, card).astype(np.float32)))
            for name, pairs in generated.items()}

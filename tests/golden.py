@@ -181,7 +181,7 @@ def satsynth_ddpm(workdir: Path) -> dict[str, np.ndarray]:
     torch.manual_seed(10)
     model = build_denoiser(arch)
     out: dict[str, np.ndarray] = {}
-    pin_pairs(out, "", sample(model, arch, count=1, sampler="ddpm", seed=3, size=8))
+    pin_pairs(out, "", sample(model, count=1, sampler="ddpm", seed=3, size=8))
     return out
 
 
@@ -193,8 +193,8 @@ def satsynth_ddim(workdir: Path) -> dict[str, np.ndarray]:
     torch.manual_seed(11)
     model = build_denoiser(arch)
     out: dict[str, np.ndarray] = {"eta_default": np.asarray(DDIM_ETA)}
-    pin_pairs(out, "eta1_", sample(model, arch, count=2, sampler="ddim", steps=4, seed=5, size=8))
-    pin_pairs(out, "eta0_", sample(model, arch, count=2, sampler="ddim", steps=4, seed=6, size=8, eta=0.0))
+    pin_pairs(out, "eta1_", sample(model, count=2, sampler="ddim", steps=4, seed=5, size=8))
+    pin_pairs(out, "eta0_", sample(model, count=2, sampler="ddim", steps=4, seed=6, size=8, eta=0.0))
     return out
 
 
@@ -212,7 +212,7 @@ def satsynth_sr(workdir: Path) -> dict[str, np.ndarray]:
     low = GeneratedPairs(images=torch.rand(2, SATSYNTH_BANDS, 8, 8, generator=g),
                          labels=torch.randint(0, SATSYNTH_CLASSES, (2, 8, 8), generator=g), probabilities=None)
     out: dict[str, np.ndarray] = {}
-    pin_pairs(out, "", super_resolve(model, arch, low, steps=3, seed=7))
+    pin_pairs(out, "", super_resolve(model, low, steps=3, seed=7))
     return out
 
 
@@ -234,7 +234,7 @@ def sar_jointnet(workdir: Path) -> dict[str, np.ndarray]:
             for conv in coupling.modules():
                 if isinstance(conv, torch.nn.Conv2d):
                     conv.weight.copy_(0.05 * torch.randn(conv.weight.shape, generator=g))
-    pairs = sample_pairs(model, arch, count=2, steps=3, seed=11)
+    pairs = sample_pairs(model, count=2, steps=3, seed=11)
     out: dict[str, np.ndarray] = {}
     for key in ("images", "labels", "probabilities", "logits"):
         pin(out, key, getattr(pairs, key))

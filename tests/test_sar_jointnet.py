@@ -221,7 +221,7 @@ class Steps(Progress):
 
 
 def test_sample_pairs_feeds_eq21_estimates_to_ddim_and_is_reproducible(monkeypatch):
-    model, arch = tiny_model(), tiny_architecture()
+    model = tiny_model()
     for conv in model.image_to_label.modules():   # exercise the coupled path while sampling
         if isinstance(conv, torch.nn.Conv2d):
             conv.weight.data.normal_(0, 0.05)
@@ -244,7 +244,7 @@ def test_sample_pairs_feeds_eq21_estimates_to_ddim_and_is_reproducible(monkeypat
     monkeypatch.setattr(model, "forward", forward_spy)
     monkeypatch.setattr(jointnet, "reverse_diffusion", loop_spy)
     progress = Steps()
-    pairs = sample_pairs(model, arch, count=2, steps=3, seed=11, progress=progress)
+    pairs = sample_pairs(model, count=2, steps=3, seed=11, progress=progress)
 
     assert progress.calls == [(1, 3), (2, 3), (3, 3)]
     assert len(outputs) == len(estimates) == 3 and len({int(t) for t, _ in outputs}) == 3
@@ -261,7 +261,7 @@ def test_sample_pairs_feeds_eq21_estimates_to_ddim_and_is_reproducible(monkeypat
     torch.testing.assert_close(pairs.probabilities.sum(dim=1), torch.ones(2, 16, 16))
     assert torch.equal(pairs.labels, pairs.probabilities.argmax(dim=1))
 
-    again = sample_pairs(model, arch, count=2, steps=3, seed=11)
+    again = sample_pairs(model, count=2, steps=3, seed=11)
     assert torch.equal(again.images, pairs.images) and torch.equal(again.logits, pairs.logits)
-    other = sample_pairs(model, arch, count=2, steps=3, seed=12)
+    other = sample_pairs(model, count=2, steps=3, seed=12)
     assert not torch.allclose(other.images, pairs.images)

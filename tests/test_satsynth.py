@@ -43,7 +43,7 @@ def test_joint_tensor_layout():
 @pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 1000)])
 def test_sampler_output_shapes_and_valid_labels(sampler, steps):
     model = build_denoiser(ARCH)
-    pairs = sample(model, ARCH, count=2, sampler=sampler, steps=steps, size=16)
+    pairs = sample(model, count=2, sampler=sampler, steps=steps, size=16)
     assert pairs.images.shape == (2, 3, 16, 16) and pairs.images.min() >= 0 and pairs.images.max() <= 1
     assert pairs.labels.shape == (2, 16, 16) and pairs.labels.max() < 5
     assert pairs.probabilities.shape == (2, 5, 16, 16)
@@ -67,7 +67,7 @@ def test_training_subcommand_writes_a_model_and_sample_grids(tmp_path):
     low, span = card.normalization.mean, card.normalization.std   # the dataset's range per band -> [0, 1]
     assert all(0 <= lo and 0 < sp and lo + sp <= 255 for lo, sp in zip(low, span))
     model = load_into(build_denoiser(card.architecture), tmp_path / "run" / "model")
-    assert sample(model, card.architecture, count=1, steps=2, size=16).labels.shape == (1, 16, 16)
+    assert sample(model, count=1, steps=2, size=16).labels.shape == (1, 16, 16)
     assert (tmp_path / "run" / "samples_000003.png").stat().st_size > 100
     training_main(["satsynth", "--config", str(config), "--steps", "4", "--resume"])
     assert load_card(tmp_path / "run" / "model").extra["steps"] == 4
@@ -78,8 +78,8 @@ def test_super_resolution_doubles_height_and_width():
     from core.synthesis.satsynth import sr_architecture_for, super_resolve
     sr_arch = sr_architecture_for("small", 3, 5)
     assert sr_arch["unet"]["in_channels"] == 2 * 6 and sr_arch["unet"]["out_channels"] == 6
-    low = sample(build_denoiser(base_arch), base_arch, count=2, steps=2, size=16)
-    high = super_resolve(build_denoiser(sr_arch), sr_arch, low, steps=2)
+    low = sample(build_denoiser(base_arch), count=2, steps=2, size=16)
+    high = super_resolve(build_denoiser(sr_arch), low, steps=2)
     assert high.images.shape == (2, 3, 32, 32) and high.labels.shape == (2, 32, 32) and high.labels.max() < 5
 
 
@@ -152,7 +152,7 @@ def test_sr_stage_regresses_v_and_old_cards_stay_epsilon():
 def test_ddim_eta_is_reproducible_and_changes_the_path():
     torch.manual_seed(0)
     model = build_denoiser(ARCH)
-    stochastic = [sample(model, ARCH, count=1, steps=3, size=16, seed=5, eta=1.0).images for _ in range(2)]
-    deterministic = sample(model, ARCH, count=1, steps=3, size=16, seed=5, eta=0.0).images
+    stochastic = [sample(model, count=1, steps=3, size=16, seed=5, eta=1.0).images for _ in range(2)]
+    deterministic = sample(model, count=1, steps=3, size=16, seed=5, eta=0.0).images
     torch.testing.assert_close(stochastic[0], stochastic[1])
     assert not torch.allclose(stochastic[0], deterministic)

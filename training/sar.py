@@ -144,7 +144,7 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
         return loss
 
     def sample_grid(net):
-        pairs = jointnet.sample_pairs(net, architecture, count=4, steps=50, seed=cfg.seed)
+        pairs = jointnet.sample_pairs(net, count=4, steps=50, seed=cfg.seed)
         save_pair_grid(GeneratedPairs((pairs.images + 1) / 2, pairs.labels, None), [c.color for c in data.classes],
                        run / f"samples_{trainer.step:06d}.png")
         return {}

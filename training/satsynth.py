@@ -86,9 +86,9 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
             image, labels = next(iter(loader))
             low_image, low_labels = downsample_pair(image[:4], labels[:4].clamp(min=0))
             low = GeneratedPairs(low_image, low_labels, probabilities=None)
-            generated = super_resolve(net, architecture, low, steps=20, seed=cfg.seed)
+            generated = super_resolve(net, low, steps=20, seed=cfg.seed)
         else:
-            generated = sample(net, architecture, count=4, steps=20, seed=cfg.seed, size=cfg.patch_size)
+            generated = sample(net, count=4, steps=20, seed=cfg.seed, size=cfg.patch_size)
         save_pair_grid(generated, [c.color for c in classes], run / f"samples_{trainer.step:06d}.png")
         return {}
 

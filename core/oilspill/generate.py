@@ -80,7 +80,7 @@ def synthesize_sar_pairs(params: SarSynthesisParams, progress: Progress | None =
 
     rows = write_generated_folder(
         params.output_dir, params.count, params.batch_size, params.seed, ("images", "masks", SOFT_DIR),
-        lambda count, seed, share: sample_pairs(model, card.architecture, count, params.steps, seed, progress=share),
+        lambda count, seed, share: sample_pairs(model, count, params.steps, seed, progress=share),
         lambda out, pairs, start, seed: _write_batch(out, pairs, card, start, seed),
         {"model": card.name, "ddim_steps": str(params.steps)}, finish, PREVIEW_PAIRS, progress)
     final = Path(params.output_dir)

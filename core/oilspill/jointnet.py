@@ -141,10 +141,15 @@ class Coupling(nn.Module):
 
 
 class SarJointNet(nn.Module):
-    def __init__(self, unet: dict[str, Any], classes: int, sample_size: int | None = None):
+    """SAR-Net and Label-Net with their couplings; carries its architecture (classes, balance, UNet) as a
+    diffusers model carries its config, so sampling needs nothing beside it."""
+
+    def __init__(self, architecture: dict[str, Any]):
         super().__init__()
+        unet, classes, sample_size = architecture["unet"], architecture["classes"], architecture.get("sample_size")
         if unet.get("class_embed_type") is not None or unet.get("num_class_embeds") is not None:
             raise ValueError("SAR-JointNet is unconditional; remove the class embedding from the UNet config.")
+        self.architecture = architecture
         self.classes = classes
         self.sar_net = UNet2DModel(sample_size=sample_size, in_channels=1, out_channels=1, **unet)
         self.label_net = UNet2DModel(sample_size=sample_size, in_channels=classes, out_channels=classes, **unet)
@@ -175,7 +180,7 @@ class SarJointNet(nn.Module):
 
 
 def build_jointnet(architecture: dict[str, Any]) -> SarJointNet:
-    return SarJointNet(architecture["unet"], architecture["classes"], architecture.get("sample_size"))
+    return SarJointNet(architecture)
 
 
 def training_scheduler() -> DDPMScheduler:
@@ -285,15 +290,14 @@ class SarPairs:
 
 
 @torch.inference_mode()
-def sample_pairs(model: SarJointNet, architecture: dict[str, Any], count: int, steps: int = DEFAULT_SAMPLING_STEPS,
-                 seed: int = 0, size: int | None = None, progress: Progress | None = None) -> SarPairs:
+def sample_pairs(model: SarJointNet, count: int, steps: int = DEFAULT_SAMPLING_STEPS, seed: int = 0, size: int | None = None, progress: Progress | None = None) -> SarPairs:
     """Generate `count` image/soft-label pairs with deterministic DDIM (eta 0), both modalities at one t.
 
     At every step the label x0 estimate is (softmax(logits) * 2 - 1) * b (Eq. 21): a valid balanced
     mask, whatever scale the logits have; the image estimate is x0_hat clamped to [-1, 1].
     """
-    balance, classes = architecture["balance"], architecture["classes"]
-    size = size or architecture["sample_size"]
+    balance, classes = model.architecture["balance"], model.architecture["classes"]
+    size = size or model.architecture["sample_size"]
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(count, 1, size, size, generator=generator).to(device)

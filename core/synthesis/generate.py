@@ -86,10 +86,10 @@ def synthesize_pairs(params: SynthesisParams, progress: Progress | None = None) 
     out_card = sr_card or card
 
     def generate(count: int, seed: int, progress: Progress) -> GeneratedPairs:
-        pairs = sample(base, card.architecture, count, params.sampler, params.steps, seed,
+        pairs = sample(base, count, params.sampler, params.steps, seed,
                        progress=SubProgress(progress, 0, 0.5 if sr else 1), eta=params.eta)
         if sr:
-            pairs = super_resolve(sr, sr_card.architecture, pairs, params.sr_steps, seed,
+            pairs = super_resolve(sr, pairs, params.sr_steps, seed,
                                   progress=SubProgress(progress, 0.5, 1))
         return pairs
 

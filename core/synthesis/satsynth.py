@@ -38,8 +38,18 @@ def prediction_type(architecture: dict[str, Any]) -> str:
     return architecture.get("prediction", "epsilon")
 
 
-def build_denoiser(architecture: dict[str, Any]) -> UNet2DModel:
-    return UNet2DModel(**architecture["unet"])
+class JointDenoiser(UNet2DModel):
+    """The diffusers UNet over the joint tensor, carrying the rest of its architecture (bands, classes,
+    prediction type) as it carries its UNet config, so sampling needs nothing beside it. Same weights as
+    the plain UNet2DModel."""
+
+    def __init__(self, architecture: dict[str, Any]):
+        super().__init__(**architecture["unet"])
+        self.architecture = architecture
+
+
+def build_denoiser(architecture: dict[str, Any]) -> JointDenoiser:
+    return JointDenoiser(architecture)
 
 
 def joint_tensor(image01: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -48,10 +58,10 @@ def joint_tensor(image01: torch.Tensor, labels: torch.Tensor, n_classes: int) ->
 
 
 @torch.inference_mode()
-def sample(model: UNet2DModel, architecture: dict[str, Any], count: int, sampler: str = "ddim", steps: int = 50,
-           seed: int = 0, size: int | None = None, progress: Progress | None = None,
-           eta: float = DDIM_ETA) -> GeneratedPairs:
+def sample(model: JointDenoiser, count: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+           size: int | None = None, progress: Progress | None = None, eta: float = DDIM_ETA) -> GeneratedPairs:
     """Generate `count` image/label pairs; DDPM always runs all T steps (the paper's sampler), `eta` is DDIM's."""
+    architecture = model.architecture
     size = size or architecture["unet"]["sample_size"]
     x = denoise(model, (count, architecture["unet"]["in_channels"], size, size), sampler, steps, seed, progress, eta)
     bands, k = architecture["bands"], architecture["classes"]
@@ -119,9 +129,10 @@ def sr_loss(model: torch.nn.Module, scheduler: DDPMScheduler, x0_high: torch.Ten
 
 
 @torch.inference_mode()
-def super_resolve(model: UNet2DModel, architecture: dict[str, Any], low: GeneratedPairs, steps: int = 50,
-                  seed: int = 0, progress: Progress | None = None) -> GeneratedPairs:
-    """2x image/label pairs from base-model pairs (DDIM-N)."""
+def super_resolve(model: JointDenoiser, low: GeneratedPairs, steps: int = 50, seed: int = 0,
+                  progress: Progress | None = None) -> GeneratedPairs:
+    """2x image/label pairs from base-model pairs (DDIM-N), with a model of `sr_architecture_for`."""
+    architecture = model.architecture
     scheduler = sampling_scheduler("ddim", steps, prediction_type(architecture))
     bands, k = architecture["bands"], architecture["classes"]
     device = next(model.parameters()).device
