@@ -18,6 +18,7 @@ from torch import nn
 
 from core.data.folder import IGNORE_INDEX
 from core.diffusion import schedules
+from core.diffusion.losses import diffusion_target
 from core.diffusion.sampling import reverse_diffusion, sampling_scheduler
 from core.progress import Progress
 
@@ -268,15 +269,17 @@ def joint_loss(model: SarJointNet, scheduler: DDPMScheduler, image: torch.Tensor
     """
     device = image.device
     t = _draw((image.shape[0],), generator, device, randint_high=scheduler.config.num_train_timesteps)
-    x_t = scheduler.add_noise(image, _draw(image.shape, generator, device), t)
+    noise = _draw(image.shape, generator, device)
+    x_t = scheduler.add_noise(image, noise, t)
+    target = diffusion_target(scheduler, image, noise, t)     # x0: the networks predict "sample"
     if stage == 1:
-        image_loss = criterion(model(x_t, None, t)[0], image)
+        image_loss = criterion(model(x_t, None, t)[0], target)
         return image_loss, {"image": image_loss.item(), "label": 0.0}
     classes = getattr(model, "module", model).classes   # the model itself under DistributedDataParallel
     y0 = balance * _signed_onehot(labels, classes).to(device)
     y_t = scheduler.add_noise(y0, _draw(y0.shape, generator, device), t)
     x0_hat, logits = model(x_t, y_t, t)
-    image_loss = criterion(x0_hat, image)
+    image_loss = criterion(x0_hat, target)
     label_loss = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
     return image_loss + label_loss, {"image": image_loss.item(), "label": label_loss.item()}
 

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.diffusion.losses import diffusion_target
 from core.diffusion.sampling import reverse_diffusion
 from core.diffusion.schedules import TIMESTEPS, schedule_config
 from core.latents import decode_latents, encode_latents, vae_factor
@@ -418,7 +419,7 @@ def training_loss(model: IDGBR, scheduler: DDIMScheduler, image: torch.Tensor, l
     noise = torch.randn(z0.shape, generator=generator, device=device)
     keep = torch.rand(batch, generator=generator, device=device) >= drop_prob
     eps, hidden = model.predict(scheduler.add_noise(z0, noise, t), t, conditions, keep, return_hidden=True)
-    losses = {"mse": criterion(eps, noise)}
+    losses = {"mse": criterion(eps, diffusion_target(scheduler, z0, noise, t))}
     losses["loss"] = losses["mse"]
     if dinov2_tokens is not None:
         if model.projector is None:
