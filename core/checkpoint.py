@@ -92,7 +92,21 @@ def load_card(model_dir: str | os.PathLike, task: str | None = None) -> ModelCar
         raise ModelError(f"Model '{card.name}' is a '{card.task}' model, but this tool needs a '{task}' model.")
     if len(card.normalization.mean) != len(card.bands) or len(card.normalization.std) != len(card.bands):
         raise ModelError(f"Model card {card_path}: normalisation must have one mean and std per band.")
+    _check_against_architecture(card, card_path)
     return card
+
+
+def _check_against_architecture(card: ModelCard, card_path: Path) -> None:
+    """The card's class and band lists must match what the architecture (and so the strictly loaded weights)
+    outputs and takes: a 5-class head read through a 3-class card would silently mislabel every pixel."""
+    outputs = card.architecture.get("classes")
+    if card.classes and isinstance(outputs, int) and outputs != len(card.classes):
+        raise ModelError(f"Model card {card_path}: its 'classes' field lists {len(card.classes)} classes, but its "
+                         f"architecture (and weights) have {outputs} output classes.")
+    inputs = card.architecture.get("in_channels", card.architecture.get("bands"))
+    if isinstance(inputs, int) and inputs != len(card.bands):
+        raise ModelError(f"Model card {card_path}: its 'bands' field lists {len(card.bands)} bands, but its "
+                         f"architecture (and weights) take {inputs} input channels.")
 
 
 def load_weights(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:

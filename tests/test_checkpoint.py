@@ -76,3 +76,26 @@ def test_save_replaces_atomically(tmp_path, saved):
     save_model(path, card(tile_size=128), model.state_dict())
     assert load_card(path).tile_size == 128
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("field, edit, message", [
+    ("classes", lambda data: data["classes"].pop(), "'classes' field lists 1 classes, but its architecture"),
+    ("bands", lambda data: data.update(bands=["red", "green", "blue", "nir"],
+                                       normalization={"mean": [0.0] * 4, "std": [1.0] * 4}),
+     "'bands' field lists 4 bands, but its architecture"),
+])
+def test_a_card_that_disagrees_with_its_architecture_is_refused_naming_the_field(saved, field, edit, message):
+    path, _ = saved
+    data = json.loads((path / "model.json").read_text())
+    edit(data)
+    (path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=message):
+        load_card(path)
+
+
+def test_every_shipped_card_agrees_with_its_architecture():
+    from pathlib import Path
+    cards = sorted((Path(__file__).resolve().parent.parent / "resources" / "models").glob("*/model.json"))
+    assert len(cards) >= 9
+    for path in cards:
+        load_card(path.parent)
