@@ -26,6 +26,7 @@ from core.data.change import list_change_triplets, write_change_dataset
 from core.device import resolve_device
 from core.metrics.fid import SegmenterFeatures, frechet_distance
 from core.raster import read_array
+from core.segmentation.model import load_segmenter
 from training.changedet import ChangeDetTrainConfig, evaluate_changedet, train_changedet
 from training.rdfmig import RdfmigTrainConfig, train_rdfmig
 
@@ -45,7 +46,7 @@ def bench(cfg: argparse.Namespace) -> dict:
             real = write_change_dataset(tmp / "real", real_count, size, seed=101)
             test = write_change_dataset(tmp / "test", held_out, size, seed=202)
         synthetic, fid = {}, {}
-        features = SegmenterFeatures(cfg.model, resolve_device(cfg.device))
+        features = SegmenterFeatures(*load_segmenter(cfg.model), resolve_device(cfg.device))
         real_b = features(np.stack([read_array(b)[0] for _, b, _ in list_change_triplets(real)])[:, :, :64, :64])
         for name, (representation, loss) in JOINT_MODELS.items():
             with step(f"RDF-MIG {name} ({joint_steps} steps, {LABEL_NOISE:.0%} corrupted masks)"):

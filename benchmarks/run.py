@@ -24,7 +24,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from benchmarks.harness import step, timed
+from benchmarks.harness import THROUGHPUT_TARGET, forward_all, step, timed
 from core.checkpoint import load_card, load_into
 from core.data.scenes import SCENE_CRS, make_scene, scene_transform, write_scene
 from core.device import describe_device, resolve_device
@@ -36,7 +36,6 @@ from core.tiling import TileGrid, pad_tile
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-THROUGHPUT_TARGET = 0.8   # segment_raster must keep >= 80% of the bare model's pixel rate
 RSS_FLAT_LIMIT = 1.15     # peak memory may grow by <= 15% from an 8k to a 16k raster
 # A 16k raster takes minutes on a CPU: big tiles in batches of 8 cut the per-tile overhead
 # and the overlap recomputed (stride 480 of 512 instead of 224 of 256).
@@ -127,12 +126,6 @@ def load_batches(path: Path, card, grid: TileGrid, batch_size: int) -> list[torc
             data, valid = read_window(src, Window(t.col, t.row, t.width, t.height), bands)
             inputs.append(pad_tile(np.where(valid, (data - mean) / std, 0.0).astype(np.float32), grid.tile))
     return [torch.from_numpy(np.stack(inputs[i:i + batch_size])) for i in range(0, len(inputs), batch_size)]
-
-
-@torch.inference_mode()
-def forward_all(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
-    for batch in batches:
-        torch.softmax(model(batch.to(device)), dim=1).cpu()  # .cpu() also waits for a GPU
 
 
 # --- tiling: peak memory against raster size ----------------------------------------------------

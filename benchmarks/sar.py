@@ -19,14 +19,13 @@ import torch
 from rasterio.windows import Window
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.harness import step, timed
-from benchmarks.run import THROUGHPUT_TARGET, forward_all
+from benchmarks.harness import THROUGHPUT_TARGET, forward_all, step, timed
 from core.catalog import starter_model_dir
 from core.data.sar import SAR_CLASSES, write_sar_scene
+from core.data.sar_scaling import SarScaling, fit_scene_scaler
 from core.device import describe_device, resolve_device
 from core.oilspill.pipeline import OilSpillParams, detect_oil_spills, load_saross
 from core.oilspill.saross import SKIP_BLOCKS, TASK, architecture_for, build_saross, skip_modules
-from core.oilspill.scaling import SarScaling, fit_scene_scaler
 from core.raster import open_raster, read_window
 from core.tiling import TileGrid, pad_tile
 from training.config import load_config

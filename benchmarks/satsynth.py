@@ -23,6 +23,7 @@ from core.data.scenes import make_scene, write_scene_dataset
 from core.device import describe_device, resolve_device
 from core.diffusion.sampling import DDIM_ETA
 from core.metrics.fid import FEATURE_STAGES, SegmenterFeatures, frechet_distance
+from core.segmentation.model import load_segmenter
 from core.synthesis.generate import SynthesisParams, load_denoiser, synthesize_pairs
 from core.synthesis.satsynth import TASK, sample
 from training.augment_eval import AugmentEvalConfig, run_augment_eval
@@ -51,7 +52,7 @@ def sampler_figures(cfg: argparse.Namespace) -> dict:
     device = resolve_device(cfg.device)
     model, card = load_denoiser(str(starter_model_dir(TASK)), TASK, device)
     factor = int(card.extra.get("base_downsample", 1))
-    features = SegmenterFeatures(cfg.model, device)
+    features = SegmenterFeatures(*load_segmenter(cfg.model), device)
     with step(f"{2 * n} real crops -> features"):
         real = features(real_crops(2 * n, seed=50_000, factor=factor))
     generated, seconds = {}, {}

@@ -13,9 +13,9 @@ from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout
 
 from rs_diffusion_plugin.algorithms.detect_changes import TASK, style_change_layer, style_change_polygons
-from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import raster_source
 from rs_diffusion_plugin.task import CoreTask
+from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
 
 
 class ChangeTab(TaskTab):

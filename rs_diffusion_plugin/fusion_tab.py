@@ -13,9 +13,9 @@ from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QSpinBox
 
 from rs_diffusion_plugin.algorithms.fuse_ir_visible import DIG_KINDS, FUSION_MODES, TASK
-from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import raster_source, style_unit_gray
 from rs_diffusion_plugin.task import CoreTask
+from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
 
 
 class PriorPicker(ModelPicker):

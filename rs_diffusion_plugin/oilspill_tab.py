@@ -7,12 +7,12 @@ from qgis.core import QgsMapLayerProxyModel
 from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout
 
+from core.data.sar_scaling import INPUT_KINDS
 from core.oilspill.pipeline import OilSpillParams, detect_oil_spills
 from core.oilspill.saross import TASK
-from core.oilspill.scaling import INPUT_KINDS
-from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import add_class_outputs, raster_source, vector_source
 from rs_diffusion_plugin.task import CoreTask
+from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
 
 
 class OilSpillTab(TaskTab):

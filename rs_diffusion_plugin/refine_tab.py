@@ -10,9 +10,9 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFormL
 
 from core.refinement.model import TASK
 from core.refinement.pipeline import RefineParams, refine_raster
-from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import add_refined_outputs, class_style, class_values, raster_source
 from rs_diffusion_plugin.task import CoreTask
+from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
 
 NOT_MAPPED = "(choose a model class)"
 

@@ -8,9 +8,9 @@ from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QSpinBox
 
 from core.segmentation.pipeline import TASK, SegmentParams, segment_raster
-from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import add_class_outputs, raster_source
 from rs_diffusion_plugin.task import CoreTask
+from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
 
 
 class SegmentTab(TaskTab):

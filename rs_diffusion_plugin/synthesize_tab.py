@@ -11,9 +11,9 @@ from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QScro
 
 from core.synthesis.generate import SynthesisParams, synthesize_pairs
 from core.synthesis.satsynth import SR_TASK, TASK
-from rs_diffusion_plugin.dock import ModelPicker, TaskTab
 from rs_diffusion_plugin.layers import add_pair_layers
 from rs_diffusion_plugin.task import CoreTask
+from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
 
 SAMPLER_ITEMS = (("DDIM (fast)", "ddim"), ("DDPM, 1000 steps (paper)", "ddpm"))
 PREVIEW_WIDTH = 320

@@ -2,6 +2,7 @@
 import numpy as np
 
 from core.metrics.fid import SegmenterFeatures, frechet_distance
+from core.segmentation.model import load_segmenter
 
 
 def test_frechet_distance_of_gaussians_has_the_closed_form():
@@ -15,7 +16,7 @@ def test_frechet_distance_of_gaussians_has_the_closed_form():
 
 def test_features_separate_real_scenes_from_noise(starter_model):
     from core.data.scenes import make_scene
-    features = SegmenterFeatures(str(starter_model))
+    features = SegmenterFeatures(*load_segmenter(starter_model))
     scenes = np.stack([make_scene(64, 64, seed=s)[0] for s in range(24)]).astype(np.float32)
     other = np.stack([make_scene(64, 64, seed=100 + s)[0] for s in range(24)]).astype(np.float32)
     noise = np.random.default_rng(0).uniform(0, 255, scenes.shape).astype(np.float32)

@@ -10,9 +10,10 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from core.checkpoint import load_card
-from core.fusion.convert import (ConversionError, GuidedDiffusionConfig, add_arguments, convert_checkpoint,
-                                 convert_state_dict, main, unet_config)
+from core.fusion.convert import (ConversionError, GuidedDiffusionConfig, convert_checkpoint, convert_state_dict,
+                                 unet_config)
 from tests.guided_diffusion_reference import ReferenceUNet, randomize_
+from training.convert_guided_diffusion import add_arguments, main
 
 IMAGE_SIZE = 32
 TINY = dict(num_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(2, 4),

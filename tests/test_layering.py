@@ -14,8 +14,6 @@ CORE = Path(__file__).resolve().parent.parent / "core"
 METHODS = {"synthesis", "change", "oilspill", "refinement", "fusion", "segmentation"}
 ADAPTERS = {"demo.py"}   # runs every method: the top of the stack, like the plugin and training/
 KNOWN_CROSSINGS = {
-    ("data/sar.py", "core.oilspill.scaling"),
-    ("metrics/fid.py", "core.segmentation.model"),
     ("oilspill/pipeline.py", "core.segmentation.pipeline"),
 }
 

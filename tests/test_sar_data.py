@@ -11,7 +11,7 @@ from core.checkpoint import ClassInfo
 from core.data.sar import (AMPLITUDE_DB_RANGE, BINARY_CLASSES, LABEL_NODATA, SAR_BANDS, SAR_CLASSES, MosaicDataset,
                            SarCropDataset, make_sar_scene, open_sar_dataset, sar_nodata_columns, scaled_sample,
                            write_land_mask, write_sar_dataset, write_sar_scene)
-from core.oilspill.scaling import SarScaling
+from core.data.sar_scaling import SarScaling
 from core.raster import RasterError, hex_to_rgba, read_array, write_geotiff
 from tests.conftest import read_polygons, shared_data
 

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from core.checkpoint import load_card
 from core.data.sar import SAR_BANDS, SAR_CLASSES, SarCropDataset, open_sar_dataset, write_sar_dataset
+from core.data.sar_scaling import SarScaling
 from core.oilspill import jointnet
 from core.oilspill.pipeline import OilSpillParams, detect_oil_spills
-from core.oilspill.scaling import SarScaling
 from tests.conftest import shared_data
 from tests.sar_fixtures import TINY_DATA, TINY_JOINTNET, TINY_SAROSS, sar_models, write_real_crop  # noqa: F401
 from training.__main__ import main as training_main

@@ -5,9 +5,8 @@ import argparse
 import logging
 import sys
 
-from core.fusion import convert
-from training import (augment_eval, changedet, fcf, fusion, fusion_eval, idgbr, idgbr_data, rdfmig, sar, satsynth,
-                      scenes, segment)
+from training import (augment_eval, changedet, convert_guided_diffusion, fcf, fusion, fusion_eval, idgbr, idgbr_data,
+                      rdfmig, sar, satsynth, scenes, segment)
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
@@ -59,7 +58,7 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
                "train the RDF-MIG joint (date A, date B, change mask) diffusion model (--loss mse|mcrd, --vae)"),
     "change-vae": (rdfmig.add_vae_arguments, rdfmig.main_vae,
                    "train the small autoencoder of RDF-MIG's latent variant on FCF feature images"),
-    "convert-guided-diffusion": (convert.add_arguments, convert.main,
+    "convert-guided-diffusion": (convert_guided_diffusion.add_arguments, convert_guided_diffusion.main,
                                  "turn a local guided-diffusion checkpoint (.pt) into a fusion-prior model folder"),
 }
 

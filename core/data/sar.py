@@ -20,8 +20,8 @@ from rasterio.windows import Window
 from core.checkpoint import ClassInfo
 from core.data.folder import (IGNORE_INDEX, IMAGE_SUFFIXES, list_pairs, read_class_indices, read_class_table,
                               write_class_table)
-from core.data.scenes import _PATH_STEP, _fractal, _noise, _trace, _wander
-from core.oilspill.scaling import SarScaling, SceneScaler
+from core.data.procedural import PATH_STEP, fractal_field, noise_field, trace_paths, wander
+from core.data.sar_scaling import SarScaling, SceneScaler
 from core.raster import RasterError, hex_to_rgba, open_raster, read_array, read_window, write_geotiff
 
 SAR_CLASSES = [ClassInfo(0, "sea", "#000000"), ClassInfo(1, "oil", "#00ffff"), ClassInfo(2, "look-alike", "#ff0000"),
@@ -79,11 +79,11 @@ def _sea_surface(rng, shape):
     height, width = shape
     yy, xx = np.indices(shape, dtype=np.float32)
     mean = rng.uniform(-24, -14)
-    cells = rng.uniform(0.8, 2.0) * _fractal(rng, shape, rng.uniform(60, 150), 3)
+    cells = rng.uniform(0.8, 2.0) * fractal_field(rng, shape, rng.uniform(60, 150), 3)
     direction = rng.uniform(0, np.pi)
     across = xx * np.cos(direction) + yy * np.sin(direction)
     streaks = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * across / rng.uniform(15, 40)
-                                             + 2 * _noise(rng, shape, 30))
+                                             + 2 * noise_field(rng, shape, 30))
     ramp = rng.uniform(-1.5, 1.5) * (xx / max(width - 1, 1) - 0.5)
     return (mean + cells + streaks + ramp).astype(np.float32)
 
@@ -95,7 +95,7 @@ def _look_alikes(rng, shape):
     mask = np.zeros(shape, bool)
     for present, scale, strength, cover in ((0.5, rng.uniform(50, 110), rng.uniform(2.5, 5), rng.uniform(0.03, 0.15)),
                                             (0.4, rng.uniform(18, 35), rng.uniform(2, 4), rng.uniform(0.02, 0.08))):
-        field = _fractal(rng, shape, scale, 3)
+        field = fractal_field(rng, shape, scale, 3)
         if rng.random() >= present:
             continue
         threshold = np.quantile(field, 1 - cover)
@@ -113,29 +113,29 @@ def _oil_slicks(rng, shape, area):
     paths, heads = [], []
     for _ in range(rng.poisson(1.0 * area)):
         length = rng.uniform(40, 220)
-        ys, xs, _ = _wander(rng, shape, swing=rng.uniform(0.2, 0.8), wavelength=rng.uniform(40, 120),
-                            start=(rng.uniform(0, height), rng.uniform(0, width)),
-                            heading=rng.uniform(0, 2 * np.pi), length=length)
+        ys, xs, _ = wander(rng, shape, swing=rng.uniform(0.2, 0.8), wavelength=rng.uniform(40, 120),
+                           start=(rng.uniform(0, height), rng.uniform(0, width)),
+                           heading=rng.uniform(0, 2 * np.pi), length=length)
         along = np.linspace(0, 1, len(ys))
         head, tail = rng.uniform(1, 4), rng.uniform(6, 25)
         half = (head + (tail - head) * along ** rng.uniform(0.5, 1.0)) \
-            * (1 + 0.3 * _noise(rng, (1, len(ys)), 25 / _PATH_STEP)[0])
+            * (1 + 0.3 * noise_field(rng, (1, len(ys)), 25 / PATH_STEP)[0])
         paths.append((ys, xs, np.maximum(half, 0.8), rng.uniform(6, 10)))
     for _ in range(rng.poisson(0.7 * area)):
         heading = rng.uniform(0, 2 * np.pi)
-        ys, xs, _ = _wander(rng, shape, swing=rng.uniform(0.03, 0.2), wavelength=rng.uniform(80, 200),
-                            start=(rng.uniform(0, height), rng.uniform(0, width)), heading=heading,
-                            length=rng.uniform(80, 300))
+        ys, xs, _ = wander(rng, shape, swing=rng.uniform(0.03, 0.2), wavelength=rng.uniform(80, 200),
+                           start=(rng.uniform(0, height), rng.uniform(0, width)), heading=heading,
+                           length=rng.uniform(80, 300))
         half = rng.uniform(0.8, 2.0) * np.linspace(1, rng.uniform(1.5, 3), len(ys))  # spreads behind the ship
         paths.append((ys, xs, half, rng.uniform(6, 10)))
         if rng.random() < 0.7:
             heads.append((ys[0], xs[0], heading))
     damping = np.zeros(shape, np.float32)
     if paths:
-        rough = _fractal(rng, shape, 8, 3)
-        thickness = 1 + 0.15 * _fractal(rng, shape, 20, 2)
+        rough = fractal_field(rng, shape, 8, 3)
+        thickness = 1 + 0.15 * fractal_field(rng, shape, 20, 2)
         for ys, xs, half, strength in paths:
-            distance, near_half, _, _ = _trace(shape, [(ys, xs, half)])
+            distance, near_half, _, _ = trace_paths(shape, [(ys, xs, half)])
             edge = near_half * (1 + 0.35 * rough)
             weight = np.clip((edge - distance) / 1.5 + 0.5, 0, 1)  # sharp, 1-2 px edge
             core = np.clip(1 - distance / np.maximum(edge, 1e-3), 0, 1)
@@ -188,12 +188,12 @@ def _land(rng, shape):
     edge = rng.integers(0, 4)
     inland = [yy, height - 1 - yy, xx, width - 1 - xx][edge]
     extent = height if edge < 2 else width
-    shoreline = inland + rng.uniform(0.08, 0.2) * extent * _fractal(rng, shape, rng.uniform(40, 90), 4)
+    shoreline = inland + rng.uniform(0.08, 0.2) * extent * fractal_field(rng, shape, rng.uniform(40, 90), 4)
     land = shoreline < rng.uniform(0.12, 0.4) * extent
-    relief = _fractal(rng, shape, 40, 4)
+    relief = fractal_field(rng, shape, 40, 4)
     facing = np.clip(np.gradient(relief, axis=1) * 8, -4, 4)  # slopes towards the radar are brighter
-    built = (_fractal(rng, shape, 12, 2) > 1.8) * rng.uniform(6, 10)
-    land_db = (rng.uniform(-11, -5) + 2.5 * _fractal(rng, shape, 30, 3) + 1.5 * _noise(rng, shape, 1.5)
+    built = (fractal_field(rng, shape, 12, 2) > 1.8) * rng.uniform(6, 10)
+    land_db = (rng.uniform(-11, -5) + 2.5 * fractal_field(rng, shape, 30, 3) + 1.5 * noise_field(rng, shape, 1.5)
                + facing + built)
     return land, land_db.astype(np.float32)
 

@@ -16,6 +16,7 @@ import rasterio
 from scipy import ndimage
 
 from core.data.folder import write_class_table
+from core.data.procedural import PATH_STEP, fractal_field, noise_field, points_inside, trace_paths, wander
 from core.raster import hex_to_rgba, write_geotiff
 
 SCENE_CLASSES = [
@@ -49,9 +50,6 @@ _MARKING_COLOUR = np.array([222, 222, 218, 210], np.float32)
 _HAZE_COLOUR = np.array([170, 180, 195, 150], np.float32)
 # Shadows are lit only by bluish skylight, and vegetation's NIR plateau drops most.
 _SHADOW_TINT = np.array([0.42, 0.46, 0.56, 0.36], np.float32)
-
-_PATH_STEP = 0.7  # px between centreline samples: dense enough to leave no gaps
-
 
 def make_scene(height: int, width: int, seed: int, nir: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Image uint8 (bands, H, W), RGB or RGB+NIR, and labels uint8 (H, W) in 0..4.
@@ -137,43 +135,6 @@ def scene_bands(nir: bool = False) -> list[str]:
     return [*SCENE_BANDS, "nir"] if nir else list(SCENE_BANDS)
 
 
-# --- random fields -------------------------------------------------------------------------------
-
-def _noise(rng, shape, scale):
-    """Unit-variance random field with blobs about `scale` px across, whatever the image size."""
-    if scale < 4:
-        white = rng.standard_normal(shape, dtype=np.float32)
-        if scale < 0.5:
-            return white
-        radius = int(4 * scale + 0.5)
-        kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / scale) ** 2)
-        kernel /= kernel.sum()
-        return ndimage.gaussian_filter(white, scale) / np.float32((kernel ** 2).sum())
-    rows, cols = _blob_weights(shape[0], scale), _blob_weights(shape[1], scale)
-    lattice = rng.standard_normal((rows.shape[1], cols.shape[1]), dtype=np.float32)
-    return rows @ lattice @ cols.T
-
-
-def _blob_weights(length, scale):
-    """Gaussian bumps on a lattice `scale` apart; unit-norm rows give the field unit variance."""
-    nodes = np.arange(-3, length / scale + 3) * scale
-    weights = np.exp(-0.5 * ((np.arange(length)[:, None] - nodes[None]) / scale) ** 2)
-    return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
-
-
-def _fractal(rng, shape, scale, octaves, roughness=0.5):
-    """Multi-octave noise, unit variance: natural surfaces vary at every scale."""
-    total = sum(roughness ** o * _noise(rng, shape, scale / 2 ** o) for o in range(octaves))
-    return total / np.float32(np.sqrt(sum(roughness ** (2 * o) for o in range(octaves))))
-
-
-def _distance(mask):
-    """Distance to the nearest False pixel, large where there is none (EDT needs a background)."""
-    if mask.all():
-        return np.full(mask.shape, 1e4, np.float32)
-    return ndimage.distance_transform_edt(mask).astype(np.float32)
-
-
 # --- scene elements ------------------------------------------------------------------------------
 
 def _parcels(rng, shape, yy, xx):
@@ -200,8 +161,8 @@ def _soil(rng, shape, parcel, count, stripes):
     """Per-parcel soil colour, mottled, with plough furrows in about half of the fields."""
     colour = _SOIL_COLOURS[rng.integers(0, len(_SOIL_COLOURS), count)].T * rng.normal(1, 0.06, count)
     furrowed = rng.random(count) < 0.5
-    shade = (1 + 0.10 * _fractal(rng, shape, 70, 3) + 0.06 * _fractal(rng, shape, 6, 2)
-             + 0.06 * _noise(rng, shape, 0) + 0.07 * np.where(furrowed[parcel], stripes, 0))
+    shade = (1 + 0.10 * fractal_field(rng, shape, 70, 3) + 0.06 * fractal_field(rng, shape, 6, 2)
+             + 0.06 * noise_field(rng, shape, 0) + 0.07 * np.where(furrowed[parcel], stripes, 0))
     return colour.astype(np.float32)[:, parcel] * shade
 
 
@@ -216,20 +177,20 @@ def _water(rng, shape, yy, xx):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         reach = int(2.5 * radius)  # the ragged shore never strays further from the centre
         window = np.s_[max(0, int(cy) - reach):int(cy) + reach, max(0, int(cx) - reach):int(cx) + reach]
-        ragged = 0.3 * _fractal(rng, water[window].shape, radius * 0.6, 3)
+        ragged = 0.3 * fractal_field(rng, water[window].shape, radius * 0.6, 3)
         water[window] |= np.hypot(yy[window] - cy, xx[window] - cx) / radius + ragged < 1
     if has_river:
-        ys, xs, _ = _wander(rng, shape, swing=rng.uniform(0.3, 0.9), wavelength=rng.uniform(40, 90))
-        half_width = rng.uniform(4, 14) * (1 + 0.25 * _noise(rng, (1, len(ys)), 40 / _PATH_STEP)[0])
-        distance, near_half, _, _ = _trace(shape, [(ys, xs, half_width)])
+        ys, xs, _ = wander(rng, shape, swing=rng.uniform(0.3, 0.9), wavelength=rng.uniform(40, 90))
+        half_width = rng.uniform(4, 14) * (1 + 0.25 * noise_field(rng, (1, len(ys)), 40 / PATH_STEP)[0])
+        distance, near_half, _, _ = trace_paths(shape, [(ys, xs, half_width)])
         water |= distance <= near_half
     depth = _distance(water)
     deep, shallow = _WATER_COLOURS[rng.integers(0, len(_WATER_COLOURS))] * rng.normal(1, 0.05)
     near_shore = np.exp(-depth / rng.uniform(2, 6))
     wind = rng.uniform(0, np.pi)
     ripple = np.sin(2 * np.pi * (xx * np.cos(wind) + yy * np.sin(wind)) / rng.uniform(3, 6)
-                    + 3 * _noise(rng, shape, 20))
-    shade = 1 + 0.05 * ripple + 0.06 * _fractal(rng, shape, 30, 2) + 0.03 * _noise(rng, shape, 0)
+                    + 3 * noise_field(rng, shape, 20))
+    shade = 1 + 0.05 * ripple + 0.06 * fractal_field(rng, shape, 30, 2) + 0.03 * noise_field(rng, shape, 0)
     layer = (deep[:, None, None] * (1 - near_shore) + shallow[:, None, None] * near_shore) * shade
     return water, layer, _distance(~water)
 
@@ -239,28 +200,28 @@ def _roads(rng, shape):
     height, width = shape
     paths = []
     for _ in range(1 + rng.poisson(0.6 * np.sqrt(height * width) / 256)):
-        ys, xs, heading = _wander(rng, shape, swing=rng.uniform(0, 0.35) * (rng.random() < 0.6),
-                                   wavelength=rng.uniform(80, 200))
+        ys, xs, heading = wander(rng, shape, swing=rng.uniform(0, 0.35) * (rng.random() < 0.6),
+                                  wavelength=rng.uniform(80, 200))
         paths.append((ys, xs, heading, rng.uniform(2, 6)))
     for _ in range(rng.poisson(1.2 * np.sqrt(height * width) / 256)):
         ys, xs, heading, _ = paths[rng.integers(0, len(paths))]
-        inside = np.flatnonzero(_inside(shape, ys, xs))
+        inside = np.flatnonzero(points_inside(shape, ys, xs))
         if not inside.size:
             continue
         at = rng.choice(inside)
         turn = rng.choice([-1, 1]) * np.pi / 2 + rng.normal(0, 0.2)
-        paths.append((*_wander(rng, shape, swing=rng.uniform(0, 0.3), wavelength=rng.uniform(60, 150),
-                               start=(ys[at], xs[at]),
-                               heading=heading[at] + turn, length=rng.uniform(40, 40 + 1.5 * max(shape))),
+        paths.append((*wander(rng, shape, swing=rng.uniform(0, 0.3), wavelength=rng.uniform(60, 150),
+                              start=(ys[at], xs[at]),
+                              heading=heading[at] + turn, length=rng.uniform(40, 40 + 1.5 * max(shape))),
                       rng.uniform(2, 4.5)))
-    distance, half, along, which = _trace(shape, [(ys, xs, half) for ys, xs, _, half in paths])
+    distance, half, along, which = trace_paths(shape, [(ys, xs, half) for ys, xs, _, half in paths])
     road = distance <= half
 
     tone = np.where(rng.random(len(paths)) < 0.25, rng.uniform(150, 180, len(paths)),
                     rng.uniform(75, 130, len(paths))).astype(np.float32)[which]
     colour = np.stack([tone, tone, tone * 1.03, tone * 1.05])
     wheel_tracks = np.exp(-((distance - half * 0.5) / 1.2) ** 2)
-    shade = (1 + 0.06 * _fractal(rng, shape, 12, 2) + 0.05 * _noise(rng, shape, 0)
+    shade = (1 + 0.06 * fractal_field(rng, shape, 12, 2) + 0.05 * noise_field(rng, shape, 0)
              - 0.08 * wheel_tracks)
     layer = colour * shade
     centre_dashes = (half >= 3.5) & (distance < 0.8) & (along % 16 < 8)
@@ -270,7 +231,7 @@ def _roads(rng, shape):
 
     points = [np.concatenate(values) for values in zip(*(
         (ys[keep], xs[keep], heading[keep], np.full(keep.sum(), half_width))
-        for ys, xs, heading, half_width in paths for keep in [_inside(shape, ys, xs)]))]
+        for ys, xs, heading, half_width in paths for keep in [points_inside(shape, ys, xs)]))]
     return road, layer, points
 
 
@@ -280,7 +241,7 @@ def _buildings(rng, shape, road_points, blocked, to_sun):
     building = np.zeros(shape, bool)
     layer = np.zeros((4, *shape), np.float32)
     roof_height = np.zeros(shape, np.float32)
-    grain = _noise(rng, shape, 0.7)
+    grain = noise_field(rng, shape, 0.7)
     ys, xs, headings, half_widths = road_points
     wanted = rng.integers(4, 16) * height * width / 256 ** 2
     placed = 0
@@ -334,29 +295,29 @@ def _buildings(rng, shape, road_points, blocked, to_sun):
 
 def _vegetation(rng, shape, parcel_kind, stripes, soil, free, to_sun):
     """Tree canopy (woods and lone trees), crop fields in rows, grass fields and weedy patches."""
-    woods = _fractal(rng, shape, 60, 3) > rng.uniform(0.8, 1.6)
+    woods = fractal_field(rng, shape, 60, 3) > rng.uniform(0.8, 1.6)
     crown = rng.uniform(2, 3.5)
     density = np.where(woods, 0.7 / (2 * crown) ** 2, rng.uniform(0.0003, 0.0015))
     trunks = (rng.random(shape, dtype=np.float32) < density) * rng.uniform(0.6, 1.3, shape)
     crowns = ndimage.gaussian_filter(trunks.astype(np.float32), crown) * np.float32(2 * np.pi * crown ** 2)
     canopy = ((crowns > 0.35) | woods) & free
-    weeds = (_fractal(rng, shape, 20, 3) > 1.4) & (parcel_kind == 0)
+    weeds = (fractal_field(rng, shape, 20, 3) > 1.4) & (parcel_kind == 0)
     crop = parcel_kind == 1
     vegetation = canopy | crop | weeds | (parcel_kind == 2)
 
     grass_colour = _GRASS_COLOURS[rng.integers(0, len(_GRASS_COLOURS))] * rng.normal(1, 0.05)
-    grass = grass_colour[:, None, None] * (1 + 0.08 * _fractal(rng, shape, 20, 2)
-                                           + 0.07 * _noise(rng, shape, 1.5) + 0.05 * _noise(rng, shape, 0))
+    grass = grass_colour[:, None, None] * (1 + 0.08 * fractal_field(rng, shape, 20, 2)
+                                           + 0.07 * noise_field(rng, shape, 1.5) + 0.05 * noise_field(rng, shape, 0))
     crop_colour = _CROP_COLOURS[rng.integers(0, len(_CROP_COLOURS))] * rng.normal(1, 0.05)
-    plant_cover = np.clip(0.65 + 0.5 * stripes, 0, 1) * (1 + 0.05 * _noise(rng, shape, 0))
+    plant_cover = np.clip(0.65 + 0.5 * stripes, 0, 1) * (1 + 0.05 * noise_field(rng, shape, 0))
     crops = crop_colour[:, None, None] * plant_cover + soil * (1 - plant_cover)
 
     canopy_colour = _CANOPY_COLOURS[rng.integers(0, len(_CANOPY_COLOURS))] * rng.normal(1, 0.05)
     slope_y, slope_x = ndimage.sobel(crowns, 0) / 8, ndimage.sobel(crowns, 1) / 8
     sunlit = np.clip(2 * (slope_y * to_sun[0] + slope_x * to_sun[1]), -0.4, 0.4)
     gaps = 0.55 + 0.45 * np.clip(crowns / 0.8, 0, 1)  # forest floor between crowns lies in shade
-    trees = canopy_colour[:, None, None] * gaps * (1 + sunlit + 0.08 * _fractal(rng, shape, 25, 2)
-                                                   + 0.15 * _noise(rng, shape, 0.8))
+    trees = canopy_colour[:, None, None] * gaps * (1 + sunlit + 0.08 * fractal_field(rng, shape, 25, 2)
+                                                   + 0.15 * noise_field(rng, shape, 0.8))
     layer = np.where(canopy, trees, np.where(crop, crops, grass))
     canopy_height = np.where(canopy, crowns * rng.uniform(2.5, 5), 0).astype(np.float32)
     return vegetation, layer, canopy_height
@@ -364,47 +325,11 @@ def _vegetation(rng, shape, parcel_kind, stripes, soil, free, to_sun):
 
 # --- geometry ------------------------------------------------------------------------------------
 
-def _wander(rng, shape, swing, wavelength, start=None, heading=None, length=None):
-    """Centreline whose heading sways by about `swing` rad over `wavelength` px, so it meanders
-    without looping back; by default it enters from a random border point heading inwards."""
-    height, width = shape
-    if start is None:
-        edge = rng.integers(0, 4)
-        along = rng.uniform(0, 1)
-        start = [(0, along * width), (height - 1, along * width),
-                 (along * height, 0), (along * height, width - 1)][edge]
-        target = rng.uniform(0.25, 0.75, 2) * (height, width)
-        heading = np.arctan2(target[0] - start[0], target[1] - start[1])
-    steps = max(2, int((length or 2 * (height + width)) / _PATH_STEP))
-    sway = _noise(rng, (1, steps), wavelength / _PATH_STEP)[0]
-    headings = heading + swing * (sway - sway[0])
-    ys = start[0] + np.cumsum(np.sin(headings)) * _PATH_STEP
-    xs = start[1] + np.cumsum(np.cos(headings)) * _PATH_STEP
-    return ys, xs, headings
-
-
-def _inside(shape, ys, xs):
-    return (ys > -0.5) & (ys < shape[0] - 0.5) & (xs > -0.5) & (xs < shape[1] - 0.5)
-
-
-def _trace(shape, paths):
-    """Rasterise centrelines; per pixel, distance to the nearest one and its half-width, arc length, index."""
-    centre = np.zeros(shape, bool)
-    half = np.zeros(shape, np.float32)
-    along = np.zeros(shape, np.float32)
-    which = np.zeros(shape, np.int32)
-    for index, (ys, xs, half_width) in enumerate(paths):
-        keep = _inside(shape, ys, xs)
-        iy, ix = np.round(ys[keep]).astype(int), np.round(xs[keep]).astype(int)
-        centre[iy, ix] = True
-        half[iy, ix] = np.broadcast_to(half_width, ys.shape)[keep]
-        along[iy, ix] = np.flatnonzero(keep) * _PATH_STEP
-        which[iy, ix] = index
-    if not centre.any():
-        return np.full(shape, np.inf, np.float32), half, along, which
-    distance, (near_y, near_x) = ndimage.distance_transform_edt(~centre, return_indices=True)
-    return (distance.astype(np.float32), half[near_y, near_x], along[near_y, near_x],
-            which[near_y, near_x])
+def _distance(mask):
+    """Distance to the nearest False pixel, large where there is none (EDT needs a background)."""
+    if mask.all():
+        return np.full(mask.shape, 1e4, np.float32)
+    return ndimage.distance_transform_edt(mask).astype(np.float32)
 
 
 def shifted(array, dy, dx):

@@ -22,8 +22,8 @@ The DDFM / Dig2DIG prior is guided-diffusion's `256x256_diffusion_uncond.pt`. di
 Head settings (`num_head_channels` / `num_heads`) are not visible in the weights either: the defaults
 are the 256x256 flags; override them for other checkpoints.
 
-`python -m training convert-guided-diffusion CKPT OUT` writes OUT as a diffusers folder (config.json +
-diffusion_pytorch_model.safetensors) plus our card `model.json` (task "fusion-prior").
+`convert_checkpoint` writes a diffusers folder (config.json + diffusion_pytorch_model.safetensors) plus
+our card `model.json` (task "fusion-prior"); its command line is `python -m training convert-guided-diffusion`.
 """
 from __future__ import annotations
 
@@ -461,32 +461,3 @@ def convert_checkpoint(checkpoint_path: str | Path, output_dir: str | Path, cfg_
         model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "model.json").write_text(card.to_json(), encoding="utf-8")
     return Path(output_dir)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="guided-diffusion .pt state dict "
-                        "(e.g. 256x256_diffusion_uncond.pt); loaded with weights_only=True")
-    parser.add_argument("output", metavar="OUT", help="new or empty folder for the diffusers model + model.json")
-    parser.add_argument("--num-head-channels", type=int, default=None,
-                        help="channels per attention head, -1 to use --num-heads (default 64)")
-    parser.add_argument("--num-heads", type=int, default=None,
-                        help="heads per attention layer when --num-head-channels is -1 (default 4)")
-    parser.add_argument("--image-size", type=int, default=None, help="training image size (default 256)")
-    parser.add_argument("--new-attention-order", action="store_true",
-                        help="the checkpoint was trained with use_new_attention_order=True (default: legacy)")
-    parser.add_argument("--name", default="", help="model name for the card (default: the file name)")
-
-
-def main(args) -> None:
-    from core.raster import RasterError
-
-    overrides = {key: value for key, value in (("num_head_channels", args.num_head_channels),
-                                               ("num_heads", args.num_heads),
-                                               ("image_size", args.image_size)) if value is not None}
-    if getattr(args, "new_attention_order", False):
-        overrides["use_new_attention_order"] = True
-    try:
-        out = convert_checkpoint(args.checkpoint, args.output, overrides, args.name)
-    except (ConversionError, RasterError) as exc:
-        raise SystemExit(f"convert-guided-diffusion: {exc}") from exc
-    print(f"model written to {out}")

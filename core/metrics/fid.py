@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from core.checkpoint import load_card, load_into
-from core.segmentation.model import build_segmenter
+from core.checkpoint import ModelCard
 
 FEATURE_STAGES = (-3, -2)   # mid-level stages: enough to see texture and layout, few dimensions
 
@@ -29,13 +28,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class SegmenterFeatures:
-    """Pooled encoder features of a segmentation model, fed raw images normalised as its card says."""
+    """Pooled encoder features of a segmentation model, fed raw images normalised as its card says.
 
-    def __init__(self, model_dir: str, device: torch.device | str = "cpu"):
-        self.card = load_card(model_dir, task="segmentation")
+    The caller loads the model (core.segmentation.model.load_segmenter): metrics sit below the methods.
+    """
+
+    def __init__(self, segmenter: torch.nn.Module, card: ModelCard, device: torch.device | str = "cpu"):
+        self.card = card
         self.device = torch.device(device)
-        model = load_into(build_segmenter(self.card.architecture), model_dir)
-        self.encoder = model.encoder.to(self.device).eval()
+        self.encoder = segmenter.encoder.to(self.device).eval()
         self.mean = torch.tensor(self.card.normalization.mean)[:, None, None]
         self.std = torch.tensor(self.card.normalization.std)[:, None, None]
 

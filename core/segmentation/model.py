@@ -7,6 +7,8 @@ from typing import Any
 import segmentation_models_pytorch as smp
 import torch
 
+from core.checkpoint import ModelCard, load_card, load_into
+
 ARCHITECTURES = ("FPN", "Unet", "UnetPlusPlus", "DeepLabV3Plus")
 # Small enough to ship (~8 MB) and to train on a CPU in minutes.
 STARTER_ARCHITECTURE = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_100",
@@ -21,6 +23,12 @@ def build_segmenter(architecture: dict[str, Any]) -> torch.nn.Module:
     return smp.create_model(arch, encoder_name=architecture["encoder"], encoder_weights=None,
                             in_channels=architecture["in_channels"], classes=architecture["classes"],
                             **architecture.get("decoder", {}))
+
+
+def load_segmenter(model_dir: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
+    """A trained segmentation model and its card, e.g. for the proxy-FID features (core.metrics.fid)."""
+    card = load_card(model_dir, task="segmentation")
+    return load_into(build_segmenter(card.architecture), model_dir), card
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:

@@ -9,7 +9,7 @@ from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingPa
 from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm, gpkg_path
 
-INPUT_KINDS = ("auto", "linear", "db", "amplitude")   # core.oilspill.scaling.INPUT_KINDS, without importing numpy
+INPUT_KINDS = ("auto", "linear", "db", "amplitude")   # core.data.sar_scaling.INPUT_KINDS, without importing numpy
 
 
 class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
