@@ -16,3 +16,8 @@ DEVICE_CHOICES = ("auto", "cuda", "cpu")
 
 def starter_model_dir(task: str) -> Path:
     return STARTER_MODELS_DIR / STARTER_MODELS[task]
+
+
+def resolve_model_dir(model_dir: str, task: str) -> str:
+    """The model folder the user chose, or the task's shipped starter model when they chose none."""
+    return model_dir or str(starter_model_dir(task))

@@ -476,7 +476,7 @@ def oilspill_pipeline(workdir: Path) -> dict[str, np.ndarray]:
     from core.data.sar import SAR_BANDS, SAR_CLASSES
     from core.oilspill.pipeline import OilSpillParams, detect_oil_spills
     from core.oilspill.saross import TASK, architecture_for, build_saross
-    from core.oilspill.scaling import SarScaling
+    from core.data.sar_scaling import SarScaling
     architecture = architecture_for("small", len(SAR_CLASSES))
     torch.manual_seed(28)
     model = build_saross(architecture)

@@ -162,9 +162,9 @@ def test_cancel_leaves_no_output_files(tmp_path, refiner):
 def test_outputs_must_not_overwrite_inputs(tmp_path, refiner):
     image, classes = write_inputs(tmp_path)
     original = classes.read_bytes()
-    with pytest.raises(RasterError, match="is an input raster"):
+    with pytest.raises(RasterError, match="is the input layer"):
         refine_raster(params(image, classes, classes, refiner))
-    with pytest.raises(RasterError, match="is an input raster"):
+    with pytest.raises(RasterError, match="is the input layer"):
         refine_raster(params(image, classes, tmp_path / "r.tif", refiner, uncertainty_path=str(image)))
     assert classes.read_bytes() == original
 

@@ -97,7 +97,7 @@ def test_raster_without_crs_is_segmented_with_a_warning(tmp_path, starter_model)
 
 def test_output_must_not_overwrite_input(tmp_path, scene_raster, starter_model):
     original = scene_raster.read_bytes()
-    with pytest.raises(RasterError, match="is the input raster"):
+    with pytest.raises(RasterError, match="is the input layer"):
         segment_raster(SegmentParams(str(scene_raster), str(scene_raster)))
     assert scene_raster.read_bytes() == original
 

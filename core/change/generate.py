@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.catalog import starter_model_dir
+from core.catalog import resolve_model_dir
 from core.change.rdfmig import TASK, ChangeTriplets, load_rdfmig
 from core.data.generated import check_generation, to_raw, write_generated_folder
 from core.device import describe_device, resolve_device
@@ -37,7 +37,7 @@ class ChangeSynthesisParams:
     device: str = "auto"
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(TASK))
+        return resolve_model_dir(self.model_dir, TASK)
 
 
 @dataclass

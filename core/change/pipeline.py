@@ -18,19 +18,19 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from core.catalog import starter_model_dir
+from core.catalog import resolve_model_dir
 from core.change.fcsiam import MULTIPLE, TASK, build_changedet
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
+from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, staged_outputs
 from core.progress import Progress, SubProgress
-from core.raster import (GeoTiffWriter, RasterError, RasterInfo, check_bands, co_registered, open_raster,
-                         pixel_area_km2, raster_info, read_window, resampled_onto)
+from core.raster import (GeoTiffWriter, RasterInfo, check_bands, co_registered, open_raster, pixel_area_km2,
+                         raster_info, read_window, resampled_onto)
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygon_totals, polygonize
 
 CHANGE, NO_CHANGE = 1, 0
 CHANGE_NODATA = 255
-PROBABILITY_NODATA = -1.0
 
 
 @dataclass
@@ -52,7 +52,7 @@ class ChangeParams:
     name_b: str = ""
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(TASK))
+        return resolve_model_dir(self.model_dir, TASK)
 
 
 @dataclass
@@ -82,7 +82,9 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
     started = time.perf_counter()
     name_a = params.name_a or Path(params.input_a_path).name
     name_b = params.name_b or Path(params.input_b_path).name
-    _check_outputs(params, name_a, name_b)
+    outputs = [Output(params.output_path, "change raster"), Output(params.polygons_path, "change polygons", True),
+               Output(params.probability_path, "change probability raster")]
+    check_outputs(outputs, {params.input_a_path: name_a, params.input_b_path: name_b})
     model, card = load_changedet(params.resolved_model_dir())
     a_info, b_info = raster_info(params.input_a_path), raster_info(params.input_b_path)
     bands_a = _bands(a_info, params.bands_a, card, name_a, progress)
@@ -111,19 +113,15 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
             b_src = stack.enter_context(resampled_onto(b_src, a_src))
             progress.warning(f"Layer '{name_b}' is on another grid than '{name_a}': resampled (bilinear) onto the "
                              f"grid of '{name_a}'.")
-        try:
-            changed = _write_rasters(params, card, a_info, a_src, b_src, bands_a, bands_b, grid, runner,
-                                     SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
-            polygons, area_km2 = 0, changed * pixel_area_km2(a_info)
-            if params.polygons_path:
-                polygonize(params.output_path, params.polygons_path, card.classes, only_values=[CHANGE],
-                           progress=SubProgress(progress, 0.9, 1.0))
-                polygons, area_km2 = polygon_totals(params.polygons_path)
-        except BaseException:
-            for out in (params.output_path, params.polygons_path, params.probability_path):
-                if out:
-                    Path(out).unlink(missing_ok=True)   # a failed or cancelled run leaves no half set of outputs
-            raise
+        staged = stack.enter_context(staged_outputs(outputs))
+        changed = _write_rasters(params, staged[params.output_path], staged[params.probability_path], card, a_info,
+                                 a_src, b_src, bands_a, bands_b, grid, runner,
+                                 SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
+        polygons, area_km2 = 0, changed * pixel_area_km2(a_info)
+        if params.polygons_path:
+            polygonize(staged[params.output_path], staged[params.polygons_path], card.classes, only_values=[CHANGE],
+                       progress=SubProgress(progress, 0.9, 1.0))
+            polygons, area_km2 = polygon_totals(staged[params.polygons_path])
     seconds = time.perf_counter() - started
     progress.info(f"{changed} changed pixels" + (f", {polygons} change polygon(s) ({area_km2:.4f} km²)"
                                                  if params.polygons_path else "") + f"; done in {seconds:.1f} s.")
@@ -157,7 +155,7 @@ def run_change_tiles(runner: BatchRunner, card: ModelCard, a_src, b_src, bands_a
     run_tiles(grid, 2, read_tile, predict, write_block, batch_size, progress)
 
 
-def _write_rasters(params, card, info: RasterInfo, a_src, b_src, bands_a, bands_b, grid, runner, progress) -> int:
+def _write_rasters(params, change_path, probability_path, card, info: RasterInfo, a_src, b_src, bands_a, bands_b, grid, runner, progress) -> int:
     common = dict(width=info.width, height=info.height, crs_wkt=info.crs_wkt, transform=info.transform)
     changed = 0
 
@@ -172,12 +170,12 @@ def _write_rasters(params, card, info: RasterInfo, a_src, b_src, bands_a, bands_
 
     with contextlib.ExitStack() as stack:
         change_out = stack.enter_context(GeoTiffWriter(
-            params.output_path, count=1, dtype="uint8", nodata=CHANGE_NODATA, colormap=card.colormap,
+            change_path, count=1, dtype="uint8", nodata=CHANGE_NODATA, colormap=card.colormap,
             band_names=["change"], **common))
         probability_out = None
-        if params.probability_path:
+        if probability_path:
             probability_out = stack.enter_context(GeoTiffWriter(
-                params.probability_path, count=1, dtype="float32", nodata=PROBABILITY_NODATA,
+                probability_path, count=1, dtype="float32", nodata=PROBABILITY_NODATA,
                 band_names=["change probability"], **common))
         run_change_tiles(runner, card, a_src, b_src, bands_a, bands_b, grid, params.batch_size, write_block, progress)
     return changed
@@ -191,16 +189,3 @@ def _bands(info: RasterInfo, bands, card: ModelCard, name: str, progress: Progre
                       f"{', '.join(card.bands)}.")
     return chosen
 
-
-def _check_outputs(params: ChangeParams, name_a: str, name_b: str) -> None:
-    inputs = {Path(params.input_a_path).resolve(): name_a, Path(params.input_b_path).resolve(): name_b}
-    outputs = [out for out in (params.output_path, params.polygons_path, params.probability_path) if out]
-    for out in outputs:
-        if Path(out).resolve() in inputs:
-            raise RasterError(f"Output '{out}' is the input layer '{inputs[Path(out).resolve()]}'; choose another "
-                              "file name.")
-    if len({Path(out).resolve() for out in outputs}) < len(outputs):
-        raise ValueError("The change raster, probability raster and polygons need different file names.")
-    if params.polygons_path and not params.polygons_path.lower().endswith(".gpkg"):
-        raise ValueError(f"Change polygons are written as a GeoPackage: use a .gpkg file name, not "
-                         f"'{params.polygons_path}'.")

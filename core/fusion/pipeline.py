@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from core.catalog import starter_model_dir
+from core.catalog import resolve_model_dir
 from core.data.images import to_unit, unit_range
 from core.device import describe_device, resolve_device
 from core.fusion.prior import TASK, FusionPrior, load_prior
 from core.fusion.sampler import (FusionSettings, dig_levels, fuse, prior_evaluations, rgb_to_ycbcr, timesteps_for,
                                  ycbcr_to_rgb)
+from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, staged_outputs
 from core.progress import Progress, SubProgress
 from core.raster import (GeoTiffWriter, RasterError, co_registered, open_raster, raster_info, read_window,
                          resampled_onto)
@@ -56,7 +57,7 @@ class FusionParams:
     visible_name: str = ""
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(TASK))
+        return resolve_model_dir(self.model_dir, TASK)
 
 
 @dataclass
@@ -87,7 +88,8 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
     settings.validate()
     ir_name = params.infrared_name or Path(params.infrared_path).name
     vis_name = params.visible_name or Path(params.visible_path).name
-    _check_outputs(params, ir_name, vis_name)
+    outputs = [Output(params.output_path, "fused raster"), Output(params.weights_path, "weights raster")]
+    check_outputs(outputs, {params.infrared_path: ir_name, params.visible_path: vis_name})
     prior = load_prior(params.resolved_model_dir())
     progress.info(f"Prior: {prior.describe()}.")
     vis, ir = raster_info(params.visible_path), raster_info(params.infrared_path)
@@ -128,14 +130,9 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
         vis_bands = [1, 2, 3] if colour else [1]
         weight_sums = np.zeros(recomputes)
         totals = {"forwards": Counter(), "seconds": dict.fromkeys(("prior", "dig", "em"), 0.0)}
-        try:
-            valid_pixels = _run_tiles(params, prior, device, vis_src, ir_src, vis_bands, grid, recomputes,
-                                      weight_sums, totals, progress)
-        except BaseException:
-            for out in (params.output_path, params.weights_path):
-                if out:
-                    Path(out).unlink(missing_ok=True)     # a failed or cancelled run leaves no half set of outputs
-            raise
+        staged = stack.enter_context(staged_outputs(outputs))
+        valid_pixels = _run_tiles(params, staged[params.output_path], staged[params.weights_path], prior, device,
+                                  vis_src, ir_src, vis_bands, grid, recomputes, weight_sums, totals, progress)
     seconds = time.perf_counter() - started
     parts = dict(totals["seconds"], io=seconds - sum(totals["seconds"].values()))
     progress.info(f"Fused in {seconds:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + ").")
@@ -146,16 +143,8 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
                         dict(sorted(totals["forwards"].items())), parts, vis.width * vis.height)
 
 
-def _check_outputs(params: FusionParams, ir_name: str, vis_name: str) -> None:
-    inputs = {Path(params.infrared_path).resolve(): ir_name, Path(params.visible_path).resolve(): vis_name}
-    for out in (params.output_path, params.weights_path):
-        if out and Path(out).resolve() in inputs:
-            raise RasterError(f"Output '{out}' is the input layer '{inputs[Path(out).resolve()]}'; choose another "
-                              "file name.")
-
-
-def _run_tiles(params, prior: FusionPrior, device, vis_src, ir_src, vis_bands, grid, recomputes, weight_sums,
-               totals, progress) -> int:
+def _run_tiles(params, output_path, weights_path, prior: FusionPrior, device, vis_src, ir_src, vis_bands, grid,
+               recomputes, weight_sums, totals, progress) -> int:
     settings = params.settings
     vis_range = unit_range(vis_src, vis_bands)
     ir_range = unit_range(ir_src, [params.infrared_band])
@@ -207,19 +196,19 @@ def _run_tiles(params, prior: FusionPrior, device, vis_src, ir_src, vis_bands, g
             weights = block[-recomputes:]
             weight_sums[:] += (weights * valid).sum(axis=(1, 2))
             if weights_out is not None:
-                weights_out.write(np.where(valid, weights, -1.0), row=row, col=col)
+                weights_out.write(np.where(valid, weights, PROBABILITY_NODATA), row=row, col=col)
 
     common = dict(width=grid.width, height=grid.height, crs_wkt=vis_src.crs.to_wkt() if vis_src.crs else None,
                   transform=tuple(vis_src.transform)[:6])
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(GeoTiffWriter(
-            params.output_path, count=len(vis_bands), dtype=out_dtype, nodata=nodata,
+            output_path, count=len(vis_bands), dtype=out_dtype, nodata=nodata,
             band_names=["fused red", "fused green", "fused blue"] if colour else ["fused"], **common))
         weights_out = None
-        if params.weights_path:
+        if weights_path:
             steps = [i for i in range(0, settings.steps, settings.dig_interval)]
             weights_out = stack.enter_context(GeoTiffWriter(
-                params.weights_path, count=recomputes, dtype="float32", nodata=-1.0,
+                weights_path, count=recomputes, dtype="float32", nodata=PROBABILITY_NODATA,
                 band_names=[f"infrared weight from step {i} (t={times[i]})" for i in steps], **common))
         channels = (3 if colour else 1) + recomputes
         run_tiles(grid, channels, read_tile, predict, write_block, params.batch_size, progress)

@@ -1,6 +1,6 @@
 """detect_oil_spills: a SAR scene of any size -> class raster + oil-slick polygons (SAROSS-Net).
 
-The scene's stretch (input kind, dB conversion, percentile clip; see core.oilspill.scaling) is
+The scene's stretch (input kind, dB conversion, percentile clip; see core.data.sar_scaling) is
 fitted once on a decimated read, then tiles are read window by window, segmented in batches and
 blended as class probabilities by core.tiling.run_tiles. Pixels inside the optional land-mask
 polygons get the land class (or the background class when the model has none) and an oil
@@ -9,7 +9,6 @@ probability of zero. Oil pixels become polygons with their area and mean oil pro
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,20 +20,19 @@ from rasterio.windows import Window
 from shapely.geometry import box, mapping
 from shapely.strtree import STRtree
 
-from core.catalog import starter_model_dir
+from core.catalog import resolve_model_dir
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
+from core.data.sar_scaling import INPUT_KINDS, SarScaling, fit_scene_scaler
 from core.oilspill.saross import TASK, build_saross
-from core.oilspill.scaling import INPUT_KINDS, SarScaling, fit_scene_scaler
+from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, class_raster_dtype, staged_outputs
 from core.progress import Progress, SubProgress
 from core.raster import GeoTiffWriter, RasterError, open_raster, pixel_area_km2, raster_info, read_window
-from core.segmentation.pipeline import class_raster_dtype
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygon_totals, polygonize, read_polygons_in_crs
 
 OIL_CLASS = "oil"
 LAND_CLASS = "land"
-PROBABILITY_NODATA = -1.0
 
 
 @dataclass
@@ -44,7 +42,7 @@ class OilSpillParams:
     output_path: str                    # class raster
     model_dir: str = ""                 # empty: the shipped starter model
     band: int = 1                       # the SAR band (e.g. VV) to read
-    input_kind: str = "auto"            # auto | linear | db | amplitude (see core.oilspill.scaling)
+    input_kind: str = "auto"            # auto | linear | db | amplitude (see core.data.sar_scaling)
     land_mask_path: str = ""            # optional polygons (any OGR format) of land to exclude
     land_mask_layer: str = ""           # layer name inside a multi-layer file
     polygons_path: str = ""             # optional GeoPackage of oil-slick polygons
@@ -56,7 +54,7 @@ class OilSpillParams:
     layer_name: str = ""                # how the user knows the input, for messages
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(TASK))
+        return resolve_model_dir(self.model_dir, TASK)
 
 
 @dataclass
@@ -86,7 +84,11 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
     progress = progress or Progress()
     started = time.perf_counter()
     name = params.layer_name or Path(params.input_path).name
-    _check(params, name)
+    if params.input_kind not in INPUT_KINDS:
+        raise ValueError(f"Unknown SAR input kind '{params.input_kind}'; choose one of {', '.join(INPUT_KINDS)}.")
+    outputs = [Output(params.output_path, "class raster"), Output(params.polygons_path, "oil-slick polygons", True),
+               Output(params.probability_path, "oil probability raster")]
+    check_outputs(outputs, {params.input_path: name})
     model, card = load_saross(params.resolved_model_dir())
     info = raster_info(params.input_path)
     if not 1 <= params.band <= info.count:
@@ -106,27 +108,18 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
                   f"{len(grid)} tiles of {tile} px; {scaler.describe()}) with '{card.name}' on "
                   f"{describe_device(device)}.")
 
-    with contextlib.ExitStack() as stack:
-        probability_path = params.probability_path
+    with staged_outputs(outputs) as staged:
+        class_path, probability_path = staged[params.output_path], staged[params.probability_path]
         if params.polygons_path and not probability_path:   # the polygons' mean probability needs it
-            Path(params.output_path).parent.mkdir(parents=True, exist_ok=True)   # a new output folder is fine
-            folder = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="oil_", dir=Path(params.output_path).parent))
-            probability_path = str(Path(folder) / "oil_probability.tif")
-        try:
-            oil_pixels = _run_tiles(params, probability_path, card, info, scaler, land, grid, runner,
-                                    SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
-            slicks, area_km2 = 0, oil_pixels * pixel_area_km2(info)
-            if params.polygons_path:
-                oil = [c.value for c in card.classes if c.name == OIL_CLASS]
-                polygonize(params.output_path, params.polygons_path, card.classes, only_values=oil,
-                           mean_of={"mean_oil_prob": probability_path}, progress=SubProgress(progress, 0.9, 1.0))
-                slicks, area_km2 = polygon_totals(params.polygons_path)
-        except BaseException:
-            for out in (params.output_path, params.polygons_path, params.probability_path):
-                if out:
-                    Path(out).unlink(missing_ok=True)   # a failed or cancelled run leaves no half set of outputs
-            raise
+            probability_path = staged.scratch("oil_probability.tif")
+        oil_pixels = _run_tiles(params, class_path, probability_path, card, info, scaler, land, grid, runner,
+                                SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
+        slicks, area_km2 = 0, oil_pixels * pixel_area_km2(info)
+        if params.polygons_path:
+            oil = [c.value for c in card.classes if c.name == OIL_CLASS]
+            polygonize(class_path, staged[params.polygons_path], card.classes, only_values=oil,
+                       mean_of={"mean_oil_prob": probability_path}, progress=SubProgress(progress, 0.9, 1.0))
+            slicks, area_km2 = polygon_totals(staged[params.polygons_path])
     seconds = time.perf_counter() - started
     progress.info(f"{oil_pixels} oil pixels" + (f", {slicks} slick polygon(s) ({area_km2:.3f} km²)"
                                                 if params.polygons_path else "") + f"; done in {seconds:.1f} s.")
@@ -134,18 +127,6 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
     return OilSpillResult(params.output_path, params.polygons_path, params.probability_path,
                           [asdict(c) for c in card.classes], describe_device(runner.device), seconds, len(grid),
                           scaler.describe(), oil_pixels, area_km2, slicks)
-
-
-def _check(params: OilSpillParams, name: str) -> None:
-    if params.input_kind not in INPUT_KINDS:
-        raise ValueError(f"Unknown SAR input kind '{params.input_kind}'; choose one of {', '.join(INPUT_KINDS)}.")
-    inp = Path(params.input_path).resolve()
-    for out in (params.output_path, params.polygons_path, params.probability_path):
-        if out and Path(out).resolve() == inp:
-            raise RasterError(f"Output '{out}' is the input layer '{name}'; choose another file name.")
-    if params.polygons_path and not params.polygons_path.lower().endswith(".gpkg"):
-        raise ValueError(f"Oil-slick polygons are written as a GeoPackage: use a .gpkg file name, "
-                         f"not '{params.polygons_path}'.")
 
 
 def _land_polygons(params: OilSpillParams, crs_wkt: str | None, progress: Progress) -> STRtree | None:
@@ -167,7 +148,7 @@ def _land_in_window(land: STRtree | None, src, row: int, col: int, height: int, 
     return rasterio.features.geometry_mask([mapping(g) for g in hits], (height, width), transform, invert=True)
 
 
-def _run_tiles(params, probability_path, card, info, scaler, land, grid, runner, progress) -> int:
+def _run_tiles(params, class_path, probability_path, card, info, scaler, land, grid, runner, progress) -> int:
     dtype, nodata = class_raster_dtype(card)
     values = np.asarray([c.value for c in card.classes], dtype=dtype)
     names = [c.name for c in card.classes]
@@ -200,7 +181,7 @@ def _run_tiles(params, probability_path, card, info, scaler, land, grid, runner,
 
     with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
         classes_out = stack.enter_context(GeoTiffWriter(
-            params.output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap, band_names=["class"],
+            class_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap, band_names=["class"],
             **common))
         probability_out = None
         if probability_path:

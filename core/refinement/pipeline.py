@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from core.catalog import starter_model_dir
+from core.catalog import resolve_model_dir
 from core.checkpoint import ModelCard, load_card
 from core.device import BatchRunner, describe_device, resolve_device
+from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, staged_outputs
 from core.progress import Progress, SubProgress
 from core.raster import GeoTiffWriter, RasterError, RasterInfo, check_bands, open_raster, raster_info, read_window
 from core.refinement.model import GUIDANCE_SCALE, SAMPLING_STEPS, TASK, load_refiner, refine, scale_image
 from core.tiling import Tile, TileGrid, pad_tile, run_tiles
 
-UNCERTAINTY_NODATA = -1.0
 UNCERTAINTY_BANDS = ["entropy", "disagreement"]
 SCAN_PIXELS = 1 << 22   # pixels per read while scanning the classification for its values
 
@@ -56,7 +56,7 @@ class RefineParams:
     classification_layer_name: str = ""
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(TASK))
+        return resolve_model_dir(self.model_dir, TASK)
 
 
 @dataclass
@@ -94,12 +94,13 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
     started = time.perf_counter()
     if params.samples < 1:
         raise ValueError(f"The number of samples must be at least 1; got {params.samples}.")
+    image_name = params.image_layer_name or Path(params.image_path).name
+    class_name = params.classification_layer_name or Path(params.classification_path).name
+    outputs = [Output(params.output_path, "refined raster"), Output(params.uncertainty_path, "uncertainty raster")]
+    check_outputs(outputs, {params.image_path: image_name, params.classification_path: class_name})
     model_dir = params.resolved_model_dir()
     card = load_card(model_dir, task=TASK)
     image_info, class_info = raster_info(params.image_path), raster_info(params.classification_path)
-    image_name = params.image_layer_name or Path(params.image_path).name
-    class_name = params.classification_layer_name or Path(params.classification_path).name
-    _check_paths(params)
     _check_same_grid(image_info, class_info, image_name, class_name, progress)
     bands = check_bands(image_info, params.bands, card.bands, image_name)
     found = _distinct_values(params.classification_path, class_name, progress)
@@ -123,8 +124,10 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
                   f"{len(grid)} tiles of {tile} px, {params.samples} sample(s) of {steps} steps, guidance "
                   f"{guidance_scale:g}) with '{card.name}' on {describe_device(device)}.")
 
-    changed_fraction = _refine_tiles(params, card, mapping, class_info, nodata, bands, grid, runner,
-                                     steps, guidance_scale, progress)
+    with staged_outputs(outputs) as staged:
+        changed_fraction = _refine_tiles(params, staged[params.output_path], staged[params.uncertainty_path], card,
+                                         mapping, class_info, nodata, bands, grid, runner, steps, guidance_scale,
+                                         progress)
     seconds = time.perf_counter() - started
     progress.info(f"Done in {seconds:.1f} s on {runner.device.type}: the class of {100 * changed_fraction:.1f}% "
                   "of the pixels changed.")
@@ -151,17 +154,6 @@ def parse_value_map(text: str) -> dict[int, int] | None:
 
 
 # --- checks, all before the model runs or anything is written ----------------------------------------
-def _check_paths(params: RefineParams) -> None:
-    inputs = {Path(params.image_path).resolve(), Path(params.classification_path).resolve()}
-    outputs = [out for out in (params.output_path, params.uncertainty_path) if out]
-    for out in outputs:
-        if Path(out).resolve() in inputs:
-            raise RasterError(f"Output '{out}' is an input raster; choose another file name.")
-    if len(outputs) == 2 and Path(outputs[0]).resolve() == Path(outputs[1]).resolve():
-        raise RasterError(f"The refined raster and the uncertainty raster are both '{outputs[0]}'; "
-                          "choose two file names.")
-
-
 def _check_same_grid(image: RasterInfo, classification: RasterInfo, image_name: str, class_name: str,
                      progress: Progress) -> None:
     """Pixels are matched by position, so both rasters must have the same size."""
@@ -242,16 +234,16 @@ def _output_nodata(info: RasterInfo, found: list[int], name: str, progress: Prog
 
 
 # --- the tile loop -------------------------------------------------------------------------------------
-def _refine_tiles(params: RefineParams, card: ModelCard, mapping: ClassMapping, info: RasterInfo, nodata: float,
-                  bands: list[int], grid: TileGrid, runner: BatchRunner, steps: int, guidance_scale: float,
-                  progress: Progress) -> float:
+def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str, card: ModelCard,
+                  mapping: ClassMapping, info: RasterInfo, nodata: float, bands: list[int], grid: TileGrid,
+                  runner: BatchRunner, steps: int, guidance_scale: float, progress: Progress) -> float:
     """Refine and write every tile; returns the share of valid pixels whose class changed.
 
     Blended channels: the mean class probabilities of the samples (K) and, for the uncertainty raster,
     each class's share of the samples' argmaxes (K).
     """
     n_classes, samples = len(card.classes), params.samples
-    with_votes = bool(params.uncertainty_path)
+    with_votes = bool(uncertainty_path)
     common = dict(width=info.width, height=info.height, crs_wkt=info.crs_wkt, transform=info.transform)
     counts = {"valid": 0, "changed": 0}
 
@@ -300,18 +292,18 @@ def _refine_tiles(params: RefineParams, card: ModelCard, mapping: ClassMapping, 
             entropy = np.clip(-(p * np.log(p)).sum(axis=0) / math.log(n_classes), 0.0, 1.0)
             agreement = np.take_along_axis(block[n_classes:], best[None], axis=0)[0]
             bands_out = np.stack([entropy, np.clip(1.0 - agreement, 0.0, 1.0)])
-            uncertainty_out.write(np.where(valid, bands_out, UNCERTAINTY_NODATA), row=row, col=col)
+            uncertainty_out.write(np.where(valid, bands_out, PROBABILITY_NODATA), row=row, col=col)
 
     with contextlib.ExitStack() as stack:
         image_src = stack.enter_context(open_raster(params.image_path))
         class_src = stack.enter_context(open_raster(params.classification_path))   # read by the reader thread
         class_check_src = stack.enter_context(open_raster(params.classification_path))  # by this thread
         class_out = stack.enter_context(GeoTiffWriter(
-            params.output_path, count=1, dtype=info.dtype, nodata=nodata, colormap=_colormap(class_src),
+            output_path, count=1, dtype=info.dtype, nodata=nodata, colormap=_colormap(class_src),
             band_names=["class"], **common))
         if with_votes:
             uncertainty_out = stack.enter_context(GeoTiffWriter(
-                params.uncertainty_path, count=2, dtype="float32", nodata=UNCERTAINTY_NODATA,
+                uncertainty_path, count=2, dtype="float32", nodata=PROBABILITY_NODATA,
                 band_names=UNCERTAINTY_BANDS, **common))
         channels = 2 * n_classes if with_votes else n_classes
         run_tiles(grid, channels, read_tile, predict, write_block, params.batch_size, progress)

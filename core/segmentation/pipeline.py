@@ -14,17 +14,17 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from core.catalog import starter_model_dir
-from core.checkpoint import ModelCard, load_card, load_into
+from core.catalog import resolve_model_dir
+from core.checkpoint import load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
+from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, class_raster_dtype, staged_outputs
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, RasterError, check_bands, open_raster, raster_info, read_window
+from core.raster import GeoTiffWriter, check_bands, open_raster, raster_info, read_window
 from core.segmentation.model import build_segmenter
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygonize
 
 TASK = "segmentation"
-PROBABILITY_NODATA = -1.0
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SegmentParams:
     layer_name: str = ""                # how the user knows the input, for messages
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(TASK))
+        return resolve_model_dir(self.model_dir, TASK)
 
 
 @dataclass
@@ -60,16 +60,19 @@ class SegmentResult:
 def segment_raster(params: SegmentParams, progress: Progress | None = None) -> SegmentResult:
     progress = progress or Progress()
     started = time.perf_counter()
-    card = load_card(params.resolved_model_dir(), task=TASK)
-    info = raster_info(params.input_path)
     name = params.layer_name or Path(params.input_path).name
+    outputs = [Output(params.output_path, "class raster"), Output(params.probabilities_path, "probability raster"),
+               Output(params.polygons_path, "polygons", polygons=True)]
+    check_outputs(outputs, {params.input_path: name})
+    model_dir = params.resolved_model_dir()
+    card = load_card(model_dir, task=TASK)
+    info = raster_info(params.input_path)
     bands = check_bands(info, params.bands, card.bands, name)
-    _check_outputs(params)
     if info.crs_wkt is None:
         progress.warning(f"Layer '{name}' has no coordinate reference system: outputs will have none "
                          "either, and polygon areas will be in pixel units.")
 
-    model = load_into(build_segmenter(card.architecture), params.resolved_model_dir())
+    model = load_into(build_segmenter(card.architecture), model_dir)
     device = resolve_device(params.device)
     runner = BatchRunner(model, device, progress)
     tile = params.tile_size or card.tile_size
@@ -77,15 +80,12 @@ def segment_raster(params: SegmentParams, progress: Progress | None = None) -> S
     progress.info(f"Segmenting '{name}' ({info.width} x {info.height} px, {len(grid)} tiles of {tile} px) "
                   f"with '{card.name}' on {describe_device(device)}.")
 
-    raster_progress = SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0)
-    _run_tiles(params, card, info, bands, grid, runner, raster_progress)
-    if params.polygons_path:
-        try:
-            polygonize(params.output_path, params.polygons_path, card.classes,
+    with staged_outputs(outputs) as staged:
+        _run_tiles(params, staged[params.output_path], staged[params.probabilities_path], card, info, bands, grid,
+                   runner, SubProgress(progress, 0.0, 0.9 if params.polygons_path else 1.0))
+        if params.polygons_path:
+            polygonize(staged[params.output_path], staged[params.polygons_path], card.classes,
                        progress=SubProgress(progress, 0.9, 1.0))
-        except BaseException:
-            _remove_outputs(params)  # a cancelled run leaves no half set of outputs
-            raise
     seconds = time.perf_counter() - started
     progress.info(f"Done in {seconds:.1f} s on {runner.device.type}.")
     progress.set_fraction(1.0)
@@ -93,26 +93,7 @@ def segment_raster(params: SegmentParams, progress: Progress | None = None) -> S
                          describe_device(runner.device), seconds, len(grid), [asdict(c) for c in card.classes])
 
 
-def _check_outputs(params: SegmentParams) -> None:
-    inp = Path(params.input_path).resolve()
-    for out in (params.output_path, params.probabilities_path, params.polygons_path):
-        if out and Path(out).resolve() == inp:
-            raise RasterError(f"Output '{out}' is the input raster; choose another file name.")
-
-
-def _remove_outputs(params: SegmentParams) -> None:
-    for out in (params.output_path, params.probabilities_path, params.polygons_path):
-        if out:
-            Path(out).unlink(missing_ok=True)
-
-
-def class_raster_dtype(card: ModelCard) -> tuple[str, int]:
-    """Smallest unsigned type holding every class value, and a nodata value outside them."""
-    top = max((c.value for c in card.classes), default=0)
-    return ("uint8", 255) if top < 255 else ("uint16", 65535)
-
-
-def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
+def _run_tiles(params, output_path, probabilities_path, card, info, bands, grid, runner, progress) -> None:
     mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
     dtype, nodata = class_raster_dtype(card)
@@ -139,11 +120,11 @@ def _run_tiles(params, card, info, bands, grid, runner, progress) -> None:
 
     with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
         classes_out = stack.enter_context(GeoTiffWriter(
-            params.output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap,
+            output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap,
             band_names=["class"], **common))
         probs_out = None
-        if params.probabilities_path:
+        if probabilities_path:
             probs_out = stack.enter_context(GeoTiffWriter(
-                params.probabilities_path, count=n_classes, dtype="float32", nodata=PROBABILITY_NODATA,
+                probabilities_path, count=n_classes, dtype="float32", nodata=PROBABILITY_NODATA,
                 band_names=[c.name for c in card.classes], **common))
         run_tiles(grid, n_classes, read_tile, predict, write_block, params.batch_size, progress)

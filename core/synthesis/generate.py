@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.catalog import starter_model_dir
+from core.catalog import resolve_model_dir
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.data.folder import write_class_table
 from core.data.generated import (GeneratedPairs, check_generation, first_pairs, save_pair_grid, to_raw,
@@ -45,10 +45,10 @@ class SynthesisParams:
     device: str = "auto"
 
     def resolved_model_dir(self) -> str:
-        return self.model_dir or str(starter_model_dir(TASK))
+        return resolve_model_dir(self.model_dir, TASK)
 
     def resolved_sr_model_dir(self) -> str:
-        return self.sr_model_dir or str(starter_model_dir(SR_TASK))
+        return resolve_model_dir(self.sr_model_dir, SR_TASK)
 
 
 @dataclass
