@@ -52,7 +52,7 @@ def bench(cfg: argparse.Namespace) -> dict:
             with step(f"RDF-MIG {name} ({joint_steps} steps, {LABEL_NOISE:.0%} corrupted masks)"):
                 model = train_rdfmig(RdfmigTrainConfig(
                     data=str(real), output=str(tmp / name), fcf=str(fcf), representation=representation, loss=loss,
-                    label_noise=LABEL_NOISE, steps=joint_steps, sample_every=0, checkpoint_every=10 ** 6, seed=3,
+                    label_noise=LABEL_NOISE, steps=joint_steps, val_every=0, checkpoint_every=10 ** 6, seed=3,
                     device=cfg.device))
             with step(f"{2 * real_count} triplets from {name} (DDIM-50)"):
                 result = synthesize_change_pairs(ChangeSynthesisParams(

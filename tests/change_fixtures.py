@@ -23,9 +23,9 @@ TINY_CHANGEDET = {"preset": "small", "patch_size": 64, "batch_size": 2, "samples
                   "lr": 3e-3, "val_fraction": 0.0, "val_every": 1000, "checkpoint_every": 1000, "device": "cpu"}
 TINY_FCF = {"patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2, "val_every": 1000,
             "checkpoint_every": 1000, "device": "cpu"}
-# sample_every 0: no preview grid.
+# val_every 0: no preview grid.
 TINY_RDFMIG = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2,
-               "sample_every": 0, "checkpoint_every": 1000, "device": "cpu"}
+               "val_every": 0, "checkpoint_every": 1000, "device": "cpu"}
 PAIR_HEIGHT, PAIR_WIDTH = 72, 96    # not multiples of the detector's 16 px: padded tiles are exercised
 
 

@@ -12,9 +12,9 @@ import pytest
 from core.data.irvis import write_irvis_dataset, write_irvis_pair
 from training.fusion import FusionPriorTrainConfig, train_fusion_prior
 
-# sample_every 0: no preview grid.
+# val_every 0: no preview grid.
 TINY_PRIOR = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2,
-              "sample_every": 0, "checkpoint_every": 1000, "device": "cpu"}
+              "val_every": 0, "checkpoint_every": 1000, "device": "cpu"}
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ CROP_ORIGIN = (400_000.0, 4_200_000.0)   # UTM 34N, the Ionian Sea
 CROP_RESOLUTION = 10.0
 # Four 64 px scenes: the smallest procedural set on which every stage runs (the "small" SAR-JointNet is 64 px).
 TINY_DATA = {"count": 4, "size": 64, "seed": 11}
-# sample_every 0: no DDIM-50 preview grids (about 20 s each on a busy CPU).
-TINY_JOINTNET = {"preset": "small", "batch_size": 2, "samples_per_image": 1, "steps": 1, "sample_every": 0,
+# val_every 0: no DDIM-50 preview grids (about 20 s each on a busy CPU).
+TINY_JOINTNET = {"preset": "small", "batch_size": 2, "samples_per_image": 1, "steps": 1, "val_every": 0,
                  "checkpoint_every": 1000, "device": "cpu"}
 TINY_SAROSS = {"preset": "small", "patch_size": 64, "batch_size": 2, "samples_per_image": 1, "steps": 2,
                "val_fraction": 0.25, "val_every": 1000, "checkpoint_every": 1000, "device": "cpu"}

@@ -77,7 +77,7 @@ def refiner_config(workdir, dataset, embedding_dir, vae_dir, dinov2_file):
     """Two steps with REPA (first step only), a preview grid at step 2; the run directory is workdir/idgbr."""
     config = write_config(workdir / "idgbr.json", data=dataset, output=workdir / "idgbr", embedding=embedding_dir,
                           vae=vae_dir, dinov2=dinov2_file, dinov2_model=TINY_VIT, repa_steps=1, patch_size=32,
-                          batch_size=2, steps=2, sample_every=2, checkpoint_every=2, ema_decay=0.9, device="cpu")
+                          batch_size=2, steps=2, val_every=2, checkpoint_every=2, ema_decay=0.9, device="cpu")
     run(idgbr.add_arguments, idgbr.main, ["--config", config])
     return config
 

@@ -181,14 +181,14 @@ def test_epsilon_trainers_record_mcrd_in_the_card(tmp_path, trainer):
         from training.satsynth import SatSynthTrainConfig, train_satsynth
         data = write_scene_dataset(tmp_path / "data", count=2, size=32, seed=1)
         model = train_satsynth(SatSynthTrainConfig(data=str(data), output=str(tmp_path / "run"), patch_size=32,
-                                                   batch_size=2, samples_per_image=1, steps=1, sample_every=1000,
+                                                   batch_size=2, samples_per_image=1, steps=1, val_every=1000,
                                                    checkpoint_every=1000, device="cpu", loss="mcrd", mcrd_beta=0.5))
     else:
         from core.data.irvis import write_irvis_dataset
         from training.fusion import FusionPriorTrainConfig, train_fusion_prior
         data = write_irvis_dataset(tmp_path / "data", count=1, size=32, seed=1)
         model = train_fusion_prior(FusionPriorTrainConfig(data=str(data), output=str(tmp_path / "run"), patch_size=32,
-                                                          batch_size=2, samples_per_image=1, steps=1, sample_every=0,
+                                                          batch_size=2, samples_per_image=1, steps=1, val_every=0,
                                                           checkpoint_every=1000, device="cpu", loss="mcrd",
                                                           mcrd_beta=0.5))
     card = load_card(model)

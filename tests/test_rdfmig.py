@@ -12,7 +12,7 @@ from core.data.change import ChangePatchDataset, list_change_triplets, write_cha
 from training.fcf import FcfTrainConfig, train_fcf
 from training.rdfmig import NoisyMasks, RdfmigTrainConfig, train_rdfmig
 
-TINY = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2, "sample_every": 0,
+TINY = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2, "val_every": 0,
         "checkpoint_every": 1000, "device": "cpu"}
 
 

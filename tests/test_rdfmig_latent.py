@@ -20,7 +20,7 @@ from training.fcf import FcfTrainConfig, train_fcf
 from training.rdfmig import ChangeVaeTrainConfig, RdfmigTrainConfig, train_change_vae, train_rdfmig
 from training.trainer import stacked
 
-TINY = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2, "sample_every": 0,
+TINY = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2, "val_every": 0,
         "checkpoint_every": 1000, "device": "cpu"}
 
 

@@ -68,7 +68,7 @@ def test_jointnet_three_stages_from_the_command_line(tmp_path, data):
         assert card.extra["sar_scaling"] == {"to_db": True, "clip_percentiles": [1.0, 99.0]}
         assert all(math.isfinite(loss) for loss in losses(runs[stage]))
     assert cards[3].extra["stages"][-1]["lr"] == 1e-5
-    assert not list(runs[1].glob("samples_*.png"))   # sample_every = 0: no DDIM preview grids
+    assert not list(runs[1].glob("samples_*.png"))   # val_every = 0: no DDIM preview grids
 
     weights = {stage: load_file(run / "model" / "model.safetensors") for stage, run in runs.items()}
     sar_net = [k for k in weights[1] if k.startswith("sar_net.")]

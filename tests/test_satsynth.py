@@ -54,7 +54,7 @@ def tiny_run_config(tmp_path, run: str, patch_size: int, steps: int):
     data = write_scene_dataset(tmp_path / "data", count=4, size=32, seed=1)
     config = tmp_path / f"{run}.json"
     config.write_text(json.dumps({"data": str(data), "output": str(tmp_path / run), "patch_size": patch_size,
-                                  "batch_size": 4, "steps": steps, "sample_every": steps,
+                                  "batch_size": 4, "steps": steps, "val_every": steps,
                                   "checkpoint_every": steps}))
     return config
 
@@ -114,7 +114,7 @@ def test_multiband_uint16_data_trains_and_generates_in_its_own_range(tmp_path):
             dst.write(array)
     config = tmp_path / "nir.json"
     config.write_text(json.dumps({"data": str(data), "output": str(tmp_path / "run"), "patch_size": 16,
-                                  "batch_size": 2, "steps": 2, "sample_every": 2, "checkpoint_every": 2}))
+                                  "batch_size": 2, "steps": 2, "val_every": 2, "checkpoint_every": 2}))
     training_main(["satsynth", "--config", str(config)])
     card = load_card(tmp_path / "run" / "model", task="satsynth")
     assert card.bands == ["red", "green", "blue", "nir"] and card.extra["dtype"] == "uint16"

@@ -25,33 +25,25 @@ from core.data.change import CHANGE_CLASSES, MASK_IGNORE, ChangePatchDataset, li
 from core.data.scenes import scene_bands
 from core.metrics.segmentation import change_scores, confusion_matrix
 from core.raster import raster_info
-from training.config import add_run_arguments, load_config
+from training.config import RunConfig, add_run_arguments, load_config
 from training.segment import split_pairs
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.trainer import Trainer, seed_everything
 
 
-@dataclass
-class ChangeDetTrainConfig:
-    data: str                        # real triplets: A/, B/, label/
-    output: str
-    name: str = ""
+@dataclass(kw_only=True)
+class ChangeDetTrainConfig(RunConfig):
+    """`data` holds the real triplets: A/, B/, label/."""
     preset: str = "small"            # small (CPU starters) | paper (16/32/64/128 channels)
     synthetic: str = ""              # optional folder of generated triplets in the same layout
     synthetic_ratio: float = 2.0     # synthetic : real patches in every batch (the paper: synthetic set 2x real)
     eval_data: str = ""              # held-out real triplets; empty: a val_fraction split of `data`
     val_fraction: float = 0.2
     patch_size: int = 128            # training crops; also the inference tile size stored in the card
-    batch_size: int = 8
     samples_per_image: int = 4
     class_weights: list[float] = field(default_factory=lambda: [1.0, 5.0])   # no change, change
     steps: int = 2000
-    lr: float = 1e-3
     val_every: int = 500
     checkpoint_every: int = 500
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 def evaluate_patches(model: torch.nn.Module, loader, device) -> dict[str, float]:
@@ -87,9 +79,7 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
     seed_everything(cfg.seed)   # same config, same initial weights
     model = build_changedet(architecture)
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
-        seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    trainer = Trainer(model, cfg.train_settings())
     use_synthetic = bool(cfg.synthetic) and cfg.synthetic_ratio > 0
     synthetic_note = ""
     if use_synthetic:

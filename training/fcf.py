@@ -20,30 +20,24 @@ from core.checkpoint import ModelCard, Normalization
 from core.data.images import ImagePatchDataset, list_images
 from core.data.scenes import scene_bands
 from core.raster import RasterInfo, raster_info
-from training.config import add_run_arguments, load_config
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.config import RunConfig, add_run_arguments, load_config
+from training.trainer import Trainer, seed_everything
 
 DATE_FOLDERS = ("A", "B")
 VALIDATION_PATCHES = 32
 
 
-@dataclass
-class FcfTrainConfig:
-    data: str                      # a change folder: A/, B/ (and label/, unused here)
-    output: str
-    name: str = ""
+@dataclass(kw_only=True)
+class FcfTrainConfig(RunConfig):
+    """`data` is a change folder: A/, B/ (and label/, unused here)."""
     width: int = 32                # channels of the hidden convolutions
     patch_size: int = 64
     batch_size: int = 16
     samples_per_image: int = 8
     steps: int = 1500
-    lr: float = 1e-3
+    weight_decay: float = 0.0
     code_noise: float = 0.02       # std of the noise added to the 1-channel code in training (decoder robustness)
-    val_every: int = 250
     checkpoint_every: int = 500
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 @dataclass
@@ -95,10 +89,8 @@ def train_fcf(cfg: FcfTrainConfig) -> Path:
     seed_everything(cfg.seed)   # same config, same initial weights
     model = FCF(bands, cfg.width)
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, val_every=cfg.val_every,
-        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
-    loader = trainer.loader(dataset, cfg.batch_size)
+    trainer = Trainer(model, cfg.train_settings())
+    loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
     fixed = validation_patches(dataset, cfg.seed)
 
     def loss_fn(net, batch):

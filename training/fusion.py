@@ -21,31 +21,22 @@ from core.fusion.prior import TASK, architecture_for
 from core.diffusion.losses import diffusion_loss
 from core.diffusion.sampling import denoise
 from core.diffusion.schedules import training_scheduler
-from training.config import add_run_arguments, diffusion_loss_option, load_config
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
+from training.trainer import Trainer, seed_everything
 
 
-@dataclass
-class FusionPriorTrainConfig:
-    data: str
-    output: str
-    name: str = ""
+@dataclass(kw_only=True)
+class FusionPriorTrainConfig(DiffusionLossConfig, RunConfig):
     preset: str = "small"
     patch_size: int = 64
     batch_size: int = 16
     samples_per_image: int = 8
     steps: int = 4000
     lr: float = 4e-4
+    weight_decay: float = 0.0
     ema_decay: float = 0.995
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
-    mcrd_beta: float = 0.0
-    sample_every: int = 1000       # save a grid of prior samples (DDIM-25) this often; 0: never
+    val_every: int = 1000          # save a grid of prior samples (DDIM-25) this often; 0: never
     checkpoint_every: int = 500
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
@@ -55,12 +46,9 @@ def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
     seed_everything(cfg.seed)
     unet = UNet2DModel(**architecture["unet"])
     scheduler = training_scheduler()
-    criterion, loss_entry = diffusion_loss_option(cfg)
+    criterion, loss_entry = cfg.loss_criterion()
     run = Path(cfg.output)
-    trainer = Trainer(unet, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
-        val_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
-        resume=cfg.resume))
+    trainer = Trainer(unet, cfg.train_settings())
     loader = trainer.loader(ImagePatchDataset(images, cfg.patch_size, 3, cfg.samples_per_image), cfg.batch_size,
                             cfg.num_workers)
     card = ModelCard(
@@ -79,7 +67,7 @@ def train_fusion_prior(cfg: FusionPriorTrainConfig) -> Path:
         _save_sample_grid(net, run / f"samples_{trainer.step:06d}.png", cfg.seed)
         return {}
 
-    trainer.fit(loader, loss_fn, sample_grid if cfg.sample_every else None)
+    trainer.fit(loader, loss_fn, sample_grid)
     card.extra["steps"] = trainer.step
     return trainer.export(card)
 

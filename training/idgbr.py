@@ -32,9 +32,9 @@ from core.refinement.embedding import NOISE_STD, LabelEmbedding, embedding_loss,
 from core.refinement.model import (GUIDANCE_SCALE, REPA_WEIGHT, SAMPLING_STEPS, TASK, architecture_for,
                                    build_model, noise_scheduler, refine, training_loss)
 from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
-from training.config import add_run_arguments, diffusion_loss_option, load_config
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
 from training.idgbr_data import TripletPatchDataset, coarse_source, list_triplets
-from training.trainer import Trainer, TrainSettings, seed_everything, stacked
+from training.trainer import Trainer, seed_everything, stacked
 
 log = logging.getLogger("rs_diffusion")
 EMBEDDING_TASK, VAE_TASK = "idgbr-embedding", "idgbr-vae"
@@ -58,20 +58,14 @@ def load_embedding(model_dir: str, classes: list[ClassInfo]) -> LabelEmbedding:
 
 
 # --- stage 1: label embedding -----------------------------------------------------------------------------
-@dataclass
-class EmbeddingTrainConfig:
-    data: str                      # only its classes.json (and bands, for the card) are used
-    output: str
-    name: str = ""
+@dataclass(kw_only=True)
+class EmbeddingTrainConfig(RunConfig):
+    """Only the classes.json (and band names, for the card) of `data` are used."""
     map_size: int = 32
     batch_size: int = 32
     steps: int = 2000
     lr: float = 1e-2
-    val_every: int = 250
     checkpoint_every: int = 500
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 class RandomClassMaps(torch.utils.data.Dataset):
@@ -104,10 +98,9 @@ def train_embedding(cfg: EmbeddingTrainConfig) -> Path:
     seed_everything(cfg.seed)
     embedding = LabelEmbedding(n_classes)
     run = Path(cfg.output)
-    trainer = Trainer(embedding, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
-        seed=cfg.seed, device=cfg.device, resume=cfg.resume))
-    loader = trainer.loader(RandomClassMaps(n_classes, cfg.map_size, cfg.batch_size * 100), cfg.batch_size)
+    trainer = Trainer(embedding, cfg.train_settings())
+    loader = trainer.loader(RandomClassMaps(n_classes, cfg.map_size, cfg.batch_size * 100), cfg.batch_size,
+                            cfg.num_workers)
 
     def validate(net):
         return {"round_trip_accuracy": round_trip_accuracy(net, cfg.map_size),
@@ -125,25 +118,16 @@ def train_embedding(cfg: EmbeddingTrainConfig) -> Path:
 
 
 # --- stage 2: the small VAE -----------------------------------------------------------------------------
-@dataclass
-class VaeTrainConfig:
-    data: str
-    output: str
+@dataclass(kw_only=True)
+class VaeTrainConfig(RunConfig):
+    """`batch_size` counts patches: each adds its image and its embedded mask to the step's batch."""
     embedding: str                 # the idgbr-embed model directory
-    name: str = ""
     patch_size: int = 64
-    batch_size: int = 8            # patches per step; each adds its image and its embedded mask
     samples_per_image: int = 4
     steps: int = 3000
-    lr: float = 1e-3
     kl_weight: float = 1e-4        # on the per-element KL; small: latents stay informative, scale set afterwards
-    ema_decay: float = 0.0
     val_every: int = 500
     checkpoint_every: int = 500
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 def vae_inputs(embedding: LabelEmbedding, image01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -174,9 +158,7 @@ def train_vae(cfg: VaeTrainConfig) -> Path:
     seed_everything(cfg.seed)
     vae = AutoencoderKL.from_config(vae_config)
     run = Path(cfg.output)
-    trainer = Trainer(vae, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
-        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    trainer = Trainer(vae, cfg.train_settings())
     embedding.to(trainer.device)
     dataset = PatchDataset(data.pairs, data.classes, low, span, cfg.patch_size, cfg.samples_per_image, train=True)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
@@ -220,13 +202,11 @@ def _source(model_dir: str) -> str:
 
 
 # --- stage 3: the refinement diffusion model ----------------------------------------------------------------
-@dataclass
-class IdgbrTrainConfig:
-    data: str                      # images/, masks/, coarse/, classes.json
-    output: str
+@dataclass(kw_only=True)
+class IdgbrTrainConfig(DiffusionLossConfig, RunConfig):
+    """`data` holds images/, masks/, coarse/ and classes.json."""
     embedding: str                 # the idgbr-embed model directory
     vae: str = ""                  # small preset: the idgbr-vae model directory
-    name: str = ""
     preset: str = "small"          # "small" | "sd15"
     sd_path: str = ""              # sd15: a local Stable Diffusion 1.5 diffusers folder
     dinov2: str = ""               # optional LOCAL timm DINOv2 weights file for REPA; empty: REPA off
@@ -237,17 +217,11 @@ class IdgbrTrainConfig:
     samples_per_image: int = 4
     steps: int = 5000
     lr: float = 1e-4               # the paper's 1e-5 is for the pretrained sd15 UNet
+    weight_decay: float = 1e-2
     ema_decay: float = 0.999
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
-    mcrd_beta: float = 0.0
-    sample_every: int = 1000       # refine fixed patches into a preview grid this often; 0: never
+    val_every: int = 1000          # refine fixed patches into a preview grid this often; 0: never
     guidance_scale: float = GUIDANCE_SCALE   # CFG weight stored in the card: what previews and users sample with
     checkpoint_every: int = 500
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 class Dinov2Tokens:
@@ -303,16 +277,13 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         log.info("REPA off: no DINOv2 weights file given (`dinov2`).")
     model, architecture = build_refiner(cfg, data.classes, dinov2.dim if dinov2 else None)
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=1e-2, ema_decay=cfg.ema_decay,
-        val_every=max(1, cfg.sample_every), checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
-        device=cfg.device, resume=cfg.resume), parameters=model.diffusion_parameters())
+    trainer = Trainer(model, cfg.train_settings(), parameters=model.diffusion_parameters())
     if trainer.dist.world > 1:
         raise SystemExit("idgbr trains in one process: its loss calls the model's parts directly, which "
                          "DistributedDataParallel cannot wrap.")
     dinov2 = dinov2.to(trainer.device) if dinov2 else None
     scheduler = noise_scheduler()
-    criterion, loss_entry = diffusion_loss_option(cfg)
+    criterion, loss_entry = cfg.loss_criterion()
     dataset = TripletPatchDataset(triplets, data.classes, low, span, cfg.patch_size, cfg.samples_per_image)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
     preview = TripletPatchDataset(triplets[:PREVIEW_COUNT], data.classes, low, span, cfg.patch_size, train=False)
@@ -330,7 +301,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         return {"coarse_accuracy": float((coarse == labels).float().mean()),
                 "refined_accuracy": float((refined == labels).float().mean())}
 
-    metrics = trainer.fit(loader, loss_fn, preview_grid if cfg.sample_every > 0 else None)
+    metrics = trainer.fit(loader, loss_fn, preview_grid)
     repa = (f"on: {cfg.dinov2_model} from {Path(cfg.dinov2).resolve()}, first {cfg.repa_steps} steps, "
             f"weight {REPA_WEIGHT}") if dinov2 else "off"
     return trainer.export(ModelCard(

@@ -27,20 +27,14 @@ from core.raster import raster_info
 from core.diffusion.losses import diffusion_loss
 from core.diffusion.schedules import training_scheduler
 from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
-from training.config import add_run_arguments, diffusion_loss_option, load_config
-from training.trainer import Trainer, TrainSettings, seed_everything, stacked
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
+from training.trainer import Trainer, seed_everything, stacked
 
 
-@dataclass
-class RdfmigTrainConfig:
-    data: str
-    output: str
+@dataclass(kw_only=True)
+class RdfmigTrainConfig(DiffusionLossConfig, RunConfig):
     fcf: str = ""                  # FCF model folder (required for representation "fcf")
-    name: str = ""
     representation: str = "fcf"    # fcf | concat (the supplement's ablation)
-    loss: str = "mse"              # mse | mcrd
-    mcrd_e_max: float = 0.0        # 0: core.diffusion.losses' default
-    mcrd_beta: float = 0.0
     label_noise: float = 0.0       # share of training masks replaced by a wrong one (robustness benchmark)
     vae: str = ""                  # latent variant: SD diffusers folder or change-vae model folder; "": pixels
     preset: str = "small"
@@ -49,13 +43,10 @@ class RdfmigTrainConfig:
     samples_per_image: int = 4
     steps: int = 3000
     lr: float = 4e-4
+    weight_decay: float = 0.0
     ema_decay: float = 0.995
-    sample_every: int = 1000       # save a grid of generated triplets (DDIM-20) this often; 0: never
+    val_every: int = 1000          # save a grid of generated triplets (DDIM-20) this often; 0: never
     checkpoint_every: int = 500
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 class NoisyMasks(torch.utils.data.Dataset):
@@ -87,15 +78,12 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
     if vae is not None:
         vae.requires_grad_(False).eval()
     architecture = architecture_for(cfg.preset, cfg.representation, bands, vae, cfg.patch_size)
-    criterion, loss_entry = diffusion_loss_option(cfg)
+    criterion, loss_entry = cfg.loss_criterion()
     seed_everything(cfg.seed)
     model = build_denoiser(architecture)
     scheduler = training_scheduler()
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
-        val_every=cfg.sample_every or cfg.steps, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed,
-        device=cfg.device, resume=cfg.resume))
+    trainer = Trainer(model, cfg.train_settings())
     frozen = RdfmigModel(architecture, model, fcf, vae).to(trainer.device)   # the FCF and VAE of every step
     train_set = NoisyMasks(dataset, cfg.label_noise, cfg.seed) if cfg.label_noise > 0 else dataset
     loader = trainer.loader(train_set, cfg.batch_size, cfg.num_workers)
@@ -111,7 +99,7 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
         save_triplet_grid(generated, run / f"samples_{trainer.step:06d}.png")
         return {}
 
-    trainer.fit(loader, loss_fn, sample_grid if cfg.sample_every else None)
+    trainer.fit(loader, loss_fn, sample_grid)
     extra = {**loss_entry, "steps": trainer.step, "label_noise": cfg.label_noise,
              "dtype": raster_info(triplets[0][0]).dtype, "fcf": fcf_card.name if fcf_card else None,
              "fcf_architecture": fcf_card.architecture if fcf_card else None,
@@ -145,25 +133,16 @@ def _frozen_fcf(model_dir: str, bands: int, data: str):
 PREVIEW_TRIPLETS = 4   # the triplets whose tiles score the autoencoder during training
 
 
-@dataclass
-class ChangeVaeTrainConfig:
-    data: str                      # a change folder (A/, B/, label/)
-    output: str
+@dataclass(kw_only=True)
+class ChangeVaeTrainConfig(RunConfig):
+    """`data` is a change folder (A/, B/, label/)."""
     fcf: str                       # the FCF model whose feature images the autoencoder learns
-    name: str = ""
     patch_size: int = 128
-    batch_size: int = 8
     samples_per_image: int = 4
     steps: int = 2000
-    lr: float = 1e-3
     kl_weight: float = 1e-4
-    ema_decay: float = 0.0
     val_every: int = 500
     checkpoint_every: int = 500
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
@@ -174,9 +153,7 @@ def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
     seed_everything(cfg.seed)
     vae = AutoencoderKL.from_config(SMALL_VAE)
     run = Path(cfg.output)
-    trainer = Trainer(vae, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
-        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    trainer = Trainer(vae, cfg.train_settings())
     fcf.to(trainer.device)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
     fixed = ChangePatchDataset(triplets[:PREVIEW_TRIPLETS], cfg.patch_size, train=False)

@@ -24,56 +24,43 @@ from core.checkpoint import ModelCard, Normalization, load_card, load_into
 from core.data.folder import IGNORE_INDEX
 from core.data.generated import GeneratedPairs, save_pair_grid
 from core.data.sar import SAR_BANDS, MosaicDataset, SarCropDataset, open_sar_dataset
+from core.data.sar_scaling import SarScaling
 from core.metrics.segmentation import confusion_matrix, scores
 from core.oilspill import jointnet, saross
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.losses import saross_loss
-from core.oilspill.scaling import SarScaling
-from training.config import add_run_arguments, diffusion_loss_option, load_config
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
 from training.segment import evaluate, split_pairs
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.trainer import Trainer, seed_everything
 
-# Inputs are scaled by extra["sar_scaling"] (core.oilspill.scaling); the card's normalisation is the identity after it.
+# Inputs are scaled by extra["sar_scaling"] (core.data.sar_scaling); the card's normalisation is the identity after it.
 IDENTITY = Normalization(mean=[0.0], std=[1.0])
 
 
-@dataclass
-class SarJointNetTrainConfig:
-    data: str
-    output: str
+@dataclass(kw_only=True)
+class SarJointNetTrainConfig(DiffusionLossConfig, RunConfig):
     stage: int = 1                 # 1: SAR-Net alone; 2: Label-Net + couplings (SAR-Net frozen); 3: everything
     init: str = ""                 # stages 2 and 3: the previous stage's model directory
-    name: str = ""
     preset: str = "small"
     batch_size: int = 16
     samples_per_image: int = 8
     steps: int = 5000
     lr: float = 1e-4
+    weight_decay: float = 0.0
     ema_decay: float = 0.999
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
-    mcrd_beta: float = 0.0
-    sample_every: int = 1000       # save a grid of generated pairs (DDIM-50) this often
+    val_every: int = 1000          # save a grid of generated pairs (DDIM-50) this often; 0: never
     checkpoint_every: int = 500
     clip_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
     to_db: bool = True
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
-@dataclass
-class SarossTrainConfig:
-    data: str
-    output: str
-    name: str = ""
+@dataclass(kw_only=True)
+class SarossTrainConfig(RunConfig):
     preset: str = "small"
     encoder: str = ""              # any smp / timm ("tu-...") encoder; empty: the preset's
     skip_block: str = "caft"       # caft | conv | none (ablations)
     patch_size: int = 256          # training crops; generated tiles are mosaicked to this size
     tile_size: int = 0             # inference tiles stored in the card; 0: patch_size
-    batch_size: int = 8
     samples_per_image: int = 4
     val_fraction: float = 0.2
     synthetic: str = ""            # folder of generated pairs with soft/ (sar-synthesize): DAKD
@@ -84,13 +71,6 @@ class SarossTrainConfig:
     to_db: bool = True
     steps: int = 2000
     lr: float = 5e-5
-    ema_decay: float = 0.0
-    val_every: int = 250
-    checkpoint_every: int = 250
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 def _scaling(cfg) -> SarScaling:
@@ -129,13 +109,10 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
         dataset = SarCropDataset(data, scaling, architecture["sample_size"], cfg.samples_per_image, train=True)
     parameters = jointnet.start_stage(model, cfg.stage)
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
-        val_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
-        resume=cfg.resume), parameters=parameters)
+    trainer = Trainer(model, cfg.train_settings(), parameters=parameters)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
     scheduler = jointnet.training_scheduler()
-    criterion, loss_entry = diffusion_loss_option(cfg)
+    criterion, loss_entry = cfg.loss_criterion()
     balance = architecture["balance"]
 
     def loss_fn(net, batch):
@@ -149,7 +126,7 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
                        run / f"samples_{trainer.step:06d}.png")
         return {}
 
-    trainer.fit(loader, loss_fn, sample_grid if cfg.sample_every > 0 else None)   # sample_every 0: no grids
+    trainer.fit(loader, loss_fn, sample_grid)
     history = history + [{"stage": cfg.stage, "steps": trainer.step, "lr": cfg.lr}]
     return trainer.export(ModelCard(
         task=jointnet.TASK, name=cfg.name or run.name, architecture=architecture, bands=list(SAR_BANDS),
@@ -168,9 +145,7 @@ def train_saross(cfg: SarossTrainConfig) -> Path:
     seed_everything(cfg.seed)
     model = saross.build_saross(architecture)
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
-        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    trainer = Trainer(model, cfg.train_settings())
     real = SarCropDataset(train_data, scaling, cfg.patch_size, cfg.samples_per_image, train=True)
     synthetic_note = ""
     if cfg.synthetic and cfg.synthetic_ratio > 0:
@@ -220,7 +195,7 @@ def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device:
     """
     from core.device import resolve_device
     from core.oilspill.pipeline import load_saross
-    from core.oilspill.scaling import SceneScaler
+    from core.data.sar_scaling import SceneScaler
     model, card = load_saross(model_dir)
     data = open_sar_dataset(data_root, split=split)
     names = [c.name for c in data.classes]

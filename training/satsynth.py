@@ -20,15 +20,12 @@ from core.diffusion.schedules import training_scheduler
 from core.synthesis.satsynth import (SR_TASK, TASK, architecture_for, build_denoiser, downsample_pair,
                                      joint_tensor, prediction_type, sample, sr_architecture_for, sr_loss,
                                      super_resolve)
-from training.config import add_run_arguments, diffusion_loss_option, load_config
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
+from training.trainer import Trainer, seed_everything
 
 
-@dataclass
-class SatSynthTrainConfig:
-    data: str
-    output: str
-    name: str = ""
+@dataclass(kw_only=True)
+class SatSynthTrainConfig(DiffusionLossConfig, RunConfig):
     preset: str = "small"
     patch_size: int = 64           # base: generated size; SR: the high-res training crop
     base_downsample: int = 1       # base only: learn the data at 1/2^k resolution (1, 2, 4...) for the SR cascade
@@ -36,16 +33,10 @@ class SatSynthTrainConfig:
     samples_per_image: int = 4
     steps: int = 5000
     lr: float = 2e-4
+    weight_decay: float = 0.0
     ema_decay: float = 0.999
-    loss: str = "mse"              # mse | mcrd (robust to noisy data; core.diffusion.losses)
-    mcrd_e_max: float = 0.0        # MCRD's e_max and beta (0: core.diffusion.losses' defaults)
-    mcrd_beta: float = 0.0
-    sample_every: int = 1000       # save a grid of generated pairs (DDIM-20) this often
+    val_every: int = 1000          # save a grid of generated pairs (DDIM-20) this often; 0: never
     checkpoint_every: int = 500
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> Path:
@@ -59,12 +50,9 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
     seed_everything(cfg.seed)   # same config, same initial weights
     model = build_denoiser(architecture)
     scheduler = training_scheduler(prediction_type(architecture))
-    criterion, loss_entry = diffusion_loss_option(cfg)
+    criterion, loss_entry = cfg.loss_criterion()
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, weight_decay=0.0, ema_decay=cfg.ema_decay,
-        val_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device,
-        resume=cfg.resume))
+    trainer = Trainer(model, cfg.train_settings())
     factor = 1 if super_resolution else cfg.base_downsample
     if factor < 1 or factor & (factor - 1):
         raise SystemExit(f"base_downsample must be a power of two (1, 2, 4...), not {factor}.")

@@ -18,35 +18,22 @@ from core.data.folder import IGNORE_INDEX, FolderDataset, PatchDataset, band_sta
 from core.metrics.segmentation import confusion_matrix, scores
 from core.segmentation.model import STARTER_ARCHITECTURE, build_segmenter, load_encoder_weights
 from core.segmentation.pipeline import TASK
-from training.config import add_run_arguments, load_config
-from training.trainer import Trainer, TrainSettings, seed_everything
+from training.config import RunConfig, add_run_arguments, load_config
+from training.trainer import Trainer, seed_everything
 
 
-@dataclass
-class SegmentTrainConfig:
-    data: str
-    output: str
-    name: str = ""
+@dataclass(kw_only=True)
+class SegmentTrainConfig(RunConfig):
     arch: str = STARTER_ARCHITECTURE["arch"]
     encoder: str = STARTER_ARCHITECTURE["encoder"]
     decoder: dict[str, Any] = field(default_factory=lambda: dict(STARTER_ARCHITECTURE["decoder"]))
     encoder_weights: str = ""        # optional local file; never downloaded
     patch_size: int = 256            # training crops
     tile_size: int = 256             # inference tiles, stored in the card
-    batch_size: int = 8
     samples_per_image: int = 4
     val_fraction: float = 0.2
     synthetic: str = ""              # optional folder of generated pairs (e.g. from synthesize_pairs)
     synthetic_ratio: float = 0.0     # R synthetic per real sample in every batch; 0: real data only
-    steps: int = 1000
-    lr: float = 1e-3
-    ema_decay: float = 0.0
-    val_every: int = 250
-    checkpoint_every: int = 250
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
 
 
 def split_pairs(pairs, val_fraction: float, seed: int):
@@ -95,9 +82,7 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
         load_encoder_weights(model, cfg.encoder_weights)
 
     run = Path(cfg.output)
-    trainer = Trainer(model, TrainSettings(
-        run_dir=str(run), steps=cfg.steps, lr=cfg.lr, ema_decay=cfg.ema_decay, val_every=cfg.val_every,
-        checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, resume=cfg.resume))
+    trainer = Trainer(model, cfg.train_settings())
     train_set = PatchDataset(train_pairs, classes, mean, std, cfg.patch_size, cfg.samples_per_image, train=True)
     if cfg.synthetic and cfg.synthetic_ratio > 0:
         synthetic = open_synthetic(cfg.synthetic, data)

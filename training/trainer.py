@@ -33,7 +33,7 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     ema_decay: float = 0.0          # 0 disables EMA
-    val_every: int = 250
+    val_every: int = 250            # 0: never validate
     checkpoint_every: int = 250
     warmup_steps: int = 50
     seed: int = 0
@@ -136,6 +136,8 @@ class Trainer:
             validate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> dict[str, float]:
         """Train until `settings.steps`; return the last validation metrics."""
         s = self.settings
+        if s.val_every <= 0:
+            validate = None
         if len(loader) == 0:
             raise ValueError("The training set yields no batch: add data or lower batch_size.")
         metrics: dict[str, float] = {}
