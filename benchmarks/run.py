@@ -117,8 +117,8 @@ def tiling_throughput(cfg: argparse.Namespace, tmp: Path) -> dict:
 def load_batches(path: Path, card, grid: TileGrid, batch_size: int) -> list[torch.Tensor]:
     """The pipeline's tiles, normalised, padded and batched (in grid order) as it does, held
     in memory so that timing them measures the model only."""
-    mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
+    mean = np.asarray(card.normalization.offset, dtype=np.float32)[:, None, None]
+    std = np.asarray(card.normalization.scale, dtype=np.float32)[:, None, None]
     bands = list(range(1, len(card.bands) + 1))
     inputs = []
     with open_raster(path) as src:

@@ -34,9 +34,20 @@ class ClassInfo:
 
 @dataclass
 class Normalization:
-    """x = (raw - mean) / std per band, in the raw units of the input raster."""
-    mean: list[float]
-    std: list[float]
+    """x = (raw - offset) / scale per band, in the raw units of the input raster: the band mean and standard
+    deviation for the segmenters, the minimum and range for models that work in [0, 1] (SatSynth, IDGBR,
+    change detection), the midpoint and half-range for [-1, 1] (FCF, the fusion prior)."""
+    offset: list[float]
+    scale: list[float]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> "Normalization":
+        """Also reads cards written before the fields were renamed (format 1 used "mean" / "std")."""
+        data = dict(data)
+        for old, new in (("mean", "offset"), ("std", "scale")):
+            if old in data and new not in data:
+                data[new] = data.pop(old)
+        return cls(**data)
 
 
 @dataclass
@@ -60,7 +71,7 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
         data = dict(data)
-        data["normalization"] = Normalization(**data["normalization"])
+        data["normalization"] = Normalization.from_dict(data["normalization"])
         data["classes"] = [ClassInfo(**c) for c in data.get("classes", [])]
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
@@ -90,8 +101,8 @@ def load_card(model_dir: str | os.PathLike, task: str | None = None) -> ModelCar
                          f"up to {FORMAT_VERSION}. Update rs-diffusion.")
     if task is not None and card.task != task:
         raise ModelError(f"Model '{card.name}' is a '{card.task}' model, but this tool needs a '{task}' model.")
-    if len(card.normalization.mean) != len(card.bands) or len(card.normalization.std) != len(card.bands):
-        raise ModelError(f"Model card {card_path}: normalisation must have one mean and std per band.")
+    if len(card.normalization.offset) != len(card.bands) or len(card.normalization.scale) != len(card.bands):
+        raise ModelError(f"Model card {card_path}: normalisation must have one offset and scale per band.")
     _check_against_architecture(card, card_path)
     return card
 

@@ -348,7 +348,7 @@ def idgbr_refine_raster(workdir: Path) -> dict[str, np.ndarray]:
     classes = IDGBR_CLASSES[:3]
     model = idgbr_model(len(classes), seed=19)
     card = ModelCard(task=TASK, name="golden refiner", architecture=model.architecture,
-                     bands=["red", "green", "blue"], normalization=Normalization(mean=[0.0] * 3, std=[255.0] * 3),
+                     bands=["red", "green", "blue"], normalization=Normalization(offset=[0.0] * 3, scale=[255.0] * 3),
                      classes=[ClassInfo(v, n, c) for v, n, c in classes], tile_size=16,
                      extra={"dtype": "uint8", "sampling_steps": 2, "guidance_scale": 3.0})
     model_dir = save_model(workdir / "refiner", card, model.state_dict())
@@ -449,7 +449,7 @@ def segment_pipeline(workdir: Path) -> dict[str, np.ndarray]:
     torch.manual_seed(26)
     model = build_segmenter(architecture)
     card = ModelCard(task=TASK, name="golden segmenter", architecture=architecture, bands=["red", "green", "blue"],
-                     normalization=Normalization(mean=[120.0, 110.0, 100.0], std=[60.0, 55.0, 50.0]),
+                     normalization=Normalization(offset=[120.0, 110.0, 100.0], scale=[60.0, 55.0, 50.0]),
                      classes=[ClassInfo(0, "a", "#000000"), ClassInfo(1, "b", "#ff0000"),
                               ClassInfo(2, "c", "#00ff00")], tile_size=32)
     model_dir = save_model(workdir / "segmenter", card, model.state_dict())
@@ -481,7 +481,7 @@ def oilspill_pipeline(workdir: Path) -> dict[str, np.ndarray]:
     torch.manual_seed(28)
     model = build_saross(architecture)
     card = ModelCard(task=TASK, name="golden saross", architecture=architecture, bands=list(SAR_BANDS),
-                     normalization=Normalization(mean=[0.0], std=[1.0]), classes=list(SAR_CLASSES), tile_size=32,
+                     normalization=Normalization(offset=[0.0], scale=[1.0]), classes=list(SAR_CLASSES), tile_size=32,
                      extra={"sar_scaling": SarScaling().as_dict()})
     model_dir = save_model(workdir / "saross", card, model.state_dict())
     rng = np.random.default_rng(29)
@@ -511,7 +511,7 @@ def change_pipeline(workdir: Path) -> dict[str, np.ndarray]:
     torch.manual_seed(30)
     model = build_changedet(architecture)
     card = ModelCard(task=TASK, name="golden changedet", architecture=architecture, bands=["red", "green", "blue"],
-                     normalization=Normalization(mean=[0.0] * 3, std=[255.0] * 3),
+                     normalization=Normalization(offset=[0.0] * 3, scale=[255.0] * 3),
                      classes=[ClassInfo(**c) for c in CHANGE_CLASSES], tile_size=32)
     model_dir = save_model(workdir / "changedet", card, model.state_dict())
     rng = np.random.default_rng(31)

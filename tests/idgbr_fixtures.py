@@ -21,7 +21,7 @@ def make_refiner_dir(path: str | Path, classes: list[tuple[int, str, str]] | Non
         torch.manual_seed(seed)
         model = build_model(architecture)
     card = ModelCard(task=TASK, name="tiny random refiner", architecture=architecture,
-                     bands=["red", "green", "blue"], normalization=Normalization(mean=[0.0] * 3, std=[255.0] * 3),
+                     bands=["red", "green", "blue"], normalization=Normalization(offset=[0.0] * 3, scale=[255.0] * 3),
                      classes=[ClassInfo(value, name, color) for value, name, color in classes], tile_size=tile_size,
                      extra={"dtype": "uint8", "sampling_steps": SAMPLING_STEPS, "guidance_scale": GUIDANCE_SCALE})
     return save_model(path, card, model.state_dict())

@@ -155,7 +155,7 @@ def test_training_writes_a_loadable_card(tiny):
     model_dir, held_out = tiny
     card = load_card(model_dir, task="changedet")
     assert card.bands == ["red", "green", "blue"]
-    assert card.normalization.mean == [0.0] * 3 and card.normalization.std == [255.0] * 3
+    assert card.normalization.offset == [0.0] * 3 and card.normalization.scale == [255.0] * 3
     assert [(c.value, c.name, c.color) for c in card.classes] == [(0, "no change", "#000000"),
                                                                  (1, "change", "#ff0000")]
     assert card.tile_size == 64 and card.architecture["preset"] == "small" and card.ground_resolution == 0.5

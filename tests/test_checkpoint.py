@@ -81,7 +81,7 @@ def test_save_replaces_atomically(tmp_path, saved):
 @pytest.mark.parametrize("field, edit, message", [
     ("classes", lambda data: data["classes"].pop(), "'classes' field lists 1 classes, but its architecture"),
     ("bands", lambda data: data.update(bands=["red", "green", "blue", "nir"],
-                                       normalization={"mean": [0.0] * 4, "std": [1.0] * 4}),
+                                       normalization={"offset": [0.0] * 4, "scale": [1.0] * 4}),
      "'bands' field lists 4 bands, but its architecture"),
 ])
 def test_a_card_that_disagrees_with_its_architecture_is_refused_naming_the_field(saved, field, edit, message):
@@ -99,3 +99,12 @@ def test_every_shipped_card_agrees_with_its_architecture():
     assert len(cards) >= 9
     for path in cards:
         load_card(path.parent)
+
+
+def test_cards_written_with_the_former_normalization_names_still_load(saved):
+    path, _ = saved
+    data = json.loads((path / "model.json").read_text())
+    assert set(data["normalization"]) == {"offset", "scale"}
+    data["normalization"] = {"mean": data["normalization"]["offset"], "std": data["normalization"]["scale"]}
+    (path / "model.json").write_text(json.dumps(data))
+    assert load_card(path).normalization == Normalization(offset=[1.0, 2.0, 3.0], scale=[1.0, 1.0, 1.0])

@@ -78,7 +78,7 @@ def test_converted_model_matches_reference_both_loaders(tmp_path):
 
     card = load_card(out, task="fusion-prior")
     assert card.name == "tiny" and card.bands == ["red", "green", "blue"]
-    assert card.normalization.mean == [0.5] * 3 and card.normalization.std == [0.5] * 3
+    assert card.normalization.offset == [0.5] * 3 and card.normalization.scale == [0.5] * 3
     assert card.tile_size == IMAGE_SIZE and card.training_data == "converted from ckpt.pt"
     assert card.architecture["source"] == "guided-diffusion" and card.architecture["learned_sigma"] is True
     assert card.architecture["unet"]["resnet_time_scale_shift"] == "scale_shift"

@@ -319,7 +319,7 @@ def test_model_directory_round_trip(tmp_path):
     model = make_model(repa_dim=12)
     perturb_guidance(model)
     card = ModelCard(task=TASK, name="tiny", architecture=model.architecture, bands=["r", "g", "b"],
-                     normalization=Normalization(mean=[0.0] * 3, std=[1.0] * 3))
+                     normalization=Normalization(offset=[0.0] * 3, scale=[1.0] * 3))
     save_model(tmp_path / "m", card, model.state_dict())
     loaded = load_into(build_model(load_card(tmp_path / "m", task=TASK).architecture), tmp_path / "m")
     c_image, c_coarse, z = latents()

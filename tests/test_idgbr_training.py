@@ -85,7 +85,7 @@ def refiner_config(workdir, dataset, embedding_dir, vae_dir, dinov2_file):
 def test_embedding_learns_a_lossless_round_trip(embedding_dir, dataset):
     card = load_card(embedding_dir, task=idgbr.EMBEDDING_TASK)
     assert card.architecture == {"classes": 5} and [c.value for c in card.classes] == [0, 1, 2, 3, 4]
-    assert card.bands == ["red", "green", "blue"] and len(card.normalization.mean) == 3
+    assert card.bands == ["red", "green", "blue"] and len(card.normalization.offset) == 3
     torch.manual_seed(0)
     assert idgbr.round_trip_accuracy(LabelEmbedding(5)) < 0.9   # random init: classes collide
     trained = idgbr.load_embedding(str(embedding_dir), card.classes)
@@ -110,7 +110,7 @@ def test_refiner_run_writes_a_loadable_model_and_resumes(workdir, refiner_config
     assert card.extra["steps"] == 2 and card.extra["dtype"] == "uint8" and card.tile_size == 32
     assert card.extra["sampling_steps"] == 25 and card.extra["guidance_scale"] == 3.0
     assert "degraded boundaries" in card.extra["coarse_source"]
-    assert card.normalization.mean[0] >= 0 and card.normalization.std[0] <= 255
+    assert card.normalization.offset[0] >= 0 and card.normalization.scale[0] <= 255
     assert (workdir / "idgbr" / "samples_000002.png").is_file() and "refined_accuracy" in card.metrics
     probabilities = refine(model, torch.zeros(1, 3, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long), steps=2)
     assert probabilities.shape == (1, 5, 32, 32)

@@ -64,7 +64,7 @@ def test_training_subcommand_writes_a_model_and_sample_grids(tmp_path):
     training_main(["satsynth", "--config", str(config)])
     card = load_card(tmp_path / "run" / "model", task="satsynth")
     assert card.architecture["unet"]["in_channels"] == 6
-    low, span = card.normalization.mean, card.normalization.std   # the dataset's range per band -> [0, 1]
+    low, span = card.normalization.offset, card.normalization.scale   # the dataset's range per band -> [0, 1]
     assert all(0 <= lo and 0 < sp and lo + sp <= 255 for lo, sp in zip(low, span))
     model = load_into(build_denoiser(card.architecture), tmp_path / "run" / "model")
     assert sample(model, count=1, steps=2, size=16).labels.shape == (1, 16, 16)
@@ -119,12 +119,12 @@ def test_multiband_uint16_data_trains_and_generates_in_its_own_range(tmp_path):
     card = load_card(tmp_path / "run" / "model", task="satsynth")
     assert card.bands == ["red", "green", "blue", "nir"] and card.extra["dtype"] == "uint16"
     assert card.architecture["unet"]["in_channels"] == 4 + 3
-    assert min(card.normalization.mean) >= 1000 and max(card.normalization.std) > 255
+    assert min(card.normalization.offset) >= 1000 and max(card.normalization.scale) > 255
     result = synthesize_pairs(SynthesisParams(str(tmp_path / "pairs"), count=1, model_dir=str(tmp_path / "run" / "model"),
                                               steps=2))
     with rasterio.open(result.pairs[0][0]) as image:
         assert image.count == 4 and image.dtypes[0] == "uint16" and image.descriptions[3] == "nir"
-        assert image.read().min() >= min(card.normalization.mean)
+        assert image.read().min() >= min(card.normalization.offset)
 
 
 def test_sr_stage_regresses_v_and_old_cards_stay_epsilon():

@@ -27,7 +27,7 @@ def tiny_model(path, task=TASK, classes=CLASSES, dtype="uint16"):
     arch["unet"]["sample_size"] = 16 if task == TASK else 32
     torch.manual_seed(0)
     card = ModelCard(task=task, name=f"tiny {task}", architecture=arch, bands=BANDS,
-                     normalization=Normalization(mean=[100.0] * 4, std=[4000.0] * 4), classes=classes,
+                     normalization=Normalization(offset=[100.0] * 4, scale=[4000.0] * 4), classes=classes,
                      tile_size=16, ground_resolution=2.0 if task == TASK else 1.0, extra={"dtype": dtype})
     return save_model(path, card, build_denoiser(arch).state_dict())
 

@@ -41,7 +41,7 @@ def test_segment_trains_writes_loadable_model_and_resumes(tmp_path, dataset):
     training_main(["segment", "--config", str(config)])
     card = load_card(run / "model", task="segmentation")
     assert card.architecture["in_channels"] == 3 and [c.name for c in card.classes][0] == "bare soil"
-    assert len(card.normalization.mean) == 3 and "mIoU" in card.metrics
+    assert len(card.normalization.offset) == 3 and "mIoU" in card.metrics
     assert card.extra["steps"] == 4
     load_into(build_segmenter(card.architecture), run / "model")
     assert log_steps(run) == [1, 2, 3, 4] and (run / "curves.png").stat().st_size > 1000

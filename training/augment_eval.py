@@ -66,7 +66,7 @@ def evaluate_on_real(model_dir: Path, pairs, device: str) -> dict[str, float]:
     model = load_into(build_segmenter(card.architecture), model_dir).to(torch_device)
     size = max(max(raster_info(image).width, raster_info(image).height) for image, _ in pairs)
     size = -(-size // 32) * 32   # smp encoders need a multiple of 32
-    dataset = PatchDataset(pairs, card.classes, card.normalization.mean, card.normalization.std, size, train=False)
+    dataset = PatchDataset(pairs, card.classes, card.normalization.offset, card.normalization.scale, size, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2)
     return evaluate(model, loader, len(card.classes), [c.name for c in card.classes], torch_device)
 

@@ -117,7 +117,7 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
                 else f"{len(val_triplets)} val pairs")
     return trainer.export(ModelCard(
         task=TASK, name=cfg.name or run.name, architecture=architecture, bands=bands,
-        normalization=Normalization(mean=[low] * len(bands), std=[high - low] * len(bands)),
+        normalization=Normalization(offset=[low] * len(bands), scale=[high - low] * len(bands)),
         classes=[ClassInfo(**c) for c in CHANGE_CLASSES], tile_size=cfg.patch_size,
         ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(train_triplets)} train pairs / {held_out}"

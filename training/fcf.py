@@ -112,7 +112,7 @@ def train_fcf(cfg: FcfTrainConfig) -> Path:
     first = images.first
     return trainer.export(ModelCard(
         task=TASK, name=cfg.name or run.name, architecture=model.architecture, bands=images.bands,
-        normalization=Normalization(mean=[(low + high) / 2] * bands, std=[(high - low) / 2] * bands),
+        normalization=Normalization(offset=[(low + high) / 2] * bands, scale=[(high - low) / 2] * bands),
         tile_size=cfg.patch_size, ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {images.counts['A']} date-A + {images.counts['B']} "
                       f"date-B images",

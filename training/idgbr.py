@@ -45,7 +45,7 @@ PREVIEW_COUNT = 4       # fixed patches refined for the preview grids
 def dataset_card_fields(data: FolderDataset) -> dict:
     """The card fields every IDGBR stage takes from the dataset: classes, bands and per-band range."""
     low, span = band_ranges(data.pairs)
-    return {"classes": data.classes, "bands": list(data.bands), "normalization": Normalization(mean=low, std=span)}
+    return {"classes": data.classes, "bands": list(data.bands), "normalization": Normalization(offset=low, scale=span)}
 
 
 def load_embedding(model_dir: str, classes: list[ClassInfo]) -> LabelEmbedding:
@@ -151,7 +151,7 @@ def vae_quality(vae: AutoencoderKL, embedding: LabelEmbedding, image01: torch.Te
 def train_vae(cfg: VaeTrainConfig) -> Path:
     data = FolderDataset.open(cfg.data)
     fields = dataset_card_fields(data)
-    low, span = fields["normalization"].mean, fields["normalization"].std
+    low, span = fields["normalization"].offset, fields["normalization"].scale
     _check_rgb(data)
     embedding = load_embedding(cfg.embedding, data.classes)
     vae_config = architecture_for("small", len(data.classes))["vae"]
@@ -271,7 +271,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
     _check_rgb(data)
     triplets = list_triplets(cfg.data)
     fields = dataset_card_fields(data)
-    low, span = fields["normalization"].mean, fields["normalization"].std
+    low, span = fields["normalization"].offset, fields["normalization"].scale
     dinov2 = Dinov2Tokens(cfg.dinov2_model, cfg.dinov2) if cfg.dinov2 else None
     if dinov2 is None:
         log.info("REPA off: no DINOv2 weights file given (`dinov2`).")

@@ -110,7 +110,7 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
     low, high = dataset.unit_ranges()
     card = ModelCard(task=TASK, name=cfg.name or run.name, architecture=architecture,
                      bands=list(dataset.band_names),
-                     normalization=Normalization(mean=[low] * bands, std=[high - low] * bands),
+                     normalization=Normalization(offset=[low] * bands, scale=[high - low] * bands),
                      tile_size=cfg.patch_size,
                      training_data=f"{Path(cfg.data).resolve().name}: {len(triplets)} triplets", extra=extra)
     model_dir = run / "model"
@@ -176,7 +176,7 @@ def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
     low, high = dataset.unit_ranges()
     card = ModelCard(task=VAE_TASK, name=cfg.name or run.name, architecture={"vae": config},
                      bands=list(dataset.band_names),
-                     normalization=Normalization(mean=[low] * dataset.bands, std=[high - low] * dataset.bands),
+                     normalization=Normalization(offset=[low] * dataset.bands, scale=[high - low] * dataset.bands),
                      tile_size=cfg.patch_size, metrics={k: round(v, 4) for k, v in metrics.items()},
                      training_data=f"{Path(cfg.data).resolve().name}: feature images of {len(triplets)} triplets",
                      extra={"steps": trainer.step, "loss": loss_description(cfg.kl_weight), "fcf": fcf_card.name,

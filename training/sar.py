@@ -34,7 +34,7 @@ from training.segment import evaluate, split_pairs
 from training.trainer import Trainer, seed_everything
 
 # Inputs are scaled by extra["sar_scaling"] (core.data.sar_scaling); the card's normalisation is the identity after it.
-IDENTITY = Normalization(mean=[0.0], std=[1.0])
+IDENTITY = Normalization(offset=[0.0], scale=[1.0])
 
 
 @dataclass(kw_only=True)

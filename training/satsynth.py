@@ -83,7 +83,7 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
     trainer.fit(loader, loss_fn, sample_grid)
     return trainer.export(ModelCard(
         task=SR_TASK if super_resolution else TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
-        normalization=Normalization(mean=low, std=span), classes=classes, tile_size=cfg.patch_size,
+        normalization=Normalization(offset=low, scale=span), classes=classes, tile_size=cfg.patch_size,
         ground_resolution=round(first.resolution[0] * factor, 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(pairs)} images",
         extra={**loss_entry, "steps": trainer.step, "base_downsample": factor, "dtype": first.dtype,

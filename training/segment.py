@@ -105,7 +105,7 @@ def train_segmenter(cfg: SegmentTrainConfig) -> Path:
     metrics = trainer.fit(loader, loss_fn, validate if val_loader is not None else None)
     return trainer.export(ModelCard(
         task=TASK, name=cfg.name or run.name, architecture=architecture, bands=list(band_names),
-        normalization=Normalization(mean=mean, std=std), classes=classes, tile_size=cfg.tile_size,
+        normalization=Normalization(offset=mean, scale=std), classes=classes, tile_size=cfg.tile_size,
         ground_resolution=round(first.resolution[0], 4) if first.crs_wkt else None,
         training_data=f"{Path(cfg.data).resolve().name}: {len(train_pairs)} train / {len(val_pairs)} val images"
                       + (f" + {Path(cfg.synthetic).resolve().name} (synthetic, R={cfg.synthetic_ratio:g})"

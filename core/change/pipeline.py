@@ -134,8 +134,8 @@ def run_change_tiles(runner: BatchRunner, card: ModelCard, a_src, b_src, bands_a
                      grid: TileGrid, batch_size: int, write_block, progress: Progress) -> None:
     """Blend change probabilities tile by tile: write_block(row, col, probabilities (2, h, w), valid (h, w)),
     valid = both dates valid. B must already be on A's grid (see resampled_onto)."""
-    mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
+    mean = np.asarray(card.normalization.offset, dtype=np.float32)[:, None, None]
+    std = np.asarray(card.normalization.scale, dtype=np.float32)[:, None, None]
     bands = len(card.bands)
 
     def read_tile(tile):

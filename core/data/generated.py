@@ -97,8 +97,8 @@ def to_raw(images01: torch.Tensor, card) -> np.ndarray:
     """Model images in [0, 1] -> the training data's value range and data type: the card's normalisation
     (minimum and range) and `extra.dtype`. Integers are rounded and clipped to the type; unsigned ones start
     at 1, because 0 is the nodata value of the rasters our readers and pipelines write."""
-    low = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
-    span = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
+    low = np.asarray(card.normalization.offset, dtype=np.float32)[:, None, None]
+    span = np.asarray(card.normalization.scale, dtype=np.float32)[:, None, None]
     raw = images01.clamp(0, 1).numpy() * span + low
     dtype = np.dtype(card.extra.get("dtype", "float32"))
     if np.issubdtype(dtype, np.integer):

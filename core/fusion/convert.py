@@ -452,7 +452,7 @@ def convert_checkpoint(checkpoint_path: str | Path, output_dir: str | Path, cfg_
         name=name or path.stem,
         architecture={"unet": config, "learned_sigma": cfg.learn_sigma, "source": SOURCE},
         bands=_bands(cfg.in_channels),
-        normalization=Normalization(mean=[0.5] * cfg.in_channels, std=[0.5] * cfg.in_channels),
+        normalization=Normalization(offset=[0.5] * cfg.in_channels, scale=[0.5] * cfg.in_channels),
         tile_size=cfg.image_size,
         training_data=f"converted from {path.name}",
         extra={"guided_diffusion": json.loads(json.dumps(asdict(cfg)))},

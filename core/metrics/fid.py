@@ -37,8 +37,8 @@ class SegmenterFeatures:
         self.card = card
         self.device = torch.device(device)
         self.encoder = segmenter.encoder.to(self.device).eval()
-        self.mean = torch.tensor(self.card.normalization.mean)[:, None, None]
-        self.std = torch.tensor(self.card.normalization.std)[:, None, None]
+        self.mean = torch.tensor(self.card.normalization.offset)[:, None, None]
+        self.std = torch.tensor(self.card.normalization.scale)[:, None, None]
 
     @torch.inference_mode()
     def __call__(self, raw: np.ndarray | torch.Tensor, batch_size: int = 32) -> np.ndarray:

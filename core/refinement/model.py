@@ -146,8 +146,8 @@ def load_refiner(model_dir: str | Path, device: torch.device | str = "cpu") -> t
 
 def scale_image(raw: torch.Tensor, card: ModelCard) -> torch.Tensor:
     """(B, bands, H, W) raw values -> [-1, 1] with the training data's per-band range (card: mean = min, std = span)."""
-    low = torch.tensor(card.normalization.mean, dtype=torch.float32, device=raw.device)[:, None, None]
-    span = torch.tensor(card.normalization.std, dtype=torch.float32, device=raw.device)[:, None, None]
+    low = torch.tensor(card.normalization.offset, dtype=torch.float32, device=raw.device)[:, None, None]
+    span = torch.tensor(card.normalization.scale, dtype=torch.float32, device=raw.device)[:, None, None]
     return ((raw.float() - low) / span * 2 - 1).clamp(-1, 1)
 
 

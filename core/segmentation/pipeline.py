@@ -94,8 +94,8 @@ def segment_raster(params: SegmentParams, progress: Progress | None = None) -> S
 
 
 def _run_tiles(params, output_path, probabilities_path, card, info, bands, grid, runner, progress) -> None:
-    mean = np.asarray(card.normalization.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(card.normalization.std, dtype=np.float32)[:, None, None]
+    mean = np.asarray(card.normalization.offset, dtype=np.float32)[:, None, None]
+    std = np.asarray(card.normalization.scale, dtype=np.float32)[:, None, None]
     dtype, nodata = class_raster_dtype(card)
     values = np.asarray([c.value for c in card.classes], dtype=dtype)
     common = dict(width=info.width, height=info.height, crs_wkt=info.crs_wkt, transform=info.transform)
