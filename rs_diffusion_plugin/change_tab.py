@@ -8,14 +8,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
-from qgis.gui import QgsMapLayerComboBox
+from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout
 
 from rs_diffusion_plugin.algorithms.detect_changes import TASK, style_change_layer, style_change_polygons
 from rs_diffusion_plugin.layers import raster_source
 from rs_diffusion_plugin.task import CoreTask
-from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
+from rs_diffusion_plugin.widgets import LayerPicker, ModelPicker, TaskTab, add_row
 
 
 class ChangeTab(TaskTab):
@@ -23,22 +22,21 @@ class ChangeTab(TaskTab):
 
     def build_form(self, layout) -> None:
         form = QFormLayout()
-        self.layer_a_combo = QgsMapLayerComboBox()
-        self.layer_a_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.layer_a_combo.setToolTip("The earlier image; the change raster is on this layer's grid")
-        form.addRow("Date A layer", self.layer_a_combo)
-        self.layer_b_combo = QgsMapLayerComboBox()
-        self.layer_b_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.layer_b_combo.setToolTip("The later image, resampled onto the grid of date A when the grids differ")
-        form.addRow("Date B layer", self.layer_b_combo)
+        self.layer_a_combo = LayerPicker()
+        add_row(form, "Date A layer", self.layer_a_combo, "The earlier image; the change raster is on this "
+                "layer's grid")
+        self.layer_b_combo = LayerPicker()
+        add_row(form, "Date B layer", self.layer_b_combo, "The later image, resampled onto the grid of date A when "
+                "the grids differ")
+        self.layer_b_combo.keep_apart_from(self.layer_a_combo)
         self.model_picker = ModelPicker(TASK)
-        self.model_picker.setToolTip("The starter detector was trained on procedural scenes; train your own with "
-                                     "`python -m training changedet`")
-        form.addRow("Change detector", self.model_picker)
+        add_row(form, "Change detector", self.model_picker, "The starter detector was trained on procedural "
+                "scenes; train your own with `python -m training changedet`")
         self.add_device_row(form)
         self.add_raster_output_row(form, "Change raster")
         self.polygons_check = QCheckBox("Also write change polygons with their area (GeoPackage)")
-        form.addRow("", self.polygons_check)
+        add_row(form, "", self.polygons_check, "One polygon per connected patch of change, with its area in m² "
+                "and km²")
         layout.addLayout(form)
 
     def make_task(self) -> CoreTask:

@@ -192,12 +192,12 @@ class DependencyInstallDialog(QDialog):
         info.setWordWrap(True)
         self.output = QPlainTextEdit()
         self.output.setReadOnly(True)
-        self.output.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.output.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.install_button = buttons.addButton("Install", QDialogButtonBox.ActionRole)
-        self.close_button = buttons.button(QDialogButtonBox.Close)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.install_button = buttons.addButton("Install", QDialogButtonBox.ButtonRole.ActionRole)
+        self.close_button = buttons.button(QDialogButtonBox.StandardButton.Close)
         self.install_button.clicked.connect(self.start_install)
         buttons.rejected.connect(self.reject)
 
@@ -206,7 +206,7 @@ class DependencyInstallDialog(QDialog):
             layout.addWidget(widget)
 
         self.process = QProcess(self)
-        self.process.setProcessChannelMode(QProcess.MergedChannels)
+        self.process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         env = QProcessEnvironment.systemEnvironment()
         for key, value in (("PYTHONUNBUFFERED", "1"), ("PIP_PROGRESS_BAR", "off"), ("PIP_NO_INPUT", "1")):
             env.insert(key, value)
@@ -216,7 +216,7 @@ class DependencyInstallDialog(QDialog):
         self.process.errorOccurred.connect(self._on_error)
 
     def start_install(self) -> None:
-        if self.process.state() != QProcess.NotRunning:
+        if self.process.state() != QProcess.ProcessState.NotRunning:
             return
         try:
             argv = pip_install_command(self.target_dir, self.requirements, self.python)
@@ -236,21 +236,21 @@ class DependencyInstallDialog(QDialog):
         for line in lines:
             self.output.appendPlainText(line)
 
-    def _on_finished(self, exit_code: int, exit_status=QProcess.NormalExit) -> None:
+    def _on_finished(self, exit_code: int, exit_status=QProcess.ExitStatus.NormalExit) -> None:
         self._read_output()
         if self._pending:
             self.output.appendPlainText(self._pending)
             self._pending = ""
-        if exit_status == QProcess.NormalExit and exit_code == 0:
+        if exit_status == QProcess.ExitStatus.NormalExit and exit_code == 0:
             _add_to_sys_path(self.target_dir)
             self._finish(True, "Installation finished successfully." + self._restart_hint())
-        elif exit_status == QProcess.CrashExit:
+        elif exit_status == QProcess.ExitStatus.CrashExit:
             self._finish(False, "pip was interrupted or crashed; nothing may have been installed.")
         else:
             self._finish(False, f"pip failed with exit code {exit_code}; see the output above.")
 
     def _on_error(self, error) -> None:
-        if error == QProcess.FailedToStart:  # otherwise finished() reports the outcome
+        if error == QProcess.ProcessError.FailedToStart:  # otherwise finished() reports the outcome
             self._finish(False, f"Could not start {self.python}: {self.process.errorString()}")
 
     def _restart_hint(self) -> str:
@@ -269,7 +269,7 @@ class DependencyInstallDialog(QDialog):
         self.finished_install.emit(ok)
 
     def reject(self) -> None:
-        if self.process.state() != QProcess.NotRunning:
+        if self.process.state() != QProcess.ProcessState.NotRunning:
             self.process.kill()
             self.process.waitForFinished(3000)
         super().reject()

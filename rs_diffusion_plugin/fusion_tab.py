@@ -8,34 +8,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
-from qgis.gui import QgsMapLayerComboBox, QgsRasterBandComboBox
+from qgis.core import QgsProject, QgsRasterLayer
+from qgis.gui import QgsRasterBandComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QSpinBox
 
 from rs_diffusion_plugin.algorithms.fuse_ir_visible import DIG_KINDS, FUSION_MODES, TASK
 from rs_diffusion_plugin.layers import raster_source, style_unit_gray
 from rs_diffusion_plugin.task import CoreTask
-from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
+from rs_diffusion_plugin.widgets import LayerPicker, ModelPicker, TaskTab, add_row
 
 
 class PriorPicker(ModelPicker):
-    """A fusion-prior folder (starter by default) and which prior it holds: the card's name, or what is wrong."""
+    """A fusion prior: a model folder with a card, or a plain diffusers UNet2DModel folder."""
 
     def describe(self, path: str) -> None:
-        from core.checkpoint import CARD_NAME, ModelError, load_card
+        from core.checkpoint import CARD_NAME
         folder = Path(path)
         if folder.is_dir() and not (folder / CARD_NAME).is_file() and (folder / "config.json").is_file():
-            self.label.setText(self._diffusers_text(folder))   # a plain diffusers UNet2DModel folder
-            return
-        try:
-            card = load_card(path, task=TASK)
-        except ModelError as exc:
-            self.label.setText(f"<span style='color:#b00'>{exc}</span>")
-            return
-        details = [f"{len(card.bands)} channel(s)"]
-        if card.training_data:
-            details.append(f"trained on {card.training_data}")
-        self.label.setText(f"Prior: {card.name} ({'; '.join(details)})")
+            self.label.setText(self._diffusers_text(folder))
+        else:
+            super().describe(path)
 
     @staticmethod
     def _diffusers_text(folder: Path) -> str:
@@ -54,50 +46,46 @@ class FusionTab(TaskTab):
 
     def build_form(self, layout) -> None:
         form = QFormLayout()
-        self.infrared_combo = QgsMapLayerComboBox()
-        self.infrared_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        form.addRow("Infrared layer", self.infrared_combo)
+        self.infrared_combo = LayerPicker()
+        add_row(form, "Infrared layer", self.infrared_combo, "The thermal / infrared image, resampled onto the "
+                "visible layer's grid when the grids differ")
         self.band_combo = QgsRasterBandComboBox()
         self.band_combo.setLayer(self.infrared_combo.currentLayer())
         self.infrared_combo.layerChanged.connect(self.band_combo.setLayer)
-        form.addRow("Infrared band", self.band_combo)
-        self.visible_combo = QgsMapLayerComboBox()
-        self.visible_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.visible_combo.setToolTip("Gray or RGB; the result is on this layer's grid and keeps its colours")
-        form.addRow("Visible layer", self.visible_combo)
+        add_row(form, "Infrared band", self.band_combo, "The band of the infrared layer to fuse")
+        self.visible_combo = LayerPicker()
+        add_row(form, "Visible layer", self.visible_combo, "Gray or RGB; the result is on this layer's grid and "
+                "keeps its colours")
+        self.visible_combo.keep_apart_from(self.infrared_combo)
         self.model_picker = PriorPicker(TASK)
-        self.model_picker.setToolTip("The starter prior was trained on procedural scenes; for real imagery "
-                                     "convert guided-diffusion's 256x256_diffusion_uncond.pt with "
-                                     "`python -m training convert-guided-diffusion`")
-        form.addRow("Prior", self.model_picker)
+        add_row(form, "Prior", self.model_picker, "The diffusion prior. The starter prior was trained on procedural "
+                "scenes; for real imagery convert guided-diffusion's 256x256_diffusion_uncond.pt with "
+                "`python -m training convert-guided-diffusion`")
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(2, 1000)
         self.steps_spin.setValue(25)
-        self.steps_spin.setToolTip("Reverse diffusion steps: Dig2DIG 25, DDFM 100 in the papers; the time grows "
-                                   "in proportion (the log states the work before the run)")
-        form.addRow("Sampling steps", self.steps_spin)
+        add_row(form, "Sampling steps", self.steps_spin, "Reverse diffusion steps: Dig2DIG 25, DDFM 100 in the "
+                "papers; the time grows in proportion (the log states the work before the run)")
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(FUSION_MODES)
-        self.mode_combo.setToolTip("dig: Dig2DIG (weights from the diffusion information gain); "
-                                   "ddfm: DDFM's fixed weights")
-        form.addRow("Method", self.mode_combo)
+        add_row(form, "Method", self.mode_combo, "dig: Dig2DIG (weights from the diffusion information gain, DIG); "
+                "ddfm: DDFM's fixed weights")
         self.interval_spin = QSpinBox()
         self.interval_spin.setRange(1, 1000)
         self.interval_spin.setValue(10)
-        self.interval_spin.setToolTip("Recompute the weight of each source every S steps from how much the prior "
-                                      "gains from it over the next S steps (the paper: S = 10 with 25 steps; "
-                                      "smaller S costs more prior evaluations)")
-        form.addRow("DIG interval S", self.interval_spin)
+        add_row(form, "Reweight every S steps", self.interval_spin, "DIG interval S: every S steps the weight of "
+                "each source is recomputed from how much the prior gains from it over the next S steps (the "
+                "paper: S = 10 with 25 steps; a smaller S costs more prior evaluations)")
         self.kind_combo = QComboBox()
         self.kind_combo.addItems(DIG_KINDS)
-        self.kind_combo.setToolTip("scalar: one weight per source and 256 px tile (the paper's Eq. 11, default); "
-                                   "spatial: one per pixel, from the gains in the 64 px window around it")
-        form.addRow("DIG kind", self.kind_combo)
+        add_row(form, "Weights per", self.kind_combo, "DIG kind. scalar: one weight per source and 256 px tile "
+                "(the paper's Eq. 11, default); spatial: one per pixel, from the gains in the 64 px window "
+                "around it")
         self.add_device_row(form)
         self.add_raster_output_row(form, "Fused raster")
         self.weights_check = QCheckBox("Also write the per-step weight maps (infrared weight, one band per "
                                        "DIG recomputation)")
-        form.addRow("", self.weights_check)
+        add_row(form, "", self.weights_check, "A 0..1 raster per DIG recomputation: 0 all visible, 1 all infrared")
         layout.addLayout(form)
         self.mode_combo.currentTextChanged.connect(self.update_dig_rows)
         self.update_dig_rows(self.mode_combo.currentText())

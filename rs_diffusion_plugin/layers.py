@@ -127,7 +127,7 @@ def style_unit_gray(layer: QgsRasterLayer) -> None:
     (all visible .. all infrared)."""
     provider = layer.dataProvider()
     stretch = QgsContrastEnhancement(provider.dataType(1))
-    stretch.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    stretch.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
     stretch.setMinimumValue(0.0)
     stretch.setMaximumValue(1.0)
     renderer = QgsSingleBandGrayRenderer(provider, 1)

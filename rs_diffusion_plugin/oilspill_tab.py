@@ -12,7 +12,7 @@ from core.oilspill.pipeline import OilSpillParams, detect_oil_spills
 from core.oilspill.saross import TASK
 from rs_diffusion_plugin.layers import add_class_outputs, raster_source, vector_source
 from rs_diffusion_plugin.task import CoreTask
-from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
+from rs_diffusion_plugin.widgets import LayerPicker, ModelPicker, TaskTab, add_row, single_band
 
 
 class OilSpillTab(TaskTab):
@@ -20,30 +20,30 @@ class OilSpillTab(TaskTab):
 
     def build_form(self, layout) -> None:
         form = QFormLayout()
-        self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        form.addRow("SAR layer", self.layer_combo)
+        self.layer_combo = LayerPicker(single_band)
+        add_row(form, "SAR layer", self.layer_combo, "A single-band SAR backscatter raster (e.g. Sentinel-1 VV)")
         self.band_combo = QgsRasterBandComboBox()
         self.band_combo.setLayer(self.layer_combo.currentLayer())
         self.layer_combo.layerChanged.connect(self.band_combo.setLayer)
-        form.addRow("Band", self.band_combo)
+        add_row(form, "Band", self.band_combo, "The band holding the backscatter")
         self.kind_combo = QComboBox()
         self.kind_combo.addItems(INPUT_KINDS)
-        self.kind_combo.setToolTip("auto: integer = amplitude, negative floats = dB, other floats = linear "
-                                   "backscatter (converted to dB)")
-        form.addRow("Input values", self.kind_combo)
+        add_row(form, "Input values", self.kind_combo, "How the values are scaled, converted to dB for the model. "
+                "auto: integer = amplitude, negative floats = dB, other floats = linear backscatter")
         self.land_combo = QgsMapLayerComboBox()
-        self.land_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.land_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.land_combo.setAllowEmptyLayer(True)
         self.land_combo.setLayer(None)
-        form.addRow("Land mask (optional)", self.land_combo)
+        add_row(form, "Land mask (optional)", self.land_combo, "Polygons of land: pixels inside are classed land "
+                "whatever the model says, so coasts raise no false slicks")
         self.model_picker = ModelPicker(TASK)
-        form.addRow("Model", self.model_picker)
+        add_row(form, "Model", self.model_picker)
         self.add_device_row(form)
         self.add_raster_output_row(form, "Class raster")
         self.polygons_check = QCheckBox("Also write oil-slick polygons (GeoPackage)")
         self.polygons_check.setChecked(True)
-        form.addRow("", self.polygons_check)
+        add_row(form, "", self.polygons_check, "One polygon per connected oil patch, with its area and mean oil "
+                "probability")
         layout.addLayout(form)
 
     def make_task(self) -> CoreTask:

@@ -44,7 +44,8 @@ class RsDiffusionPlugin:
         if missing:
             QgsMessageLog.logMessage(
                 f"rs-diffusion: missing Python packages ({', '.join(missing)}); Processing algorithms are "
-                "unavailable until they are installed from the rs-diffusion toolbar button.", LOG_TAG, Qgis.Warning)
+                "unavailable until they are installed from the rs-diffusion toolbar button.", LOG_TAG,
+                Qgis.MessageLevel.Warning)
             return
         from rs_diffusion_plugin.provider import RsDiffusionProvider
         self.provider = RsDiffusionProvider()
@@ -70,7 +71,7 @@ class RsDiffusionPlugin:
         if self.dock is None:
             from rs_diffusion_plugin.dock import RsDiffusionDock
             self.dock = RsDiffusionDock(self.iface.mainWindow())
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.show()
         self.dock.raise_()
 
@@ -78,7 +79,7 @@ class RsDiffusionPlugin:
         target = dependencies.dependency_dir(self.profile_dir)
         requirements = [dependencies.REQUIRED_MODULES[m] for m in missing]
         dialog = dependencies.DependencyInstallDialog(str(target), requirements, self.iface.mainWindow())
-        dialog.exec_()
+        dialog.exec()
 
     def unload(self):
         if self.provider is not None:

@@ -22,11 +22,11 @@ class TaskProgress(Progress):
         return self.task.isCanceled()
 
     def info(self, message: str) -> None:
-        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Info)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Info)
         self.message_signal.emit(message)
 
     def warning(self, message: str) -> None:
-        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Warning)
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
         self.message_signal.emit(f"Warning: {message}")
 
 

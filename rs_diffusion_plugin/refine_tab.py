@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.core import QgsMapLayerProxyModel
-from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFormLayout, QHeaderView, QLabel, QSpinBox,
                                  QTableWidget, QTableWidgetItem)
 
@@ -12,7 +10,7 @@ from core.refinement.model import TASK
 from core.refinement.pipeline import RefineParams, refine_raster
 from rs_diffusion_plugin.layers import add_refined_outputs, class_style, class_values, raster_source
 from rs_diffusion_plugin.task import CoreTask
-from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
+from rs_diffusion_plugin.widgets import LayerPicker, ModelPicker, TaskTab, add_row, single_band_integer
 
 NOT_MAPPED = "(choose a model class)"
 
@@ -22,25 +20,30 @@ class RefineTab(TaskTab):
 
     def build_form(self, layout) -> None:
         form = QFormLayout()
-        self.image_combo = QgsMapLayerComboBox()
-        self.image_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        form.addRow("Image layer", self.image_combo)
-        self.classification_combo = QgsMapLayerComboBox()
-        self.classification_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        form.addRow("Classification layer", self.classification_combo)
+        self.image_combo = LayerPicker()
+        add_row(form, "Image layer", self.image_combo, "The image the classification was made from; it guides "
+                "where the class boundaries go")
+        self.classification_combo = LayerPicker(single_band_integer)
+        add_row(form, "Classification layer", self.classification_combo, "The class map to refine: the project's "
+                "single-band integer rasters")
+        self.image_combo.keep_apart_from(self.classification_combo)
         self.model_picker = ModelPicker(TASK)
-        form.addRow("Model", self.model_picker)
+        add_row(form, "Model", self.model_picker)
         self.samples_spin = QSpinBox()
         self.samples_spin.setRange(1, 64)
-        form.addRow("Samples per tile", self.samples_spin)
+        add_row(form, "Samples per tile", self.samples_spin, "Diffusion runs per tile with different seeds, "
+                "their class probabilities averaged; more samples, steadier boundaries and a meaningful "
+                "uncertainty layer, at that many times the time (default 1)")
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(0, 1000)
         self.steps_spin.setSpecialValueText("model's")
-        form.addRow("Sampling steps", self.steps_spin)
+        add_row(form, "Sampling steps", self.steps_spin, "DDIM steps per sample; \"model's\" uses the model "
+                "card's sampling_steps (25 for the starter)")
         self.add_device_row(form)
         self.add_raster_output_row(form, "Refined raster")
         self.uncertainty_check = QCheckBox("Also add an uncertainty layer (entropy, sample disagreement)")
-        form.addRow("", self.uncertainty_check)
+        add_row(form, "", self.uncertainty_check, "Two 0..1 bands: the entropy of the averaged class probabilities "
+                "and the share of samples that disagree with the result (needs 2+ samples)")
         layout.addLayout(form)
         self.mapping_label = QLabel("Model class of each classification value (matching values are set "
                                     "automatically):")
@@ -48,16 +51,16 @@ class RefineTab(TaskTab):
         layout.addWidget(self.mapping_label)
         self.mapping_table = QTableWidget(0, 2)
         self.mapping_table.setHorizontalHeaderLabels(["Classification value", "Model class"])
-        self.mapping_table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.mapping_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.mapping_table.verticalHeader().setVisible(False)
-        self.mapping_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.mapping_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         layout.addWidget(self.mapping_table)
         self.layer_values: list[tuple[int, str]] = []   # (value, legend label) of the classification layer
         self.model_readable = False
         # How the running task's result is named and styled: after the classification it refines
         self.result_name, self.result_style = "", None
         self.classification_combo.layerChanged.connect(self.read_layer_values)
-        self.model_picker.file_widget.fileChanged.connect(self.fill_mapping_table)
+        self.model_picker.changed.connect(self.fill_mapping_table)
         self.read_layer_values(self.classification_combo.currentLayer())
 
     def read_layer_values(self, layer) -> None:

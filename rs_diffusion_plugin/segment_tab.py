@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.core import QgsMapLayerProxyModel
-from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QSpinBox
 
 from core.segmentation.pipeline import TASK, SegmentParams, segment_raster
 from rs_diffusion_plugin.layers import add_class_outputs, raster_source
 from rs_diffusion_plugin.task import CoreTask
-from rs_diffusion_plugin.widgets import ModelPicker, TaskTab
+from rs_diffusion_plugin.widgets import LayerPicker, ModelPicker, TaskTab, add_row
 
 
 class SegmentTab(TaskTab):
@@ -18,25 +16,28 @@ class SegmentTab(TaskTab):
 
     def build_form(self, layout) -> None:
         form = QFormLayout()
-        self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        form.addRow("Raster layer", self.layer_combo)
+        self.layer_combo = LayerPicker()
+        add_row(form, "Raster layer", self.layer_combo, "The image to classify; it needs the bands the model's "
+                "card lists, in that order")
         self.model_picker = ModelPicker(TASK)
-        form.addRow("Model", self.model_picker)
+        add_row(form, "Model", self.model_picker)
         self.add_device_row(form)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 4096)
         self.tile_spin.setSpecialValueText("model's")
-        form.addRow("Tile size", self.tile_spin)
+        add_row(form, "Tile size", self.tile_spin, "Pixels per tile side fed to the model; \"model's\" uses "
+                "the tile size it was trained on (its card)")
         self.overlap_spin = QSpinBox()
         self.overlap_spin.setRange(0, 1024)
         self.overlap_spin.setValue(32)
-        form.addRow("Tile overlap", self.overlap_spin)
+        add_row(form, "Tile overlap", self.overlap_spin, "Pixels neighbouring tiles share; their predictions are "
+                "blended there so no seams show (default 32)")
         self.add_raster_output_row(form, "Class raster")
         self.polygons_check = QCheckBox("Also write class polygons (GeoPackage)")
-        form.addRow("", self.polygons_check)
+        add_row(form, "", self.polygons_check, "One polygon per connected patch of a class, with its class id")
         self.probabilities_check = QCheckBox("Also write class probabilities")
-        form.addRow("", self.probabilities_check)
+        add_row(form, "", self.probabilities_check, "A float raster with one band per class: the model's "
+                "probability of that class at each pixel")
         layout.addLayout(form)
 
     def make_task(self) -> CoreTask:

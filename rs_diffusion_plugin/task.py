@@ -21,7 +21,7 @@ class CoreTask(QgsTask):
     cancelled = pyqtSignal()
 
     def __init__(self, description: str, function: Callable[[Any, Any], Any], params: Any):
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.function, self.params = function, params
         self.result: Any = None
         self.error: str = ""

@@ -1,38 +1,133 @@
-"""Widgets every dock tab is made of: the model picker and the tab with Run / Cancel / progress / log."""
+"""Widgets every dock tab is made of: layer and model pickers, explained form rows, and the tab with
+Run / Cancel / progress / log."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Callable
 
-from qgis.core import QgsApplication, QgsProcessingUtils
-from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
-                                 QVBoxLayout, QWidget)
+from qgis.core import (Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessingUtils, QgsProject,
+                       QgsRasterLayer)
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit,
+                                 QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from core.catalog import DEVICE_CHOICES, starter_model_dir
 from rs_diffusion_plugin.task import CoreTask
 
+# GDAL data types of class rasters: band values that are class ids
+INTEGER_TYPES = (Qgis.DataType.Byte, Qgis.DataType.UInt16, Qgis.DataType.Int16, Qgis.DataType.UInt32,
+                 Qgis.DataType.Int32)
+
+
+def single_band(layer: QgsRasterLayer) -> bool:
+    """A SAR scene: one band of backscatter (an RGB layer is not one)."""
+    return layer.bandCount() == 1
+
+
+def single_band_integer(layer: QgsRasterLayer) -> bool:
+    """A classification: one band of integer class values (an RGB band would pass for 255 classes)."""
+    return layer.bandCount() == 1 and layer.dataProvider().dataType(1) in INTEGER_TYPES
+
+
+def add_row(form: QFormLayout, label: str, field: QWidget, tip: str = "") -> None:
+    """A form row whose label and field both say on hover what the value does (`tip`, else the field's own)."""
+    tip = tip or field.toolTip()
+    field.setToolTip(tip)
+    label_widget = QLabel(label)
+    label_widget.setToolTip(tip)
+    form.addRow(label_widget, field)
+
+
+class LayerPicker(QgsMapLayerComboBox):
+    """The raster layers of the project that `fits` accepts, kept up to date as layers are added.
+
+    `keep_apart_from(other)` makes a two-input tab start with two different layers: whenever layers are
+    added and both pickers show the same one, this picker moves to the next one it lists.
+    """
+
+    def __init__(self, fits: Callable[[QgsRasterLayer], bool] | None = None, parent=None):
+        super().__init__(parent)
+        self.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.fits = fits
+        self.other: LayerPicker | None = None
+        if fits is not None:
+            QgsProject.instance().layersAdded.connect(self.refilter)
+            self.refilter()
+
+    def refilter(self) -> None:
+        layers = QgsProject.instance().mapLayers().values()
+        self.setExceptedLayerList([layer for layer in layers
+                                   if isinstance(layer, QgsRasterLayer) and not self.fits(layer)])
+
+    def keep_apart_from(self, other: LayerPicker) -> None:
+        # Connected after both pickers' refilter, so both lists are final when it runs
+        self.other = other
+        QgsProject.instance().layersAdded.connect(self.move_off_other)
+        self.move_off_other()
+
+    def move_off_other(self) -> None:
+        taken = self.other.currentLayer()
+        if taken is None or self.currentLayer() is not taken:
+            return
+        for row in range(self.count()):
+            layer = self.layer(row)
+            if layer is not None and layer is not taken:
+                self.setLayer(layer)
+                return
+
 
 class ModelPicker(QWidget):
-    """A model folder (starter by default) and one line saying what the card holds, or what is wrong."""
+    """The model a tab runs, listed by name: the task's starter, the folders browsed to in this QGIS session,
+    or Browse...; below, the chosen card's summary (name, task, classes, bands, ground resolution) or what
+    is wrong with it."""
+
+    changed = pyqtSignal(str)   # the chosen model folder
+    browsed: dict[str, list[str]] = {}   # task -> model folders browsed to in this session, oldest first
 
     def __init__(self, task: str, parent=None):
         super().__init__(parent)
         self.task = task
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.file_widget = QgsFileWidget()
-        self.file_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        row = QHBoxLayout()
+        self.combo = QComboBox()
+        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.browse_button = QPushButton("Browse...")
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.browse_button)
+        layout.addLayout(row)
         self.label = QLabel()
         self.label.setWordWrap(True)
-        layout.addWidget(self.file_widget)
         layout.addWidget(self.label)
-        self.file_widget.fileChanged.connect(self.describe)
-        self.file_widget.setFilePath(str(starter_model_dir(task)))
+        self.setToolTip("The task's starter model, the model folders browsed to in this session, or Browse... "
+                        "for another folder holding model.json and its weights")
+        for folder in [str(starter_model_dir(task)), *self.browsed.get(task, [])]:
+            if Path(folder).is_dir():
+                self._add(folder)
+        self.combo.currentIndexChanged.connect(self._chosen)
+        self.browse_button.clicked.connect(self.browse)
         self.describe(self.path())
 
     def path(self) -> str:
-        return self.file_widget.filePath()
+        return self.combo.currentData() or ""
+
+    def set_path(self, folder: str) -> None:
+        """Choose `folder`, adding it to the list (and to this session's browsed models) when it is new."""
+        folder = str(folder)
+        index = self.combo.findData(folder)
+        if index < 0:
+            known = self.browsed.setdefault(self.task, [])
+            if folder not in known:
+                known.append(folder)
+            index = self._add(folder)
+        self.combo.setCurrentIndex(index)
+
+    def browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder", self.path())
+        if folder:
+            self.set_path(folder)
 
     def describe(self, path: str) -> None:
         from core.checkpoint import ModelError, load_card
@@ -41,8 +136,28 @@ class ModelPicker(QWidget):
         except ModelError as exc:
             self.label.setText(f"<span style='color:#b00'>{exc}</span>")
             return
-        classes = ", ".join(c.name for c in card.classes)
-        self.label.setText(f"{card.name}: bands {', '.join(card.bands)}; classes {classes}")
+        details = [f"{card.task} model"]
+        if card.classes:
+            details.append("classes " + ", ".join(c.name for c in card.classes))
+        details.append("bands " + ", ".join(card.bands))
+        if card.ground_resolution:
+            details.append(f"{card.ground_resolution:g} m ground resolution")
+        self.label.setText(f"{card.name}: {'; '.join(details)}")
+
+    def _add(self, folder: str) -> int:
+        from core.checkpoint import ModelError, load_card
+        try:
+            name = load_card(folder).name
+        except ModelError:
+            name = Path(folder).name
+        self.combo.addItem(name, folder)
+        index = self.combo.count() - 1
+        self.combo.setItemData(index, folder, Qt.ItemDataRole.ToolTipRole)
+        return index
+
+    def _chosen(self) -> None:
+        self.describe(self.path())
+        self.changed.emit(self.path())
 
 
 class TaskTab(QWidget):
@@ -76,19 +191,20 @@ class TaskTab(QWidget):
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
 
-    def add_device_row(self, form) -> None:
+    def add_device_row(self, form: QFormLayout) -> None:
         """A "Device" row (auto / cuda / cpu) as `self.device_combo`."""
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
-        form.addRow("Device", self.device_combo)
+        add_row(form, "Device", self.device_combo, "auto: the GPU (CUDA) when there is one, else the CPU")
 
-    def add_raster_output_row(self, form, label: str) -> None:
+    def add_raster_output_row(self, form: QFormLayout, label: str) -> None:
         """A GeoTIFF save-file row as `self.output_widget`; left empty it means a temporary file."""
         self.output_widget = QgsFileWidget()
-        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif)")
         self.output_widget.lineEdit().setPlaceholderText("[temporary file]")
-        form.addRow(label, self.output_widget)
+        add_row(form, label, self.output_widget, "The GeoTIFF to write; left empty, a temporary file that is "
+                "added to the map")
 
     def output_path(self, prefix: str, file_name: str) -> str:
         """The chosen output file, or `file_name` in a new folder of the Processing temp folder."""

@@ -329,9 +329,9 @@ def test_tab_shows_the_model(change_tab, tmp_path, tiny_changedet):  # noqa: F81
     tab = change_tab
     assert tab.model_picker.path() == str(starter_model_dir("changedet"))
     assert not tab.polygons_check.isChecked()
-    tab.model_picker.file_widget.setFilePath(str(tiny_changedet))
-    assert tab.model_picker.label.text().startswith("tiny changedet: bands red, green, blue")
-    tab.model_picker.file_widget.setFilePath(str(tmp_path))
+    tab.model_picker.set_path(str(tiny_changedet))
+    assert tab.model_picker.label.text().startswith("tiny changedet: changedet model; classes no change, change; bands red, green, blue")
+    tab.model_picker.set_path(str(tmp_path))
     assert "model.json not found" in tab.model_picker.label.text()
 
 
@@ -342,7 +342,7 @@ def test_tab_runs_and_adds_the_styled_changes_and_polygons(qtbot, change_tab, pr
     layer_a = add_raster_layer(a, "2019", project)
     tab.layer_a_combo.setLayer(layer_a)
     tab.layer_b_combo.setLayer(add_raster_layer(rewrite(b, tmp_path / "b_coarse.tif", scale=2), "2023", project))
-    tab.model_picker.file_widget.setFilePath(str(tiny_changedet))
+    tab.model_picker.set_path(str(tiny_changedet))
     tab.polygons_check.setChecked(True)
     tab.output_widget.setFilePath(str(tmp_path / "out" / "changes.tif"))   # a folder that does not exist yet
 
@@ -377,7 +377,7 @@ def test_tab_cancel_adds_nothing_and_writes_nothing(qtbot, change_tab, project, 
     big_a, big_b = (rewrite(tmp_path / f"{d}.tif", tmp_path / f"big_{d}.tif", repeat=8) for d in "ab")
     tab.layer_a_combo.setLayer(add_raster_layer(big_a, "big a", project))   # 768 x 576 px: ~400 tiles of 64 px
     tab.layer_b_combo.setLayer(add_raster_layer(big_b, "big b", project))
-    tab.model_picker.file_widget.setFilePath(str(tiny_changedet))
+    tab.model_picker.set_path(str(tiny_changedet))
     tab.polygons_check.setChecked(True)
     tab.output_widget.setFilePath(str(tmp_path / "out" / "big_changes.tif"))
     before = set(project.mapLayers())

@@ -167,9 +167,9 @@ def test_tab_shows_the_prior_and_dig_options(fusion_tab, tmp_path, tiny_prior): 
     assert (tab.steps_spin.value(), tab.interval_spin.value()) == (25, 10)
     assert [tab.mode_combo.itemText(i) for i in range(tab.mode_combo.count())] == ["dig", "ddfm"]
     assert [tab.kind_combo.itemText(i) for i in range(tab.kind_combo.count())] == ["scalar", "spatial"]
-    tab.model_picker.file_widget.setFilePath(str(tiny_prior))
-    assert tab.model_picker.label.text().startswith("Prior: tiny prior")
-    tab.model_picker.file_widget.setFilePath(str(tmp_path))
+    tab.model_picker.set_path(str(tiny_prior))
+    assert tab.model_picker.label.text().startswith("tiny prior: fusion-prior model")
+    tab.model_picker.set_path(str(tmp_path))
     assert "model.json not found" in tab.model_picker.label.text()
     tab.mode_combo.setCurrentText("ddfm")
     assert not (tab.interval_spin.isEnabled() or tab.kind_combo.isEnabled() or tab.weights_check.isEnabled())
@@ -184,7 +184,7 @@ def test_tab_runs_and_adds_the_fused_layer_and_weights(qtbot, fusion_tab, projec
     tab.infrared_combo.setLayer(add_raster_layer(infrared, "thermal", project))
     tab.visible_combo.setLayer(add_raster_layer(visible, "rgb", project))
     assert tab.band_combo.currentBand() == 1
-    tab.model_picker.file_widget.setFilePath(str(tiny_prior))
+    tab.model_picker.set_path(str(tiny_prior))
     tab.steps_spin.setValue(4)
     tab.interval_spin.setValue(2)
     tab.weights_check.setChecked(True)
@@ -216,7 +216,7 @@ def test_tab_cancel_adds_nothing_and_writes_nothing(qtbot, fusion_tab, project, 
     write_irvis_pair(tmp_path / "ir.tif", tmp_path / "vi.tif", 192, 192, seed=5)   # 40 steps: time to cancel
     tab.infrared_combo.setLayer(add_raster_layer(tmp_path / "ir.tif", "ir", project))
     tab.visible_combo.setLayer(add_raster_layer(tmp_path / "vi.tif", "vi", project))
-    tab.model_picker.file_widget.setFilePath(str(tiny_prior))
+    tab.model_picker.set_path(str(tiny_prior))
     tab.steps_spin.setValue(40)   # dig: at most 45 distinct non-uniform steps
     tab.weights_check.setChecked(True)
     tab.output_widget.setFilePath(str(tmp_path / "out" / "fused.tif"))

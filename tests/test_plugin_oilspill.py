@@ -193,7 +193,7 @@ def test_tab_runs_and_adds_styled_classes_and_slicks(qtbot, oil_tab, project, tm
     assert tab.band_combo.currentBand() == 1 and tab.kind_combo.currentText() == "auto"
     assert tab.polygons_check.isChecked()
     if saross_model:
-        tab.model_picker.file_widget.setFilePath(saross_model)
+        tab.model_picker.set_path(saross_model)
     assert tab.model_picker.path() == (saross_model or str(starter_model_dir("saross")))
     assert "oil" in tab.model_picker.label.text()
     tab.output_widget.setFilePath(str(tmp_path / "out" / "crop_oil.tif"))   # a folder that does not exist yet
@@ -222,7 +222,7 @@ def test_tab_without_polygons_writes_a_temporary_class_raster(qtbot, oil_tab, pr
     tab = oil_tab
     image, _ = write_real_crop(tmp_path / "crop.tif", index=4)
     tab.layer_combo.setLayer(add_raster_layer(image, "vv", project))
-    tab.model_picker.file_widget.setFilePath(str(sar_models.saross))
+    tab.model_picker.set_path(str(sar_models.saross))
     tab.kind_combo.setCurrentText("amplitude")
     tab.polygons_check.setChecked(False)
     tab.run_button.click()
@@ -248,7 +248,7 @@ def test_tab_cancel_adds_nothing_and_writes_nothing(qtbot, oil_tab, project, tmp
     with rasterio.open(crop) as src:
         write_geotiff(big, np.tile(src.read(1), (2, 2)), crs_wkt=SAR_WKT, transform=tuple(src.transform)[:6])
     tab.layer_combo.setLayer(add_raster_layer(big, "big", project))
-    tab.model_picker.file_widget.setFilePath(str(sar_models.saross))
+    tab.model_picker.set_path(str(sar_models.saross))
     tab.output_widget.setFilePath(str(tmp_path / "out" / "big_oil.tif"))
     before = set(project.mapLayers())
     run_then_cancel(qtbot, tab, timeout=30000)

@@ -109,7 +109,7 @@ def refine_tab(qtbot, project, refiner):
     dock = RsDiffusionDock()
     qtbot.addWidget(dock)
     tab = dock.refine_tab
-    tab.model_picker.file_widget.setFilePath(str(refiner))
+    tab.model_picker.set_path(str(refiner))
     yield tab   # not return: the dock must live as long as its tab
 
 
@@ -122,8 +122,9 @@ def test_refine_tab_maps_values_runs_and_adds_styled_layers(qtbot, refine_tab, p
     tab = refine_tab
     image, classes = write_pair(tmp_path)
     image_layer = add_raster_layer(image, "scene", project)
-    classification = add_raster_layer(classes, "landcover", project)
+    classification = add_raster_layer(classes, "landcover")   # styled as it loads, like a layer with its .qml
     style_class_layer(classification, [{"value": v, "name": n.upper(), "color": c} for v, n, c in MODEL_CLASSES])
+    project.addMapLayer(classification)
     tab.image_combo.setLayer(image_layer)
     tab.classification_combo.setLayer(classification)
     assert "field" in tab.model_picker.label.text()

@@ -10,6 +10,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from core.catalog import DEVICE_CHOICES
 from rs_diffusion_plugin.layers import style_class_layer, style_polygon_layer
+from rs_diffusion_plugin.qgis_enums import ADVANCED, FOLDER, INTEGER_NUMBER
 
 
 class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
@@ -44,12 +45,12 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
         # Optional so that leaving it out (qgis_process, scripts) means the shipped starter model:
         # QGIS 3.22 does not fall back to a file parameter's default during validation.
         self.addParameter(QgsProcessingParameterFile(
-            "MODEL", self.tr(description), behavior=QgsProcessingParameterFile.Folder, defaultValue=default_dir,
+            "MODEL", self.tr(description), behavior=FOLDER, defaultValue=default_dir,
             optional=True))
 
     def add_advanced(self, parameter: QgsProcessingParameterDefinition) -> None:
         """A parameter shown under "Advanced parameters" in the algorithm dialog."""
-        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        parameter.setFlags(parameter.flags() | ADVANCED)
         self.addParameter(parameter)
 
     def add_device_parameter(self):
@@ -60,12 +61,12 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
         """COUNT, SEED, BATCH_SIZE, DEVICE and OUTPUT_FOLDER + the INDEX, PREVIEW and PAIRS outputs of a
         pair generator (synthesize_pairs, synthesize_sar_pairs)."""
         self.addParameter(QgsProcessingParameterNumber(
-            "COUNT", self.tr("Number of pairs"), QgsProcessingParameterNumber.Integer,
+            "COUNT", self.tr("Number of pairs"), INTEGER_NUMBER,
             defaultValue=default_count, minValue=1, maxValue=100000))
         self.addParameter(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+            "SEED", self.tr("Random seed"), INTEGER_NUMBER, defaultValue=0, minValue=0))
         self.add_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Pairs per batch"), QgsProcessingParameterNumber.Integer,
+            "BATCH_SIZE", self.tr("Pairs per batch"), INTEGER_NUMBER,
             defaultValue=8, minValue=1, maxValue=256))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(

@@ -1,11 +1,13 @@
 """rsdiffusion:build_change_training_set — two dates + their changes -> aligned A/, B/, label/ patches."""
 from __future__ import annotations
 
-from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterFolderDestination,
+from qgis.core import (QgsProcessingOutputNumber, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterMapLayer, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsRasterLayer, QgsWkbTypes)
+                       QgsProcessingParameterRasterLayer, QgsRasterLayer)
 
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
+from rs_diffusion_plugin.qgis_enums import (DOUBLE_NUMBER, INTEGER_NUMBER, POLYGON_GEOMETRY, POLYGON_SOURCE,
+                                            RASTER_SOURCE)
 
 
 class BuildChangeTrainingSetAlgorithm(RsDiffusionAlgorithm):
@@ -25,15 +27,15 @@ class BuildChangeTrainingSetAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT_B", self.tr("Date B (later) raster")))
         self.addParameter(QgsProcessingParameterMapLayer(
             "CHANGES", self.tr("Changes (0/1 or 0/255 raster, or change polygons)"),
-            types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon]))
+            types=[RASTER_SOURCE, POLYGON_SOURCE]))
         self.addParameter(QgsProcessingParameterNumber(
-            "PATCH_SIZE", self.tr("Patch size (pixels)"), QgsProcessingParameterNumber.Integer, 256, minValue=16))
+            "PATCH_SIZE", self.tr("Patch size (pixels)"), INTEGER_NUMBER, 256, minValue=16))
         self.addParameter(QgsProcessingParameterNumber(
-            "STRIDE", self.tr("Stride (pixels)"), QgsProcessingParameterNumber.Integer, 256, minValue=1))
+            "STRIDE", self.tr("Stride (pixels)"), INTEGER_NUMBER, 256, minValue=1))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", self.tr("Change dataset folder")))
         self.add_advanced(QgsProcessingParameterNumber(
             "MAX_NODATA_FRACTION", self.tr("Largest share of nodata pixels in a patch (0..1)"),
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
+            DOUBLE_NUMBER, 0.0, minValue=0.0, maxValue=1.0))
         self.addOutput(QgsProcessingOutputNumber("PATCHES", self.tr("Patch triplets written")))
         self.addOutput(QgsProcessingOutputNumber("SKIPPED", self.tr("Patches skipped for nodata")))
 
@@ -49,7 +51,7 @@ class BuildChangeTrainingSetAlgorithm(RsDiffusionAlgorithm):
                 changes_path, changes_layer = raster_source(changes), ""
             else:
                 changes_path, changes_layer = vector_source(changes)
-                if changes.geometryType() != QgsWkbTypes.PolygonGeometry:
+                if changes.geometryType() != POLYGON_GEOMETRY:
                     raise ValueError(f"Layer '{changes.name()}' does not hold polygons: changes are polygons (each "
                                      "one a change) or a 0/1 or 0/255 change raster.")
             params = ChangeTrainingSetParams(

@@ -23,12 +23,12 @@ class BuildTrainingSetAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterField(
             "CLASS_FIELD", self.tr("Class field (polygons)"), parentLayerParameterName="LABELS", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            "PATCH_SIZE", self.tr("Patch size (pixels)"), QgsProcessingParameterNumber.Integer, 256, minValue=16))
+            "PATCH_SIZE", self.tr("Patch size (pixels)"), INTEGER_NUMBER, 256, minValue=16))
         self.addParameter(QgsProcessingParameterNumber(
-            "STRIDE", self.tr("Stride (pixels)"), QgsProcessingParameterNumber.Integer, 256, minValue=1))
+            "STRIDE", self.tr("Stride (pixels)"), INTEGER_NUMBER, 256, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_NODATA", self.tr("Largest share of nodata/unlabelled pixels in a patch (%)"),
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=100.0))
+            DOUBLE_NUMBER, 0.0, minValue=0.0, maxValue=100.0))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", self.tr("Dataset folder")))
         self.addOutput(QgsProcessingOutputNumber("PATCHES", self.tr("Patch pairs written")))
         self.addOutput(QgsProcessingOutputNumber("SKIPPED", self.tr("Patches skipped for nodata")))
@@ -57,3 +57,4 @@ class BuildTrainingSetAlgorithm(RsDiffusionAlgorithm):
         if result is None:
             return {}
         return {"OUTPUT_FOLDER": result.output_dir, "PATCHES": result.patches, "SKIPPED": result.skipped}
+from rs_diffusion_plugin.qgis_enums import DOUBLE_NUMBER, INTEGER_NUMBER

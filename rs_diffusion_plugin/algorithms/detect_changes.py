@@ -1,7 +1,7 @@
 """rsdiffusion:detect_changes — a change raster (+ change polygons) from two dates of one place (FC-Siam-conc)."""
 from __future__ import annotations
 
-from qgis.core import (QgsPalettedRasterRenderer, QgsProcessing, QgsProcessingOutputNumber,
+from qgis.core import (QgsPalettedRasterRenderer, QgsProcessingOutputNumber,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorDestination)
 from qgis.PyQt.QtGui import QColor
@@ -11,6 +11,7 @@ from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm, gpkg_path
 from rs_diffusion_plugin.layers import style_polygon_layer
 
 # core.change.fcsiam.TASK and core.data.change.CHANGE_CLASSES, without importing torch
+from rs_diffusion_plugin.qgis_enums import INTEGER_NUMBER, POLYGON_SOURCE
 TASK = "changedet"
 CHANGE_CLASSES = [{"value": 0, "name": "no change", "color": "#000000"},
                   {"value": 1, "name": "change", "color": "#ff0000"}]
@@ -37,15 +38,15 @@ class DetectChangesAlgorithm(RsDiffusionAlgorithm):
         self.add_model_parameter(str(starter_model_dir(TASK)), "Change detector directory (empty: starter model)")
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Changes")))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            "OUTPUT_POLYGONS", self.tr("Change polygons"), QgsProcessing.TypeVectorPolygon,
+            "OUTPUT_POLYGONS", self.tr("Change polygons"), POLYGON_SOURCE,
             optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_PROBABILITY", self.tr("Change probability"), optional=True, createByDefault=False))
         self.add_advanced(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr("Tile overlap in pixels"), QgsProcessingParameterNumber.Integer,
+            "OVERLAP", self.tr("Tile overlap in pixels"), INTEGER_NUMBER,
             defaultValue=32, minValue=0, maxValue=1024))
         self.add_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Tiles per batch"), QgsProcessingParameterNumber.Integer,
+            "BATCH_SIZE", self.tr("Tiles per batch"), INTEGER_NUMBER,
             defaultValue=4, minValue=1, maxValue=256))
         self.add_device_parameter()
         self.addOutput(QgsProcessingOutputNumber("CHANGED_AREA_KM2", self.tr("Changed area (km²)")))

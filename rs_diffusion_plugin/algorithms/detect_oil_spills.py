@@ -1,7 +1,7 @@
 """rsdiffusion:detect_oil_spills — oil class raster + oil-slick polygons from a SAR layer (SAROSS-Net)."""
 from __future__ import annotations
 
-from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterBand,
+from qgis.core import (QgsProcessingOutputNumber, QgsProcessingParameterBand,
                        QgsProcessingParameterEnum, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterVectorDestination, QgsProcessingParameterVectorLayer)
@@ -30,10 +30,10 @@ class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
         self.add_model_parameter(str(starter_model_dir("saross")),
                                  "SAROSS-Net model directory (empty: starter model)")
         self.addParameter(QgsProcessingParameterVectorLayer(
-            "LAND_MASK", self.tr("Land mask (polygons)"), [QgsProcessing.TypeVectorPolygon], optional=True))
+            "LAND_MASK", self.tr("Land mask (polygons)"), [POLYGON_SOURCE], optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Oil-spill classes")))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            "OUTPUT_POLYGONS", self.tr("Oil-slick polygons"), QgsProcessing.TypeVectorPolygon,
+            "OUTPUT_POLYGONS", self.tr("Oil-slick polygons"), POLYGON_SOURCE,
             optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_PROBABILITY", self.tr("Oil probability"), optional=True, createByDefault=False))
@@ -43,10 +43,10 @@ class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
             "INPUT_KIND", self.tr("Input values"), options=list(INPUT_KINDS), defaultValue="auto",
             usesStaticStrings=True))
         self.add_advanced(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr("Tile overlap in pixels"), QgsProcessingParameterNumber.Integer,
+            "OVERLAP", self.tr("Tile overlap in pixels"), INTEGER_NUMBER,
             defaultValue=64, minValue=0, maxValue=1024))
         self.add_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Tiles per batch"), QgsProcessingParameterNumber.Integer,
+            "BATCH_SIZE", self.tr("Tiles per batch"), INTEGER_NUMBER,
             defaultValue=4, minValue=1, maxValue=256))
         self.add_device_parameter()
         self.addOutput(QgsProcessingOutputNumber("OIL_AREA_KM2", self.tr("Oil area (km²)")))
@@ -86,3 +86,4 @@ class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
         if result.probability_path:
             outputs["OUTPUT_PROBABILITY"] = result.probability_path
         return outputs
+from rs_diffusion_plugin.qgis_enums import INTEGER_NUMBER, POLYGON_SOURCE

@@ -8,6 +8,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterBand, Qg
 from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm
 from rs_diffusion_plugin.layers import style_unit_gray
+from rs_diffusion_plugin.qgis_enums import DOUBLE_NUMBER, INTEGER_NUMBER
 
 # core.fusion.prior.TASK and core.fusion.sampler's FUSION_MODES, DIG_KINDS, DIG_DISTANCES, EM_MODES, without
 # importing torch
@@ -44,10 +45,10 @@ class FuseIrVisibleAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("VISIBLE", self.tr("Visible layer (gray or RGB)")))
         self.add_model_parameter(str(starter_model_dir(TASK)), "Fusion prior folder (empty: starter prior)")
         self.addParameter(QgsProcessingParameterNumber(
-            "STEPS", self.tr("Sampling steps"), QgsProcessingParameterNumber.Integer,
+            "STEPS", self.tr("Sampling steps"), INTEGER_NUMBER,
             defaultValue=25, minValue=2, maxValue=1000))
         self.addParameter(QgsProcessingParameterNumber(
-            "DIG_INTERVAL", self.tr("Recompute the DIG weights every S steps"), QgsProcessingParameterNumber.Integer,
+            "DIG_INTERVAL", self.tr("Recompute the DIG weights every S steps"), INTEGER_NUMBER,
             defaultValue=10, minValue=1, maxValue=1000))
         self.addParameter(QgsProcessingParameterEnum(
             "MODE", self.tr("Method"), options=list(FUSION_MODES), defaultValue="dig", usesStaticStrings=True))
@@ -63,7 +64,7 @@ class FuseIrVisibleAlgorithm(RsDiffusionAlgorithm):
             options=list(DIG_DISTANCES), defaultValue="l2", usesStaticStrings=True))
         self.add_advanced(QgsProcessingParameterNumber(
             "DIG_TEMPERATURE", self.tr("DIG softmax temperature (1: the paper's Eq. 11)"),
-            QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=1e-3))
+            DOUBLE_NUMBER, defaultValue=1.0, minValue=1e-3))
         self.add_advanced(QgsProcessingParameterEnum(
             "DDFM_MODE", self.tr("DDFM EM step"), options=list(EM_MODES), defaultValue="paper",
             usesStaticStrings=True))
@@ -71,12 +72,12 @@ class FuseIrVisibleAlgorithm(RsDiffusionAlgorithm):
             "INFRARED_BAND", self.tr("Infrared band"), defaultValue=1, parentLayerParameterName="INFRARED",
             optional=True))
         self.add_advanced(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+            "SEED", self.tr("Random seed"), INTEGER_NUMBER, defaultValue=0, minValue=0))
         self.add_advanced(QgsProcessingParameterNumber(
-            "TILE_SIZE", self.tr("Tile size in pixels"), QgsProcessingParameterNumber.Integer,
+            "TILE_SIZE", self.tr("Tile size in pixels"), INTEGER_NUMBER,
             defaultValue=256, minValue=32, maxValue=4096))
         self.add_advanced(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr("Tile overlap in pixels"), QgsProcessingParameterNumber.Integer,
+            "OVERLAP", self.tr("Tile overlap in pixels"), INTEGER_NUMBER,
             defaultValue=32, minValue=0, maxValue=1024))
         self.add_device_parameter()
         self.addOutput(QgsProcessingOutputString("PRIOR", self.tr("Prior used")))

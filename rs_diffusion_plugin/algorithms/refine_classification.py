@@ -39,25 +39,25 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             "CLASSIFICATION", self.tr("Classification to refine (class values, same grid as the image)")))
         self.add_model_parameter(str(starter_model_dir(TASK)), "IDGBR model directory (empty: starter model)")
         self.addParameter(QgsProcessingParameterNumber(
-            "SAMPLES", self.tr("Samples per tile (averaged)"), QgsProcessingParameterNumber.Integer,
+            "SAMPLES", self.tr("Samples per tile (averaged)"), INTEGER_NUMBER,
             defaultValue=1, minValue=1, maxValue=64))
         self.add_device_parameter()
         self.add_advanced(QgsProcessingParameterString(
             "VALUE_MAP", self.tr("Value mapping 'raster value:model class value, ...' (empty: the same values)"),
             optional=True))
         self.add_advanced(QgsProcessingParameterNumber(
-            "STEPS", self.tr("Sampling steps (0: the model's)"), QgsProcessingParameterNumber.Integer,
+            "STEPS", self.tr("Sampling steps (0: the model's)"), INTEGER_NUMBER,
             defaultValue=0, minValue=0, maxValue=1000))
         self.add_advanced(QgsProcessingParameterNumber(
-            "GUIDANCE", self.tr("Guidance scale (0: the model's)"), QgsProcessingParameterNumber.Double,
+            "GUIDANCE", self.tr("Guidance scale (0: the model's)"), DOUBLE_NUMBER,
             defaultValue=0.0, minValue=0.0, maxValue=50.0))
         self.add_advanced(QgsProcessingParameterBand(
             "BANDS", self.tr("Image bands, in the model's order (empty: the first bands)"),
             parentLayerParameterName="INPUT", allowMultiple=True, optional=True))
         self.add_advanced(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+            "SEED", self.tr("Random seed"), INTEGER_NUMBER, defaultValue=0, minValue=0))
         self.add_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Tiles per batch"), QgsProcessingParameterNumber.Integer,
+            "BATCH_SIZE", self.tr("Tiles per batch"), INTEGER_NUMBER,
             defaultValue=4, minValue=1, maxValue=256))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Refined classification")))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -101,3 +101,4 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             self.style_on_load(context, result.uncertainty_path, style_unit_gray)
             outputs["OUTPUT_UNCERTAINTY"] = result.uncertainty_path
         return outputs
+from rs_diffusion_plugin.qgis_enums import DOUBLE_NUMBER, INTEGER_NUMBER

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from qgis.core import (QgsProcessingParameterBand, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterVectorDestination, QgsProcessing)
+                       QgsProcessingParameterVectorDestination)
 
 from core.catalog import starter_model_dir
 from rs_diffusion_plugin.algorithms.base import RsDiffusionAlgorithm, gpkg_path
@@ -28,19 +28,19 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
             allowMultiple=True, optional=True))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterNumber(
-            "TILE_SIZE", self.tr("Tile size in pixels (0: the model's)"), QgsProcessingParameterNumber.Integer,
+            "TILE_SIZE", self.tr("Tile size in pixels (0: the model's)"), INTEGER_NUMBER,
             defaultValue=0, minValue=0, maxValue=4096))
         self.addParameter(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr("Tile overlap in pixels"), QgsProcessingParameterNumber.Integer,
+            "OVERLAP", self.tr("Tile overlap in pixels"), INTEGER_NUMBER,
             defaultValue=32, minValue=0, maxValue=1024))
         self.addParameter(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Tiles per batch"), QgsProcessingParameterNumber.Integer,
+            "BATCH_SIZE", self.tr("Tiles per batch"), INTEGER_NUMBER,
             defaultValue=4, minValue=1, maxValue=256))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Class raster")))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_PROBABILITIES", self.tr("Class probabilities"), optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            "OUTPUT_POLYGONS", self.tr("Class polygons"), QgsProcessing.TypeVectorPolygon,
+            "OUTPUT_POLYGONS", self.tr("Class polygons"), POLYGON_SOURCE,
             optional=True, createByDefault=False))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -76,4 +76,5 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
             self.style_classes_on_load(context, result.polygons_path, result.classes, polygons=True)
             outputs["OUTPUT_POLYGONS"] = result.polygons_path
         return outputs
+from rs_diffusion_plugin.qgis_enums import INTEGER_NUMBER, POLYGON_SOURCE
 

@@ -25,17 +25,17 @@ class SynthesizeChangePairsAlgorithm(RsDiffusionAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameter(str(starter_model_dir(TASK)), "RDF-MIG model directory (empty: starter model)")
         self.addParameter(QgsProcessingParameterNumber(
-            "COUNT", self.tr("Number of triplets"), QgsProcessingParameterNumber.Integer,
+            "COUNT", self.tr("Number of triplets"), INTEGER_NUMBER,
             defaultValue=16, minValue=1, maxValue=100000))
         self.addParameter(QgsProcessingParameterNumber(
-            "STEPS", self.tr("DDIM steps"), QgsProcessingParameterNumber.Integer,
+            "STEPS", self.tr("DDIM steps"), INTEGER_NUMBER,
             defaultValue=50, minValue=1, maxValue=1000))
         self.addParameter(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+            "SEED", self.tr("Random seed"), INTEGER_NUMBER, defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterFolderDestination(
             "OUTPUT_FOLDER", self.tr("Output folder (new or empty)")))
         self.add_advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Triplets per batch"), QgsProcessingParameterNumber.Integer,
+            "BATCH_SIZE", self.tr("Triplets per batch"), INTEGER_NUMBER,
             defaultValue=8, minValue=1, maxValue=256))
         self.add_device_parameter()
         self.addOutput(QgsProcessingOutputFile("INDEX", self.tr("Index of the generated triplets (CSV)")))
@@ -54,3 +54,4 @@ class SynthesizeChangePairsAlgorithm(RsDiffusionAlgorithm):
             return {}
         return {"OUTPUT_FOLDER": result.output_dir, "INDEX": result.index_path, "PREVIEW": result.preview_path,
                 "TRIPLETS": len(result.triplets)}
+from rs_diffusion_plugin.qgis_enums import INTEGER_NUMBER

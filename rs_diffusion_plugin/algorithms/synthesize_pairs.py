@@ -29,16 +29,16 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             "SAMPLER", self.tr("Sampler"), options=list(SAMPLERS), defaultValue="ddim", usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterNumber(
-            "STEPS", self.tr("DDIM steps"), QgsProcessingParameterNumber.Integer,
+            "STEPS", self.tr("DDIM steps"), INTEGER_NUMBER,
             defaultValue=50, minValue=1, maxValue=1000))
         self.add_advanced(QgsProcessingParameterNumber(
             "ETA", self.tr("DDIM eta (1: fresh noise each step, better pairs; 0: deterministic)"),
-            QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=0.0, maxValue=1.0))
+            DOUBLE_NUMBER, defaultValue=1.0, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterBoolean(
             "SR", self.tr("x2 super-resolution stage"), defaultValue=False))
         self.addParameter(QgsProcessingParameterFile(
             "SR_MODEL", self.tr("Super-resolution model directory (empty: starter x2 model)"),
-            behavior=QgsProcessingParameterFile.Folder, optional=True))
+            behavior=FOLDER, optional=True))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from core.synthesis.generate import SynthesisParams, synthesize_pairs
@@ -53,3 +53,4 @@ class SynthesizePairsAlgorithm(RsDiffusionAlgorithm):
             return synthesize_pairs(params, progress)
 
         return self.generation_outputs(self.run_core(run, feedback))
+from rs_diffusion_plugin.qgis_enums import DOUBLE_NUMBER, FOLDER, INTEGER_NUMBER

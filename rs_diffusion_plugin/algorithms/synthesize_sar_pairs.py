@@ -22,7 +22,7 @@ class SynthesizeSarPairsAlgorithm(RsDiffusionAlgorithm):
                                  "SAR-JointNet model directory (empty: starter model)")
         self.add_generation_parameters()
         self.addParameter(QgsProcessingParameterNumber(
-            "STEPS", self.tr("DDIM steps"), QgsProcessingParameterNumber.Integer,
+            "STEPS", self.tr("DDIM steps"), INTEGER_NUMBER,
             defaultValue=200, minValue=1, maxValue=1000))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -32,3 +32,4 @@ class SynthesizeSarPairsAlgorithm(RsDiffusionAlgorithm):
             return synthesize_sar_pairs(SarSynthesisParams(**self.generation_values(parameters, context)), progress)
 
         return self.generation_outputs(self.run_core(run, feedback))
+from rs_diffusion_plugin.qgis_enums import INTEGER_NUMBER
