@@ -1,11 +1,15 @@
 """The skeleton every raster pipeline shares (segment, oil spills, change, refine, fuse).
 
-A run first checks where it will write (`check_outputs`), before any model is loaded, so a bad
-file name costs the user no waiting. It then writes every output under its own name inside a
+A run first checks, before any model is loaded, so a bad choice costs the user no waiting: where it
+will write (`check_outputs`), the tiling (`check_tiling`), that its inputs open, overlap one another
+and hold valid pixels (`check_inputs`), then, with the model card (cheap: no weights), whether each
+input fits the model (`fit_layer`: bands, value range, ground resolution; misfits are warnings saying
+what was done and how to change it). It then writes every output under its own name inside a
 hidden staging folder next to it (`staged_outputs`) and moves the whole set into place only when
 the run has finished: a failed or cancelled run leaves no partial file, no half set of outputs,
-and the files an earlier run wrote at those paths untouched. `core.tiling.run_tiles` is the tile
-loop in between.
+and the files an earlier run wrote at those paths untouched; a run killed outright leaves its
+staging folder, which the next run to the same output removes. `core.tiling.run_tiles` is the
+tile loop in between.
 """
 from __future__ import annotations
 
@@ -13,16 +17,28 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import rasterio.warp
+
 from core.checkpoint import ModelCard
-from core.raster import RasterError
+from core.progress import Progress
+from core.raster import RasterError, RasterInfo, check_bands, has_valid_pixel, open_raster, raster_info, read_decimated
 
 PROBABILITY_NODATA = -1.0     # float rasters of values in [0, 1] (probabilities, weights, uncertainties)
 RASTER_SUFFIXES = (".tif", ".tiff")
 POLYGON_SUFFIX = ".gpkg"
+# Every architecture we run halves its feature maps at least four times (the change detector's and the
+# diffusion UNets' four poolings, the segmenters' five strides), so a tile under 16 px leaves the deepest
+# layer less than a pixel of context, and tiny tiles multiply the work (3 px tiles: ~141k tiles for a
+# 1000 x 1000 px layer). Models with a coarser stride ask for a multiple of it on top.
+MIN_TILE_SIZE = 16
+PARTIAL_OVERLAP = 0.999       # below this covered share of the reference layer, a partial overlap is reported
+RESOLUTION_TOLERANCE = 2.0    # a ground resolution more than this factor off the model's is reported
+FAR_FROM_TRAINING = 6.0       # |(value - offset) / scale| beyond this (1st / 99th percentile): unlike the training data
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,192 @@ def check_outputs(outputs: Sequence[Output], inputs: dict[str, str]) -> None:
             raise ValueError(f"The {out.what} '{out.path}' cannot be written: folder '{folder}' is not writable.")
 
 
+def check_tiling(tile_size: int, overlap: int) -> None:
+    """Refuse a tile size under MIN_TILE_SIZE or an overlap outside 0..tile/2 (beyond half a tile, the tiles
+    would overlap twice over). A tile size of 0 stands for the model's, checked once its card is read."""
+    if tile_size and tile_size < MIN_TILE_SIZE:
+        raise ValueError(f"Tile size {tile_size} px is below the minimum of {MIN_TILE_SIZE} px: a model sees too "
+                         "little around each pixel in a smaller tile. Choose a tile size of at least "
+                         f"{MIN_TILE_SIZE} px (0: the model's).")
+    if overlap < 0:
+        raise ValueError(f"Tile overlap {overlap} px is negative; choose 0 or more.")
+    if tile_size and overlap > tile_size // 2:
+        raise ValueError(f"Tile overlap {overlap} px is more than half the tile size ({tile_size} px); choose an "
+                         f"overlap of at most {tile_size // 2} px or a tile size of at least {2 * overlap} px.")
+
+
+def model_tiling(tile_size: int, overlap: int, card: ModelCard, progress: Progress) -> tuple[int, int]:
+    """The tile size and overlap to run with: the user's tile size (see check_tiling), or else the model's. A
+    default overlap suits the usual tiles, not every model's, so one beyond half the model's tile is halved
+    with a warning; an overlap the user set with a tile size they chose is an error instead."""
+    if tile_size:
+        return tile_size, overlap
+    check_tiling(card.tile_size, 0)
+    if overlap > card.tile_size // 2:
+        progress.warning(f"Tile overlap {overlap} px is more than half the model's tile size ({card.tile_size} px): "
+                         f"{card.tile_size // 2} px used. Choose a tile size of at least {2 * overlap} px to keep "
+                         f"{overlap} px.")
+        return card.tile_size, card.tile_size // 2
+    return card.tile_size, overlap
+
+
+@dataclass(frozen=True)
+class InputLayer:
+    """One input raster of a run, as messages name it."""
+    path: str
+    name: str                       # how the user knows the layer
+    role: str = "layer"             # its part in the run, e.g. "date B", "infrared layer"
+    bands: Sequence[int] = (1,)     # bands whose pixels must be valid somewhere
+
+    def __str__(self) -> str:
+        return f"{self.role} '{self.name}'"
+
+
+def check_inputs(layers: Sequence[InputLayer], progress: Progress) -> list[RasterInfo]:
+    """Each layer opens and holds a valid pixel; every later layer overlaps the first (the one whose grid the
+    outputs get). No overlap is an error naming both layers' CRS and extent; a partial one a warning with the
+    covered share. Returns the layers' RasterInfo, in order."""
+    infos = [raster_info(layer.path) for layer in layers]
+    for layer, info in zip(layers[1:], infos[1:]):
+        covered = _covered_share(infos[0], info)
+        if covered is None:
+            continue
+        if covered == 0.0:
+            raise RasterError(f"{_capital(layer)} ({info.describe_place()}) does not overlap {layers[0]} "
+                              f"({infos[0].describe_place()}); choose layers that cover the same area.")
+        if covered < PARTIAL_OVERLAP:
+            progress.warning(f"{_capital(layer)} covers only {100 * covered:.1f}% of {layers[0]}: the outputs are "
+                             f"nodata where it has no data. Crop {layers[0]} to the overlap to leave that out.")
+    for layer, info in zip(layers, infos):
+        bad = [b for b in layer.bands if not 1 <= b <= info.count]
+        if bad:
+            listed = ", ".join(map(str, bad))
+            raise RasterError(f"{_capital(layer)} has bands 1..{info.count}; "
+                              + (f"band {listed} does not exist." if len(bad) == 1 else f"bands {listed} do not exist."))
+        with open_raster(layer.path) as src:
+            if not has_valid_pixel(src, list(layer.bands), progress):
+                nodata = f" (value {info.nodata:g})" if info.nodata is not None else ""
+                raise RasterError(f"{_capital(layer)} has no valid pixel: band(s) {', '.join(map(str, layer.bands))} "
+                                  f"are nodata{nodata} everywhere, so there is nothing to run the model on. Check "
+                                  "the layer's nodata value or choose another layer.")
+    return infos
+
+
+def _capital(layer: InputLayer) -> str:
+    text = str(layer)
+    return text[:1].upper() + text[1:]
+
+
+def _covered_share(reference: RasterInfo, other: RasterInfo) -> float | None:
+    """The share of `reference`'s extent that `other` covers (0 when apart); None when it cannot be told
+    (a layer without CRS, or extents that do not transform into the other CRS)."""
+    if reference.crs_wkt is None or other.crs_wkt is None:
+        return None
+    try:
+        left, bottom, right, top = rasterio.warp.transform_bounds(other.crs_wkt, reference.crs_wkt, *other.bounds,
+                                                                  densify_pts=21)
+    except (rasterio.errors.CRSError, ValueError):
+        return None
+    if not np.all(np.isfinite([left, bottom, right, top])):
+        return None
+    ref_left, ref_bottom, ref_right, ref_top = reference.bounds
+    width = min(right, ref_right) - max(left, ref_left)
+    height = min(top, ref_top) - max(bottom, ref_bottom)
+    if width <= 0 or height <= 0:
+        return 0.0
+    return min(1.0, width * height / ((ref_right - ref_left) * (ref_top - ref_bottom)))
+
+
+def fit_layer(layer: InputLayer, info: RasterInfo, bands: Sequence[int] | None, card: ModelCard,
+              progress: Progress, scaled_by_card: bool = True, resample_hint: str = "") -> list[int]:
+    """The bands to read from `layer` for `card`'s model (an error if it has fewer than the model needs), with a
+    warning for each way the layer is unlike the model's training data: extra bands or band names unlike the
+    card's, values beyond its data type's range or far from its normalisation (when `scaled_by_card`: the
+    pipeline scales values with the card's offset / scale), a ground resolution more than
+    RESOLUTION_TOLERANCE off the card's. resample_hint: how to read the layer at the model's resolution."""
+    chosen = check_bands(info, bands, card.bands, layer.name)
+    if bands is None and info.count > len(card.bands):
+        progress.warning(f"{_capital(layer)} has {info.count} bands; the model '{card.name}' reads bands "
+                         f"1-{len(card.bands)} as {', '.join(card.bands)} and ignores the others. Choose the bands "
+                         "to read if these are not the right ones.")
+    named = [(b, info.band_names[b - 1], want) for b, want in zip(chosen, card.bands)
+             if info.band_names[b - 1] != f"band {b}"]
+    unlike = [f"band {b} '{have}' as '{want}'" for b, have, want in named if have.lower() != want.lower()]
+    if unlike:
+        progress.warning(f"{_capital(layer)}: the model '{card.name}' reads {', '.join(unlike)}. Choose the bands "
+                         f"to read in the order {', '.join(card.bands)} if that is not what you meant.")
+    if scaled_by_card:
+        with open_raster(layer.path) as src:
+            data, valid = read_decimated(src, chosen)
+        _check_values(layer, info, data[:, valid], card, progress)
+    _check_resolution(layer, info, card, progress, resample_hint)
+    return chosen
+
+
+def training_dtype(card: ModelCard) -> str | None:
+    """The data type the model was trained on: the card's extra 'dtype' when recorded, else 'uint8' when its
+    normalisation fits 8-bit data (offset >= 0, 1 < offset + scale <= 255 for every band: mean / std or
+    minimum / range of 0..255 values), else unknown."""
+    if card.extra.get("dtype"):
+        return str(card.extra["dtype"])
+    fits_8_bit = all(o >= 0 and 1 < o + s <= 255 for o, s in zip(card.normalization.offset, card.normalization.scale))
+    return "uint8" if fits_8_bit else None
+
+
+def _check_values(layer: InputLayer, info: RasterInfo, values: np.ndarray, card: ModelCard,
+                  progress: Progress) -> None:
+    """Warn when the layer's values (bands, pixels of a decimated read) are unlike the model's training data."""
+    if values.size == 0:
+        return
+    trained_on = training_dtype(card)
+    if trained_on is not None and np.issubdtype(np.dtype(trained_on), np.integer):
+        limits = np.iinfo(trained_on)
+        kind = "8-bit" if trained_on == "uint8" else trained_on
+        low, high = float(values.min()), float(values.max())
+        how = (f"the values were scaled with the model's {kind} statistics as they are, so the results are "
+               f"unreliable. Rescale the layer to {limits.min}..{limits.max} first (e.g. Raster > Conversion > "
+               f"Translate with a scale), or use a model trained on data like it.")
+        if high > limits.max or low < limits.min:
+            progress.warning(f"{_capital(layer)} is {info.dtype} with values "
+                             + (f"up to {high:g}" if high > limits.max else f"down to {low:g}")
+                             + f"; the model '{card.name}' was trained on {kind} ({limits.min}..{limits.max}) data: "
+                             + how)
+        elif np.issubdtype(np.dtype(info.dtype), np.floating) and high <= 1.0 < limits.max:
+            progress.warning(f"{_capital(layer)} is {info.dtype} with values of at most {high:g} (scaled to 0..1?); "
+                             f"the model '{card.name}' was trained on {kind} ({limits.min}..{limits.max}) data: "
+                             + how)
+        return
+    offset = np.asarray(card.normalization.offset, dtype=np.float64)[:, None]
+    scale = np.asarray(card.normalization.scale, dtype=np.float64)[:, None]
+    low, high = np.percentile(values, [1, 99], axis=1)
+    z = (np.stack([low, high], axis=1) - offset) / scale
+    worst = int(np.argmax(np.abs(z).max(axis=1)))
+    if abs(z[worst]).max() > FAR_FROM_TRAINING:
+        progress.warning(f"{_capital(layer)} ({info.dtype}) has values of {low[worst]:g}..{high[worst]:g} (1st-99th "
+                         f"percentile) in the band read as '{card.bands[worst]}'; the model '{card.name}' scales it "
+                         f"as (value - {offset[worst, 0]:g}) / {scale[worst, 0]:g}, which puts them at "
+                         f"{z[worst, 0]:.0f}..{z[worst, 1]:.0f}, far from the values it was trained on (within a "
+                         "few units of 0), so the results are unreliable. Rescale the layer to the range of the "
+                         "model's training data, or use a model trained on data like it.")
+
+
+def _check_resolution(layer: InputLayer, info: RasterInfo, card: ModelCard, progress: Progress,
+                      resample_hint: str) -> None:
+    model, have = card.ground_resolution, info.ground_resolution_m
+    if not model or have is None:
+        return
+    ratio = have / model
+    if 1 / RESOLUTION_TOLERANCE <= ratio <= RESOLUTION_TOLERANCE:
+        return
+    factor, way = (ratio, "coarser") if ratio > 1 else (1 / ratio, "finer")
+    objects = "smaller" if ratio > 1 else "larger"
+    how = resample_hint or f"resample the layer to about {model:g} m first (Raster > Projections > Warp)"
+    progress.warning(f"{_capital(layer)} has {have:.3g} m pixels; the model '{card.name}' was trained on {model:g} m "
+                     f"pixels ({factor:.3g}x {way}): objects look {factor:.3g}x {objects} to it than in its training "
+                     f"data, so the results are unreliable. The layer was read at its own resolution; to change "
+                     f"that, {how}.")
+
+
 class StagedPaths:
     """Where a run writes instead of its final paths, and scratch files it never keeps."""
 
@@ -91,26 +293,83 @@ class StagedPaths:
 @contextlib.contextmanager
 def staged_outputs(outputs: Sequence[Output]) -> Iterator[StagedPaths]:
     """Stage the outputs asked for; move them all into place when the block succeeds, else remove them
-    (and the folders made for them)."""
+    (and the folders made for them). First removes what a killed run to the same outputs left behind.
+
+    A staging folder is named after the first output it holds ('.NAME.RANDOM.partial') and locked while its
+    run lives: the operating system drops the lock of a killed process, so an unlocked one is a leftover."""
     finals = {out.path: Path(out.path) for out in outputs if out.path}
     made = [p for folder in {f.parent.absolute() for f in finals.values()} for p in (folder, *folder.parents)
             if not p.exists()]
+    remove_leftovers(finals.values())
     staging: dict[Path, Path] = {}   # output folder -> its staging folder
+    locks: list[int] = []
     done = False
     try:
         for final in finals.values():
             if final.parent not in staging:
                 final.parent.mkdir(parents=True, exist_ok=True)
-                staging[final.parent] = Path(tempfile.mkdtemp(prefix=".", suffix=".partial", dir=final.parent))
+                staging[final.parent] = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=STAGING_SUFFIX,
+                                                              dir=final.parent))
+                locks.append(_lock(staging[final.parent] / LOCK_NAME))
         yield StagedPaths({path: str(staging[final.parent] / final.name) for path, final in finals.items()},
                           next(iter(staging.values())))
         for final in finals.values():
             os.replace(staging[final.parent] / final.name, final)
         done = True
     finally:
+        for fd in locks:
+            if fd is not None:
+                os.close(fd)   # closing releases the lock (Windows cannot remove a folder with an open file)
         for folder in staging.values():
             shutil.rmtree(folder, ignore_errors=True)
         if not done:
             for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):   # kept when something else has appeared in it
                     folder.rmdir()
+
+
+STAGING_SUFFIX = ".partial"
+LOCK_NAME = ".lock"
+
+
+def remove_leftovers(finals: Iterable[Path]) -> list[Path]:
+    """Remove the staging folders that runs killed while writing any of `finals` left next to them (named for
+    one of them or holding a file of its name, and not locked by a live run). Returns what was removed."""
+    removed = []
+    by_folder: dict[Path, set[str]] = {}
+    for final in finals:
+        by_folder.setdefault(final.parent, set()).add(final.name)
+    for folder, names in by_folder.items():
+        if not folder.is_dir():
+            continue
+        for candidate in folder.glob(f".*{STAGING_SUFFIX}"):
+            if not candidate.is_dir() or not any(candidate.name.startswith(f".{name}.") or (candidate / name).exists()
+                                                 for name in names):
+                continue
+            fd = _lock(candidate / LOCK_NAME)
+            if fd is None:
+                continue            # a run writing the same output right now
+            os.close(fd)
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _lock(path: Path) -> int | None:
+    """Open and lock `path` without waiting: the open file, or None when another process (or another run in
+    this one) holds the lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    except OSError:
+        return None
+    try:
+        if os.name == "nt":
+            import msvcrt
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd

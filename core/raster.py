@@ -23,6 +23,10 @@ from rasterio.windows import Window
 os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 
+SAMPLE_SIDE = 1024          # px a side of a decimated read (read_decimated): ~1 M pixels per band
+SCAN_PIXELS = 1 << 22       # pixels per strip when a raster has to be scanned whole
+
+
 class RasterError(ValueError):
     """Input raster problem worded for the user (which file, which band, what was expected)."""
 
@@ -46,6 +50,35 @@ class RasterInfo:
     @property
     def is_geographic(self) -> bool:
         return self.crs_wkt is not None and rasterio.crs.CRS.from_wkt(self.crs_wkt).is_geographic
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the layer's CRS."""
+        return rasterio.transform.array_bounds(self.height, self.width, rasterio.Affine(*self.transform))
+
+    @property
+    def ground_resolution_m(self) -> float | None:
+        """Mean pixel side in metres (degrees converted at the layer's centre latitude); None without a CRS."""
+        if self.crs_wkt is None:
+            return None
+        x, y = self.resolution
+        if self.is_geographic:
+            left, bottom, right, top = self.bounds
+            metres_per_degree = 111_320.0
+            return (x * metres_per_degree * np.cos(np.radians((bottom + top) / 2)) + y * metres_per_degree) / 2
+        factor = rasterio.crs.CRS.from_wkt(self.crs_wkt).linear_units_factor[1]
+        return (x + y) / 2 * factor
+
+    def describe_place(self) -> str:
+        """CRS and extent as a message shows them, e.g. 'EPSG:32633, extent 500000, 5599968 : 500048, 5600000'."""
+        if self.crs_wkt is None:
+            return "no CRS"
+        crs = rasterio.crs.CRS.from_wkt(self.crs_wkt)
+        epsg = crs.to_epsg()
+        name = f"EPSG:{epsg}" if epsg else crs.to_wkt().split('"')[1]
+        digits = 6 if crs.is_geographic else 1
+        left, bottom, right, top = (f"{v:.{digits}f}".rstrip("0").rstrip(".") for v in self.bounds)
+        return f"{name}, extent {left}, {bottom} : {right}, {top}"
 
 
 def raster_info(path: str | os.PathLike) -> RasterInfo:
@@ -92,7 +125,36 @@ def read_window(src, window: Window, bands: Sequence[int]) -> tuple[np.ndarray, 
 
     Pixels equal to nodata, NaN, or masked by the dataset's own mask are invalid.
     """
-    data = src.read(list(bands), window=window)
+    return _with_validity(src, src.read(list(bands), window=window), lambda: src.dataset_mask(window=window))
+
+
+def read_decimated(src, bands: Sequence[int], max_side: int = SAMPLE_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """The whole raster read at most `max_side` px a side (nearest neighbour, overviews when present), as
+    float32 and a validity mask like read_window: cheap statistics whose memory does not grow with the raster."""
+    step = max(1, -(-max(src.width, src.height) // max_side))
+    shape = (max(1, src.height // step), max(1, src.width // step))
+    data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=rasterio.enums.Resampling.nearest)
+    return _with_validity(src, data, lambda: src.dataset_mask(out_shape=shape))
+
+
+def has_valid_pixel(src, bands: Sequence[int], progress=None) -> bool:
+    """True when some pixel of `bands` is valid: a decimated read answers at once for any raster with data
+    to speak of; only when it sees none is the raster scanned strip by strip (stopping at the first valid
+    pixel), so a small valid patch is not missed and memory does not grow."""
+    if read_decimated(src, bands)[1].any():
+        return True
+    rows = max(1, SCAN_PIXELS // src.width)
+    for top in range(0, src.height, rows):
+        if read_window(src, Window(0, top, src.width, min(rows, src.height - top)), bands)[1].any():
+            return True
+        if progress is not None:
+            progress.check()
+    return False
+
+
+def _with_validity(src, data: np.ndarray, dataset_mask) -> tuple[np.ndarray, np.ndarray]:
+    """float32 data (complex -> amplitude) and where it is valid: not nodata, not NaN, not masked by the
+    dataset's own mask (dataset_mask() reads it for the same pixels)."""
     if np.iscomplexobj(data):
         data = np.abs(data)
     floating = np.issubdtype(data.dtype, np.floating)
@@ -104,7 +166,7 @@ def read_window(src, window: Window, bands: Sequence[int]) -> tuple[np.ndarray, 
         valid &= ~np.any(np.isnan(data), axis=0)
     if src.nodata is None and any(flag & rasterio.enums.MaskFlags.per_dataset
                                   for flag in src.mask_flag_enums[0]):
-        valid &= src.dataset_mask(window=window) > 0
+        valid &= dataset_mask() > 0
     return data, valid
 
 

@@ -261,7 +261,7 @@ def test_wrong_band_counts_are_explained(tmp_path, tiny):
         detect(a, one_band, tmp_path / "out", model)
     with pytest.raises(RasterError, match=r"2 band\(s\) selected from layer 'time A' but the model needs 3"):
         detect(a, b, tmp_path / "out", model, bands_a=[1, 2], name_a="time A")
-    with pytest.raises(RasterError, match=r"Layer 'b.tif' has bands 1..3; band\(s\) \[5\] do not exist"):
+    with pytest.raises(RasterError, match=r"Date B 'b.tif' has bands 1..3; band 5 does not exist"):
         detect(a, b, tmp_path / "out", model, bands_b=[1, 2, 5])
     assert files_in(tmp_path / "out") == set()
 

@@ -198,11 +198,11 @@ def test_fuse_cli_passes_the_dig_options(tmp_path, tiny_prior, capsys, monkeypat
                         original(params, progress))
     training_main(["fuse", "--pairs", str(pairs), "--output", str(tmp_path / "fused"), "--model", str(tiny_prior),
                    "--steps", "4", "--dig-interval", "2", "--dig-distance", "mse", "--dig-temperature", "0.5",
-                   "--dig-kind", "spatial", "--dig-patch", "8", "--tile-size", "32", "--batch-size", "3",
+                   "--dig-kind", "spatial", "--dig-patch", "8", "--tile-size", "32", "--overlap", "8", "--batch-size", "3",
                    "--device", "cpu"])
     assert "1 fused images written" in capsys.readouterr().out
     settings = seen[0].settings
     assert (settings.dig_distance, settings.dig_temperature, settings.dig_kind, settings.dig_patch) == (
         "mse", 0.5, "spatial", 8)
-    assert (seen[0].tile_size, seen[0].batch_size) == (32, 3)
+    assert (seen[0].tile_size, seen[0].overlap, seen[0].batch_size) == (32, 8, 3)
     assert len(list((tmp_path / "fused").glob("*.tif"))) == 1

@@ -173,7 +173,7 @@ def test_tile_size_must_be_a_multiple_of_the_latent_factor(tmp_path, refiner):
     image, classes = write_inputs(tmp_path)
     with pytest.raises(ValueError, match="Tile size 30 px is not a multiple of 4"):
         refine_raster(RefineParams(str(image), str(classes), str(tmp_path / "r.tif"), model_dir=str(refiner),
-                                   tile_size=30))
+                                   tile_size=30, overlap=8))
     assert "r.tif" not in files_in(tmp_path)
 
 

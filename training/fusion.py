@@ -117,6 +117,7 @@ def add_fuse_arguments(parser) -> None:
     parser.add_argument("--dig-patch", type=int, default=64, help="spatial DIG: patch size in pixels")
     parser.add_argument("--ddfm-mode", choices=EM_MODES, default="paper", help="EM wiring (see core/fusion/em.py)")
     parser.add_argument("--tile-size", type=int, default=256, help="fixed tile (DIG's distances are over the tile)")
+    parser.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (at most half a tile)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="tiles per prior forward")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -132,7 +133,8 @@ def main_fuse(args) -> None:
                               seed=args.seed)
     progress = TqdmProgress("fuse")
     results = fuse_folder(args.pairs, args.output, FusionParams("", "", "", model_dir=args.model, settings=settings,
-                                                                tile_size=args.tile_size, batch_size=args.batch_size,
+                                                                tile_size=args.tile_size, overlap=args.overlap,
+                                                                batch_size=args.batch_size,
                                                                 device=args.device),
                           progress)
     progress.close()

@@ -22,10 +22,10 @@ from core.catalog import resolve_model_dir
 from core.change.fcsiam import MULTIPLE, TASK, build_changedet
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
-from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, staged_outputs
+from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
+                           fit_layer, model_tiling, staged_outputs)
 from core.progress import Progress, SubProgress
-from core.raster import (GeoTiffWriter, RasterInfo, check_bands, co_registered, open_raster, pixel_area_km2,
-                         raster_info, read_window, resampled_onto)
+from core.raster import GeoTiffWriter, RasterInfo, co_registered, open_raster, pixel_area_km2, read_window, resampled_onto
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygon_totals, polygonize
 
@@ -69,11 +69,17 @@ class ChangeResult:
     resampled: bool                     # image B was resampled onto A's grid
 
 
-def load_changedet(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
+def load_changedet_card(model_dir: str) -> ModelCard:
+    """The card of a change model (cheap: no weights), which must have the classes no change and change."""
     card = load_card(model_dir, task=TASK)
     if [c.value for c in card.classes] != [NO_CHANGE, CHANGE]:
         raise ModelError(f"Model '{card.name}' must have the classes 0 (no change) and 1 (change), not "
                          f"{[c.value for c in card.classes]}.")
+    return card
+
+
+def load_changedet(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
+    card = load_changedet_card(model_dir)
     return load_into(build_changedet(card.architecture), model_dir), card
 
 
@@ -85,10 +91,17 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
     outputs = [Output(params.output_path, "change raster"), Output(params.polygons_path, "change polygons", True),
                Output(params.probability_path, "change probability raster")]
     check_outputs(outputs, {params.input_a_path: name_a, params.input_b_path: name_b})
-    model, card = load_changedet(params.resolved_model_dir())
-    a_info, b_info = raster_info(params.input_a_path), raster_info(params.input_b_path)
-    bands_a = _bands(a_info, params.bands_a, card, name_a, progress)
-    bands_b = _bands(b_info, params.bands_b, card, name_b, progress)
+    check_tiling(params.tile_size, params.overlap)
+    layer_a = InputLayer(params.input_a_path, name_a, "date A", tuple(params.bands_a or (1,)))
+    layer_b = InputLayer(params.input_b_path, name_b, "date B", tuple(params.bands_b or (1,)))
+    a_info, b_info = check_inputs([layer_a, layer_b], progress)
+    model_dir = params.resolved_model_dir()
+    card = load_changedet_card(model_dir)
+    tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
+    if tile % MULTIPLE:
+        raise ValueError(f"Tile size must be a multiple of {MULTIPLE} pixels, not {tile}.")
+    bands_a = fit_layer(layer_a, a_info, params.bands_a, card, progress)
+    bands_b = fit_layer(layer_b, b_info, params.bands_b, card, progress)
     same_grid = co_registered(a_info, b_info, name_a, name_b)
     if a_info.dtype != b_info.dtype:
         progress.warning(f"Layers '{name_a}' ({a_info.dtype}) and '{name_b}' ({b_info.dtype}) have different data "
@@ -97,12 +110,10 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
     if a_info.crs_wkt is None:
         progress.warning(f"Layer '{name_a}' has no coordinate reference system: outputs will have none either, and "
                          "change areas will be in pixel units.")
+    model = load_into(build_changedet(card.architecture), model_dir)
     device = resolve_device(params.device)
     runner = BatchRunner(model, device, progress)
-    tile = params.tile_size or card.tile_size
-    if tile % MULTIPLE:
-        raise ValueError(f"Tile size must be a multiple of {MULTIPLE} pixels, not {tile}.")
-    grid = TileGrid(a_info.height, a_info.width, tile, min(params.overlap, tile // 2))
+    grid = TileGrid(a_info.height, a_info.width, tile, overlap)
     progress.info(f"Detecting changes from '{name_a}' to '{name_b}' ({a_info.width} x {a_info.height} px, "
                   f"{len(grid)} tiles of {tile} px) with '{card.name}' on {describe_device(device)}.")
 
@@ -179,13 +190,3 @@ def _write_rasters(params, change_path, probability_path, card, info: RasterInfo
                 band_names=["change probability"], **common))
         run_change_tiles(runner, card, a_src, b_src, bands_a, bands_b, grid, params.batch_size, write_block, progress)
     return changed
-
-
-def _bands(info: RasterInfo, bands, card: ModelCard, name: str, progress: Progress) -> list[int]:
-    """The bands to read, or a message naming the layer, its band count and what the model expects."""
-    chosen = check_bands(info, bands, card.bands, name)
-    if bands is None and info.count > len(card.bands):
-        progress.info(f"Layer '{name}' has {info.count} bands; the model reads bands 1-{len(card.bands)} as "
-                      f"{', '.join(card.bands)}.")
-    return chosen
-

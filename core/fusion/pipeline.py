@@ -30,10 +30,9 @@ from core.device import describe_device, resolve_device
 from core.fusion.prior import TASK, FusionPrior, load_prior
 from core.fusion.sampler import (FusionSettings, dig_levels, fuse, prior_evaluations, rgb_to_ycbcr, timesteps_for,
                                  ycbcr_to_rgb)
-from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, staged_outputs
+from core.pipeline import PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling, staged_outputs
 from core.progress import Progress, SubProgress
-from core.raster import (GeoTiffWriter, RasterError, co_registered, open_raster, raster_info, read_window,
-                         resampled_onto)
+from core.raster import GeoTiffWriter, RasterError, co_registered, open_raster, read_window, resampled_onto
 from core.tiling import TileGrid, pad_tile, run_tiles
 
 DEFAULT_BATCH = 2     # tiles per prior forward: the starter prior's best images/s on a 2-core CPU (make bench)
@@ -90,24 +89,24 @@ def fuse_ir_visible(params: FusionParams, progress: Progress | None = None) -> F
     vis_name = params.visible_name or Path(params.visible_path).name
     outputs = [Output(params.output_path, "fused raster"), Output(params.weights_path, "weights raster")]
     check_outputs(outputs, {params.infrared_path: ir_name, params.visible_path: vis_name})
-    prior = load_prior(params.resolved_model_dir())
-    progress.info(f"Prior: {prior.describe()}.")
-    vis, ir = raster_info(params.visible_path), raster_info(params.infrared_path)
-    if not 1 <= params.infrared_band <= ir.count:
-        raise RasterError(f"Infrared layer '{ir_name}' has bands 1..{ir.count}; band {params.infrared_band} does "
-                          "not exist.")
+    check_tiling(params.tile_size, params.overlap)
+    visible = InputLayer(params.visible_path, vis_name, "visible layer")
+    infrared = InputLayer(params.infrared_path, ir_name, "infrared layer", (params.infrared_band,))
+    vis, ir = check_inputs([visible, infrared], progress)
     if vis.count not in (1, 3, 4):
         raise RasterError(f"Visible layer '{vis_name}' has {vis.count} bands; expected 1 (gray) or 3 (RGB, a 4th "
                           "alpha band is ignored).")
     colour = vis.count >= 3
     same_grid = co_registered(vis, ir, vis_name, ir_name)
+    prior = load_prior(params.resolved_model_dir())
+    progress.info(f"Prior: {prior.describe()}.")
     device = resolve_device(params.device)
     prior = prior.to(device).eval()
     multiple = max(prior.multiple, 8)
     tile = params.tile_size
     if tile % multiple or tile < multiple:
         raise ValueError(f"Tile size must be a multiple of {multiple} pixels for this prior, not {tile}.")
-    grid = TileGrid(vis.height, vis.width, tile, min(params.overlap, tile // 2))
+    grid = TileGrid(vis.height, vis.width, tile, params.overlap)
     recomputes = len(range(0, settings.steps, settings.dig_interval)) if settings.mode == "dig" else 0
     if params.weights_path and not recomputes:
         raise ValueError("Weight maps exist only in the 'dig' mode; DDFM uses fixed weights.")

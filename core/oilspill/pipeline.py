@@ -25,9 +25,10 @@ from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
 from core.data.sar_scaling import INPUT_KINDS, SarScaling, fit_scene_scaler
 from core.oilspill.saross import TASK, build_saross
-from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, class_raster_dtype, staged_outputs
+from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
+                           class_raster_dtype, fit_layer, model_tiling, staged_outputs)
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, RasterError, open_raster, pixel_area_km2, raster_info, read_window
+from core.raster import GeoTiffWriter, open_raster, pixel_area_km2, read_window
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygon_totals, polygonize, read_polygons_in_crs
 
@@ -72,11 +73,17 @@ class OilSpillResult:
     slicks: int                         # number of oil polygons (0 when no polygons were asked for)
 
 
-def load_saross(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
+def load_saross_card(model_dir: str) -> ModelCard:
+    """The card of an oil-spill model (cheap: no weights), which must have an oil class."""
     card = load_card(model_dir, task=TASK)
     if not any(c.name == OIL_CLASS for c in card.classes):
         raise ModelError(f"Model '{card.name}' has no '{OIL_CLASS}' class "
                          f"(classes: {', '.join(c.name for c in card.classes)}).")
+    return card
+
+
+def load_saross(model_dir: str) -> tuple[torch.nn.Module, ModelCard]:
+    card = load_saross_card(model_dir)
     return load_into(build_saross(card.architecture), model_dir), card
 
 
@@ -89,21 +96,24 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
     outputs = [Output(params.output_path, "class raster"), Output(params.polygons_path, "oil-slick polygons", True),
                Output(params.probability_path, "oil probability raster")]
     check_outputs(outputs, {params.input_path: name})
-    model, card = load_saross(params.resolved_model_dir())
-    info = raster_info(params.input_path)
-    if not 1 <= params.band <= info.count:
-        raise RasterError(f"Layer '{name}' has bands 1..{info.count}; band {params.band} does not exist.")
+    check_tiling(params.tile_size, params.overlap)
+    layer = InputLayer(params.input_path, name, bands=(params.band,))
+    info, = check_inputs([layer], progress)
+    model_dir = params.resolved_model_dir()
+    card = load_saross_card(model_dir)
+    tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
+    if tile % 32:
+        raise ValueError(f"Tile size must be a multiple of 32 pixels, not {tile}.")
+    fit_layer(layer, info, [params.band], card, progress, scaled_by_card=False)   # the scene's own stretch
     if info.crs_wkt is None:
         progress.warning(f"Layer '{name}' has no coordinate reference system: slick areas will be in pixel units.")
     scaler = fit_scene_scaler(params.input_path, params.band, SarScaling.from_dict(card.extra.get("sar_scaling")),
                               params.input_kind)
     land = _land_polygons(params, info.crs_wkt, progress)
+    model = load_into(build_saross(card.architecture), model_dir)
     device = resolve_device(params.device)
     runner = BatchRunner(model, device, progress)
-    tile = params.tile_size or card.tile_size
-    if tile % 32:
-        raise ValueError(f"Tile size must be a multiple of 32 pixels, not {tile}.")
-    grid = TileGrid(info.height, info.width, tile, min(params.overlap, tile // 2))
+    grid = TileGrid(info.height, info.width, tile, overlap)
     progress.info(f"Detecting oil spills in '{name}' band {params.band} ({info.width} x {info.height} px, "
                   f"{len(grid)} tiles of {tile} px; {scaler.describe()}) with '{card.name}' on "
                   f"{describe_device(device)}.")

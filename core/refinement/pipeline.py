@@ -24,9 +24,10 @@ from rasterio.windows import Window
 from core.catalog import resolve_model_dir
 from core.checkpoint import ModelCard, load_card
 from core.device import BatchRunner, describe_device, resolve_device
-from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, staged_outputs
+from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
+                           fit_layer, model_tiling, staged_outputs)
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, RasterError, RasterInfo, check_bands, open_raster, raster_info, read_window
+from core.raster import GeoTiffWriter, RasterError, RasterInfo, open_raster, read_window
 from core.refinement.model import GUIDANCE_SCALE, SAMPLING_STEPS, TASK, load_refiner, refine, scale_image
 from core.tiling import Tile, TileGrid, pad_tile, run_tiles
 
@@ -98,11 +99,15 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
     class_name = params.classification_layer_name or Path(params.classification_path).name
     outputs = [Output(params.output_path, "refined raster"), Output(params.uncertainty_path, "uncertainty raster")]
     check_outputs(outputs, {params.image_path: image_name, params.classification_path: class_name})
+    check_tiling(params.tile_size, params.overlap)
+    classification = InputLayer(params.classification_path, class_name, "classification")
+    image = InputLayer(params.image_path, image_name, "image", tuple(params.bands or (1,)))
+    class_info, image_info = check_inputs([classification, image], progress)
+    _check_same_grid(image_info, class_info, image_name, class_name, progress)
     model_dir = params.resolved_model_dir()
     card = load_card(model_dir, task=TASK)
-    image_info, class_info = raster_info(params.image_path), raster_info(params.classification_path)
-    _check_same_grid(image_info, class_info, image_name, class_name, progress)
-    bands = check_bands(image_info, params.bands, card.bands, image_name)
+    tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
+    bands = fit_layer(image, image_info, params.bands, card, progress)
     found = _distinct_values(params.classification_path, class_name, progress)
     mapping = _class_mapping(found, card, params.value_map, class_name, progress)
     nodata = _output_nodata(class_info, found, class_name, progress)
@@ -112,11 +117,10 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
 
     device = resolve_device(params.device)
     model, _ = load_refiner(model_dir, device)
-    tile = params.tile_size or card.tile_size
     if tile % model.latent_factor:
         raise ValueError(f"Tile size {tile} px is not a multiple of {model.latent_factor} (the model's latent "
                          f"factor); use e.g. {max(1, round(tile / model.latent_factor)) * model.latent_factor}.")
-    grid = TileGrid(class_info.height, class_info.width, tile, min(params.overlap, tile // 2))
+    grid = TileGrid(class_info.height, class_info.width, tile, overlap)
     steps = params.steps or int(card.extra.get("sampling_steps", SAMPLING_STEPS))
     guidance_scale = params.guidance_scale or float(card.extra.get("guidance_scale", GUIDANCE_SCALE))
     runner = BatchRunner(model, device, progress)

@@ -17,9 +17,10 @@ from rasterio.windows import Window
 from core.catalog import resolve_model_dir
 from core.checkpoint import load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
-from core.pipeline import PROBABILITY_NODATA, Output, check_outputs, class_raster_dtype, staged_outputs
+from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
+                           class_raster_dtype, fit_layer, model_tiling, staged_outputs)
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, check_bands, open_raster, raster_info, read_window
+from core.raster import GeoTiffWriter, open_raster, read_window
 from core.segmentation.model import build_segmenter
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygonize
@@ -64,10 +65,13 @@ def segment_raster(params: SegmentParams, progress: Progress | None = None) -> S
     outputs = [Output(params.output_path, "class raster"), Output(params.probabilities_path, "probability raster"),
                Output(params.polygons_path, "polygons", polygons=True)]
     check_outputs(outputs, {params.input_path: name})
+    check_tiling(params.tile_size, params.overlap)
+    layer = InputLayer(params.input_path, name, bands=tuple(params.bands or (1,)))
+    info, = check_inputs([layer], progress)
     model_dir = params.resolved_model_dir()
     card = load_card(model_dir, task=TASK)
-    info = raster_info(params.input_path)
-    bands = check_bands(info, params.bands, card.bands, name)
+    tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
+    bands = fit_layer(layer, info, params.bands, card, progress)
     if info.crs_wkt is None:
         progress.warning(f"Layer '{name}' has no coordinate reference system: outputs will have none "
                          "either, and polygon areas will be in pixel units.")
@@ -75,8 +79,7 @@ def segment_raster(params: SegmentParams, progress: Progress | None = None) -> S
     model = load_into(build_segmenter(card.architecture), model_dir)
     device = resolve_device(params.device)
     runner = BatchRunner(model, device, progress)
-    tile = params.tile_size or card.tile_size
-    grid = TileGrid(info.height, info.width, tile, min(params.overlap, tile // 2))
+    grid = TileGrid(info.height, info.width, tile, overlap)
     progress.info(f"Segmenting '{name}' ({info.width} x {info.height} px, {len(grid)} tiles of {tile} px) "
                   f"with '{card.name}' on {describe_device(device)}.")
 
