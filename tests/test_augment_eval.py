@@ -11,6 +11,7 @@ from core.data.balanced import BalancedBatchSampler
 from core.data.scenes import write_scene_dataset
 from training.__main__ import main as training_main
 from training.segment import SegmentTrainConfig, train_segmenter
+from training.trainer import TrainingError
 
 
 @pytest.mark.parametrize("ratio,batch,expected", [(1, 8, [4] * 5), (3, 8, [6] * 5), (0.5, 6, [2] * 5)])
@@ -66,7 +67,7 @@ def test_synthetic_with_unknown_classes_is_refused(tmp_path):
     table = json.loads((synthetic / "classes.json").read_text())
     table["classes"][0]["value"] = 42
     (synthetic / "classes.json").write_text(json.dumps(table))
-    with pytest.raises(SystemExit, match=r"class values \[42\]"):
+    with pytest.raises(TrainingError, match=r"class values \[42\]"):
         train_segmenter(tiny_segment_config(tmp_path, real, synthetic=str(synthetic), synthetic_ratio=1))
 
 

@@ -13,6 +13,7 @@ from core.data.scenes import write_scene
 from core.raster import raster_info
 from training.config import load_config
 from training.fcf import FcfTrainConfig, read_date_images, train_fcf, validation_patches
+from training.trainer import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,11 +151,11 @@ def test_load_fcf_rejects_other_models(nir_run, tmp_path):
 
 def test_change_folder_checks(tmp_path):
     write_scene(tmp_path / "one" / "A" / "p.tif", tmp_path / "one" / "label" / "p.tif", 16, 16, seed=4)
-    with pytest.raises(SystemExit, match="not a change folder: no B/"):
+    with pytest.raises(TrainingError, match="not a change folder: no B/"):
         read_date_images(tmp_path / "one")
     mixed = _write_change_folder(tmp_path / "mixed", pairs=1, nir=False, size=16)
     write_scene(mixed / "B" / "nir.tif", mixed / "scratch" / "nir.tif", 16, 16, seed=5, nir=True)
-    with pytest.raises(SystemExit, match="same bands: .*nir.tif' has 4 band"):
+    with pytest.raises(TrainingError, match="same bands: .*nir.tif' has 4 band"):
         read_date_images(mixed)
     rgb = read_date_images(_write_change_folder(tmp_path / "rgb", pairs=2, nir=False, size=16))
     assert rgb.bands == ["red", "green", "blue"] and rgb.counts == {"A": 2, "B": 2}

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from core.checkpoint import load_card
 from core.fusion.convert import (ConversionError, GuidedDiffusionConfig, convert_checkpoint, convert_state_dict,
                                  unet_config)
+from core.raster import RasterError
 from tests.guided_diffusion_reference import ReferenceUNet, randomize_
 from training.convert_guided_diffusion import add_arguments, main
 
@@ -204,7 +205,7 @@ def test_cli_main(tmp_path, capsys):
                             "--name", "cli prior"]))
     assert "model written to" in capsys.readouterr().out
     assert load_card(tmp_path / "cli").name == "cli prior"
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(ConversionError, match="not found"):
         main(parser.parse_args([str(tmp_path / "missing.pt"), str(tmp_path / "x")]))
-    with pytest.raises(SystemExit, match="not empty"):  # never overwrites an existing model
+    with pytest.raises(RasterError, match="not empty"):  # never overwrites an existing model
         main(parser.parse_args([str(ckpt), str(tmp_path / "cli"), "--num-head-channels", "16"]))

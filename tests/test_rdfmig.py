@@ -11,6 +11,7 @@ from core.change.rdfmig import architecture_for, build_denoiser, joint_image, lo
 from core.data.change import ChangePatchDataset, list_change_triplets, write_change_dataset
 from training.fcf import FcfTrainConfig, train_fcf
 from training.rdfmig import NoisyMasks, RdfmigTrainConfig, train_rdfmig
+from training.trainer import TrainingError
 
 TINY = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2, "val_every": 0,
         "checkpoint_every": 1000, "device": "cpu"}
@@ -81,5 +82,5 @@ def test_an_fcf_for_other_bands_is_refused(trained, tmp_path):
                                  nir=ChangePatchDataset(list_change_triplets(data), 32).bands == 3)
     fcf = train_fcf(FcfTrainConfig(data=str(other), output=str(tmp_path / "fcf"), patch_size=32, batch_size=1,
                                    samples_per_image=1, steps=1, val_every=1000, checkpoint_every=1000, device="cpu"))
-    with pytest.raises(SystemExit, match="FCF model"):
+    with pytest.raises(TrainingError, match="FCF model"):
         train_rdfmig(RdfmigTrainConfig(data=str(data), output=str(tmp_path / "run"), fcf=str(fcf), **TINY))

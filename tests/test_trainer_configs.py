@@ -20,7 +20,7 @@ from training.rdfmig import ChangeVaeTrainConfig, RdfmigTrainConfig
 from training.sar import SarJointNetTrainConfig, SarossTrainConfig
 from training.satsynth import SatSynthTrainConfig
 from training.segment import SegmentTrainConfig
-from training.trainer import TrainSettings
+from training.trainer import TrainingError, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
@@ -121,5 +121,5 @@ def test_the_former_name_sample_every_is_read_from_files_and_overrides(tmp_path)
     assert load_config(FusionPriorTrainConfig, str(config)).val_every == 7
     assert load_config(FusionPriorTrainConfig, str(config), argparse.Namespace(sample_every=3)).val_every == 3
     config.write_text('data = "d"\noutput = "o"\nsample_every = 7\nval_every = 5\n')
-    with pytest.raises(SystemExit, match="sample_every is the former name of val_every"):
+    with pytest.raises(TrainingError, match="sample_every is the former name of val_every"):
         load_config(FusionPriorTrainConfig, str(config))

@@ -12,7 +12,9 @@ from core.checkpoint import load_card, load_into
 from core.data.scenes import write_scene_dataset
 from core.segmentation.model import build_segmenter
 from training.__main__ import main as training_main
-from training.segment import split_pairs
+from training.config import load_config
+from training.segment import SegmentTrainConfig, split_pairs
+from training.trainer import TrainingError
 
 TINY = {"arch": "FPN", "encoder": "tu-mobilenetv3_small_100", "patch_size": 64, "batch_size": 4,
         "decoder": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
@@ -70,8 +72,8 @@ def test_split_is_image_level_and_deterministic():
 
 def test_unknown_config_key_is_reported(tmp_path, dataset):
     config = write_config(tmp_path / "c.json", dataset, tmp_path / "run", stpes=3)
-    with pytest.raises(SystemExit, match="Unknown key.*stpes"):
-        training_main(["segment", "--config", str(config)])
+    with pytest.raises(TrainingError, match="Unknown key.*stpes"):
+        load_config(SegmentTrainConfig, str(config))
 
 
 @pytest.mark.slow

@@ -1,12 +1,21 @@
-"""`python -m training <subcommand>`: fit every model of rs-diffusion headlessly."""
+"""`python -m training <subcommand>`: fit every model of rs-diffusion headlessly.
+
+Known failures (a bad config, data folder, model folder or saved state) print one line,
+"error: <message>", and exit with code 2; --debug shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
+from core.checkpoint import ModelError
+from core.fusion.convert import ConversionError
+from core.raster import RasterError
 from training import (augment_eval, changedet, convert_guided_diffusion, fcf, fusion, fusion_eval, idgbr, idgbr_data,
                       rdfmig, sar, satsynth, scenes, segment)
+from training.trainer import TrainingError
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
@@ -61,16 +70,43 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "convert-guided-diffusion": (convert_guided_diffusion.add_arguments, convert_guided_diffusion.main,
                                  "turn a local guided-diffusion checkpoint (.pt) into a fusion-prior model folder"),
 }
+# Failures in the user's terms: their message is the whole story.
+USER_ERRORS = (TrainingError, RasterError, ModelError, ConversionError, FileNotFoundError)
+# A plain ValueError raised in these folders is our own parameter check, not a bug in a library call.
+OUR_SOURCES = tuple(str(Path(__file__).resolve().parents[1] / name) for name in ("core", "training"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether `exc` says all there is to say in one line (else it is a bug and its traceback matters)."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    if type(exc) is not ValueError or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(OUR_SOURCES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    debug_help = "on an error, show the full traceback instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text))
+        subparser = sub.add_parser(name, help=help_text)
+        add_arguments(subparser)
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    SUBCOMMANDS[args.command][1](args)
+    try:
+        SUBCOMMANDS[args.command][1](args)
+    except Exception as exc:
+        if args.debug or not is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -22,7 +22,8 @@ from core.device import resolve_device
 from core.raster import raster_info
 from core.segmentation.model import build_segmenter
 from core.segmentation.pipeline import TASK
-from training.config import add_run_arguments, load_config
+from training.config import add_run_arguments, config_from_args
+from training.trainer import TrainingError
 from training.segment import SegmentTrainConfig, evaluate, split_pairs, train_segmenter
 
 
@@ -55,7 +56,7 @@ def held_out_pairs(cfg: AugmentEvalConfig, seg: SegmentTrainConfig):
         return FolderDataset.open(cfg.eval_data).pairs
     _, val_pairs = split_pairs(FolderDataset.open(cfg.data).pairs, seg.val_fraction, seg.seed)
     if not val_pairs:
-        raise SystemExit("No held-out real images: give eval_data or a val_fraction above 0.")
+        raise TrainingError("No held-out real images: give eval_data or a val_fraction above 0.")
     return val_pairs
 
 
@@ -121,5 +122,5 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    run_augment_eval(load_config(AugmentEvalConfig, args.config, args))
+    run_augment_eval(config_from_args(AugmentEvalConfig, args))
 

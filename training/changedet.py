@@ -25,9 +25,9 @@ from core.data.change import CHANGE_CLASSES, MASK_IGNORE, ChangePatchDataset, li
 from core.data.scenes import scene_bands
 from core.metrics.segmentation import change_scores, confusion_matrix
 from core.raster import raster_info
-from training.config import RunConfig, add_run_arguments, load_config
+from training.config import RunConfig, add_run_arguments, config_from_args
 from training.segment import split_pairs
-from training.trainer import Trainer, seed_everything
+from training.trainer import Trainer, TrainingError, seed_everything
 
 
 @dataclass(kw_only=True)
@@ -71,7 +71,7 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
     else:
         train_triplets, val_triplets = split_pairs(triplets, cfg.val_fraction, cfg.seed)
     if len(cfg.class_weights) != 2:
-        raise SystemExit(f"class_weights needs two values (no change, change), not {cfg.class_weights}.")
+        raise TrainingError(f"class_weights needs two values (no change, change), not {cfg.class_weights}.")
     real = ChangePatchDataset(train_triplets, cfg.patch_size, cfg.samples_per_image, train=True)
     bands = band_names_for(real)
     low, high = real.unit_ranges()
@@ -86,8 +86,8 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
         synthetic = ChangePatchDataset(list_change_triplets(cfg.synthetic), cfg.patch_size, cfg.samples_per_image,
                                        train=True)
         if synthetic.bands != real.bands:
-            raise SystemExit(f"Synthetic set {cfg.synthetic} has {synthetic.bands} bands; the real data has "
-                             f"{real.bands}.")
+            raise TrainingError(f"Synthetic set {cfg.synthetic} has {synthetic.bands} bands; the real data has "
+                                f"{real.bands}.")
         loader = trainer.balanced_loader(real, synthetic, cfg.batch_size, cfg.synthetic_ratio, cfg.num_workers)
         synthetic_note = (f" + {len(synthetic.triplets)} synthetic pairs from {Path(cfg.synthetic).resolve().name} "
                           f"(real : synthetic = 1 : {cfg.synthetic_ratio:g})")
@@ -97,7 +97,7 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
     if val_triplets:
         val_set = ChangePatchDataset(val_triplets, cfg.patch_size, train=False)
         if val_set.bands != real.bands:
-            raise SystemExit(f"Evaluation data has {val_set.bands} bands; the training data has {real.bands}.")
+            raise TrainingError(f"Evaluation data has {val_set.bands} bands; the training data has {real.bands}.")
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size)
     weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=trainer.device)
 
@@ -134,7 +134,8 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
 def evaluate_changedet(model_dir: str, data_dir: str, device: str = "auto", batch_size: int = 4,
                        overlap: int = 32) -> dict[str, float]:
     """change_scores on whole images of an A/, B/, label/ folder, tiled exactly as detect_changes tiles
-    (the card's tile size, blended overlaps; pixels nodata in A, B or the label are ignored)."""
+    (the card's tile size, blended overlaps; pixels nodata in A, B or the label are ignored). Pairs without
+    a label are skipped with a warning naming them."""
     from core.change.pipeline import load_changedet, run_change_tiles
     from core.device import BatchRunner, resolve_device
     from core.progress import Progress
@@ -143,14 +144,14 @@ def evaluate_changedet(model_dir: str, data_dir: str, device: str = "auto", batc
     model, card = load_changedet(model_dir)
     runner = BatchRunner(model, resolve_device(device))
     cm = torch.zeros(2, 2, dtype=torch.long)
-    for a_path, b_path, label_path in list_change_triplets(data_dir):
+    for a_path, b_path, label_path in list_change_triplets(data_dir, skip_unlabelled=True):
         truth = torch.from_numpy(read_change_mask(label_path))
         info = raster_info(a_path)
         bands = check_bands(info, None, card.bands, a_path.name)
         check_bands(raster_info(b_path), None, card.bands, b_path.name)
         if truth.shape != (info.height, info.width):
-            raise SystemExit(f"Label {label_path} is {truth.shape[1]}x{truth.shape[0]} px but image A is "
-                             f"{info.width}x{info.height}.")
+            raise TrainingError(f"Label {label_path} is {truth.shape[1]}x{truth.shape[0]} px but image A is "
+                                f"{info.width}x{info.height}.")
         grid = TileGrid(info.height, info.width, card.tile_size, min(overlap, card.tile_size // 2))
 
         def write_block(row, col, probs, valid, truth=truth):
@@ -187,7 +188,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    print(f"model written to {train_changedet(load_config(ChangeDetTrainConfig, args.config, args))}")
+    print(f"model written to {train_changedet(config_from_args(ChangeDetTrainConfig, args))}")
 
 
 def add_evaluate_arguments(parser) -> None:

@@ -1,5 +1,6 @@
 """Training configs: the fields every run shares (RunConfig), the diffusion trainers' loss choice
-(DiffusionLossConfig), and load_config: a JSON or TOML file -> a subcommand's config, with command-line overrides."""
+(DiffusionLossConfig), and load_config: a JSON or TOML file -> a subcommand's config, with command-line overrides.
+A config that cannot run is a TrainingError naming the file and the field."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from training.trainer import TrainSettings
+from training.trainer import TrainSettings, TrainingError
 
 T = TypeVar("T")
 # Fields holding paths: relative values in a config file are relative to that file.
@@ -63,21 +64,21 @@ class DiffusionLossConfig:
 def load_config(cls: type[T], path: str, overrides=None) -> T:
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"Config file not found: {path}")
+        raise TrainingError(f"Config file not found: {path}")
     text = file.read_text(encoding="utf-8")
     try:
         values = tomllib.loads(text) if file.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"Cannot parse config {path}: {exc}") from exc
+        raise TrainingError(f"Cannot parse config {path}: {exc}") from exc
     known = {f.name for f in dataclasses.fields(cls)}
     for old, new in RENAMED_FIELDS.items():
         if old in values and new in known:
             if new in values:
-                raise SystemExit(f"Config {path} sets both {old} and {new}: {old} is the former name of {new}.")
+                raise TrainingError(f"Config {path} sets both {old} and {new}: {old} is the former name of {new}.")
             values[new] = values.pop(old)
     unknown = sorted(set(values) - known)
     if unknown:
-        raise SystemExit(f"Unknown key(s) in {path}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        raise TrainingError(f"Unknown key(s) in {path}: {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
     for key in PATH_FIELDS:
         if values.get(key) and not Path(values[key]).is_absolute():
             values[key] = str((file.parent / values[key]).resolve())
@@ -88,7 +89,15 @@ def load_config(cls: type[T], path: str, overrides=None) -> T:
     try:
         return cls(**values)
     except TypeError as exc:
-        raise SystemExit(f"Config {path}: {exc}") from exc
+        raise TrainingError(f"Config {path}: {exc}") from exc
+
+
+def config_from_args(cls: type[T], args) -> T:
+    """The config a training subcommand runs: --config with the command line's overrides, its data folder there."""
+    cfg = load_config(cls, args.config, args)
+    if not Path(cfg.data).is_dir():
+        raise TrainingError(f"The data folder {cfg.data} does not exist: check --data (or `data` in {args.config}).")
+    return cfg
 
 
 def add_run_arguments(parser, config_name: str) -> None:

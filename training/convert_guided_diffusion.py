@@ -2,8 +2,7 @@
 256x256_diffusion_uncond.pt) -> a fusion-prior model folder. The conversion is core.fusion.convert."""
 from __future__ import annotations
 
-from core.fusion.convert import ConversionError, convert_checkpoint
-from core.raster import RasterError
+from core.fusion.convert import convert_checkpoint
 
 
 def add_arguments(parser) -> None:
@@ -26,8 +25,5 @@ def main(args) -> None:
                                                ("image_size", args.image_size)) if value is not None}
     if getattr(args, "new_attention_order", False):
         overrides["use_new_attention_order"] = True
-    try:
-        out = convert_checkpoint(args.checkpoint, args.output, overrides, args.name)
-    except (ConversionError, RasterError) as exc:
-        raise SystemExit(f"convert-guided-diffusion: {exc}") from exc
+    out = convert_checkpoint(args.checkpoint, args.output, overrides, args.name)
     print(f"model written to {out}")

@@ -20,8 +20,8 @@ from core.checkpoint import ModelCard, Normalization
 from core.data.images import ImagePatchDataset, list_images
 from core.data.scenes import scene_bands
 from core.raster import RasterInfo, raster_info
-from training.config import RunConfig, add_run_arguments, load_config
-from training.trainer import Trainer, seed_everything
+from training.config import RunConfig, add_run_arguments, config_from_args
+from training.trainer import Trainer, TrainingError, seed_everything
 
 DATE_FOLDERS = ("A", "B")
 VALIDATION_PATCHES = 32
@@ -53,15 +53,15 @@ def read_date_images(data: str | Path) -> DateImages:
     root = Path(data)
     missing = [name for name in DATE_FOLDERS if not (root / name).is_dir()]
     if missing:
-        raise SystemExit(f"'{root}' is not a change folder: no {' or '.join(missing)}/ (expected A/, B/, label/).")
+        raise TrainingError(f"'{root}' is not a change folder: no {' or '.join(missing)}/ (expected A/, B/, label/).")
     per_date = {name: list_images(root / name) for name in DATE_FOLDERS}
     paths = [p for name in DATE_FOLDERS for p in per_date[name]]
     first = raster_info(paths[0])
     for path in paths[1:]:
         info = raster_info(path)
         if info.count != first.count:
-            raise SystemExit(f"All images must have the same bands: '{path}' has {info.count} band(s), "
-                             f"'{paths[0]}' has {first.count}.")
+            raise TrainingError(f"All images must have the same bands: '{path}' has {info.count} band(s), "
+                                f"'{paths[0]}' has {first.count}.")
     return DateImages(paths, {name: len(found) for name, found in per_date.items()}, _band_names(first), first)
 
 
@@ -131,4 +131,4 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    print(f"model written to {train_fcf(load_config(FcfTrainConfig, args.config, args))}")
+    print(f"model written to {train_fcf(config_from_args(FcfTrainConfig, args))}")

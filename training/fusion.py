@@ -21,7 +21,7 @@ from core.fusion.prior import TASK, architecture_for
 from core.diffusion.losses import diffusion_loss
 from core.diffusion.sampling import denoise
 from core.diffusion.schedules import training_scheduler
-from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, config_from_args
 from training.trainer import Trainer, seed_everything
 
 
@@ -85,7 +85,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    print(f"model written to {train_fusion_prior(load_config(FusionPriorTrainConfig, args.config, args))}")
+    print(f"model written to {train_fusion_prior(config_from_args(FusionPriorTrainConfig, args))}")
 
 
 def add_pairs_arguments(parser) -> None:

@@ -32,9 +32,9 @@ from core.refinement.embedding import NOISE_STD, LabelEmbedding, embedding_loss,
 from core.refinement.model import (GUIDANCE_SCALE, REPA_WEIGHT, SAMPLING_STEPS, TASK, architecture_for,
                                    build_model, noise_scheduler, refine, training_loss)
 from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
-from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, config_from_args
 from training.idgbr_data import TripletPatchDataset, coarse_source, list_triplets
-from training.trainer import Trainer, seed_everything, stacked
+from training.trainer import Trainer, TrainingError, seed_everything, stacked
 
 log = logging.getLogger("rs_diffusion")
 EMBEDDING_TASK, VAE_TASK = "idgbr-embedding", "idgbr-vae"
@@ -253,7 +253,7 @@ def build_refiner(cfg: IdgbrTrainConfig, classes: list[ClassInfo], repa_dim: int
     architecture = architecture_for(cfg.preset, len(classes), sd_path, repa_dim)
     if cfg.preset == "small":
         if not cfg.vae:
-            raise SystemExit("The small preset needs `vae`: the model directory written by `idgbr-vae`.")
+            raise TrainingError("The small preset needs `vae`: the model directory written by `idgbr-vae`.")
         architecture["vae"] = load_card(cfg.vae, task=VAE_TASK).architecture["vae"]
     elif cfg.vae:
         log.info("sd15 preset: `vae` is ignored, SD1.5's own VAE is used.")
@@ -279,8 +279,8 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
     run = Path(cfg.output)
     trainer = Trainer(model, cfg.train_settings(), parameters=model.diffusion_parameters())
     if trainer.dist.world > 1:
-        raise SystemExit("idgbr trains in one process: its loss calls the model's parts directly, which "
-                         "DistributedDataParallel cannot wrap.")
+        raise TrainingError("idgbr trains in one process: its loss calls the model's parts directly, which "
+                            "DistributedDataParallel cannot wrap.")
     dinov2 = dinov2.to(trainer.device) if dinov2 else None
     scheduler = noise_scheduler()
     criterion, loss_entry = cfg.loss_criterion()
@@ -335,7 +335,7 @@ def add_embed_arguments(parser) -> None:
 
 
 def main_embed(args) -> None:
-    print(f"model written to {train_embedding(load_config(EmbeddingTrainConfig, args.config, args))}")
+    print(f"model written to {train_embedding(config_from_args(EmbeddingTrainConfig, args))}")
 
 
 def add_vae_arguments(parser) -> None:
@@ -343,7 +343,7 @@ def add_vae_arguments(parser) -> None:
 
 
 def main_vae(args) -> None:
-    print(f"model written to {train_vae(load_config(VaeTrainConfig, args.config, args))}")
+    print(f"model written to {train_vae(config_from_args(VaeTrainConfig, args))}")
 
 
 def add_arguments(parser) -> None:
@@ -351,4 +351,4 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    print(f"model written to {train_idgbr(load_config(IdgbrTrainConfig, args.config, args))}")
+    print(f"model written to {train_idgbr(config_from_args(IdgbrTrainConfig, args))}")

@@ -27,8 +27,8 @@ from core.raster import raster_info
 from core.diffusion.losses import diffusion_loss
 from core.diffusion.schedules import training_scheduler
 from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
-from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
-from training.trainer import Trainer, seed_everything, stacked
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, config_from_args
+from training.trainer import Trainer, TrainingError, seed_everything, stacked
 
 
 @dataclass(kw_only=True)
@@ -122,10 +122,10 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
 
 def _frozen_fcf(model_dir: str, bands: int, data: str):
     if not model_dir:
-        raise SystemExit("The FCF representation needs a trained FCF model (`fcf = ...`; `python -m training fcf`).")
+        raise TrainingError("The FCF representation needs a trained FCF model (`fcf = ...`; `python -m training fcf`).")
     fcf, card = load_fcf(model_dir)
     if fcf.bands != bands:
-        raise SystemExit(f"FCF model '{model_dir}' reduces {fcf.bands}-band images but '{data}' has {bands}.")
+        raise TrainingError(f"FCF model '{model_dir}' reduces {fcf.bands}-band images but '{data}' has {bands}.")
     return fcf.requires_grad_(False).eval(), card
 
 
@@ -204,7 +204,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    print(f"model written to {train_rdfmig(load_config(RdfmigTrainConfig, args.config, args))}")
+    print(f"model written to {train_rdfmig(config_from_args(RdfmigTrainConfig, args))}")
 
 
 def add_vae_arguments(parser) -> None:
@@ -213,4 +213,4 @@ def add_vae_arguments(parser) -> None:
 
 
 def main_vae(args) -> None:
-    print(f"model written to {train_change_vae(load_config(ChangeVaeTrainConfig, args.config, args))}")
+    print(f"model written to {train_change_vae(config_from_args(ChangeVaeTrainConfig, args))}")

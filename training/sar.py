@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from core.metrics.segmentation import confusion_matrix, scores
 from core.oilspill import jointnet, saross
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.losses import saross_loss
-from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, config_from_args
 from training.segment import evaluate, split_pairs
-from training.trainer import Trainer, seed_everything
+from training.trainer import Trainer, TrainingError, seed_everything
+
+log = logging.getLogger(__name__)
 
 # Inputs are scaled by extra["sar_scaling"] (core.data.sar_scaling); the card's normalisation is the identity after it.
 IDENTITY = Normalization(offset=[0.0], scale=[1.0])
@@ -79,7 +82,7 @@ def _scaling(cfg) -> SarScaling:
 
 def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
     if cfg.stage not in (1, 2, 3):
-        raise SystemExit(f"--stage must be 1, 2 or 3, not {cfg.stage}.")
+        raise TrainingError(f"--stage must be 1, 2 or 3, not {cfg.stage}.")
     data = open_sar_dataset(cfg.data)
     scaling = _scaling(cfg)
     seed_everything(cfg.seed)
@@ -93,14 +96,14 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
         history: list[dict] = []
     else:
         if not cfg.init:
-            raise SystemExit(f"Stage {cfg.stage} starts from the previous stage's model: give --init DIR.")
+            raise TrainingError(f"Stage {cfg.stage} starts from the previous stage's model: give --init DIR.")
         previous = load_card(cfg.init, task=jointnet.TASK)
         if previous.extra.get("stage", 0) != cfg.stage - 1 and not cfg.resume:
-            raise SystemExit(f"--init {cfg.init} is a stage-{previous.extra.get('stage')} model; "
-                             f"stage {cfg.stage} starts from stage {cfg.stage - 1}.")
+            raise TrainingError(f"--init {cfg.init} is a stage-{previous.extra.get('stage')} model; "
+                                f"stage {cfg.stage} starts from stage {cfg.stage - 1}.")
         if [c.value for c in previous.classes] != [c.value for c in data.classes]:
-            raise SystemExit(f"--init {cfg.init} has classes {[c.name for c in previous.classes]}; "
-                             f"the data has {[c.name for c in data.classes]}.")
+            raise TrainingError(f"--init {cfg.init} has classes {[c.name for c in previous.classes]}; "
+                                f"the data has {[c.name for c in data.classes]}.")
         architecture = previous.architecture
         model = load_into(jointnet.build_jointnet(architecture), cfg.init)
         if cfg.stage == 2:
@@ -151,12 +154,13 @@ def train_saross(cfg: SarossTrainConfig) -> Path:
     if cfg.synthetic and cfg.synthetic_ratio > 0:
         generated = open_sar_dataset(cfg.synthetic)
         if [c.value for c in generated.classes] != [c.value for c in data.classes]:
-            raise SystemExit(f"Generated pairs in {cfg.synthetic} have classes {[c.name for c in generated.classes]}; "
-                             f"the real data has {[c.name for c in data.classes]}.")
+            raise TrainingError(f"Generated pairs in {cfg.synthetic} have classes "
+                                f"{[c.name for c in generated.classes]}; the real data has "
+                                f"{[c.name for c in data.classes]}.")
         tile = generated.read(0)[0].shape[-1]
         if cfg.patch_size % tile:
-            raise SystemExit(f"patch_size {cfg.patch_size} must be a multiple of the generated tile size {tile} "
-                             "(mosaics of generated tiles are the synthetic training inputs).")
+            raise TrainingError(f"patch_size {cfg.patch_size} must be a multiple of the generated tile size {tile} "
+                                "(mosaics of generated tiles are the synthetic training inputs).")
         mosaics = MosaicDataset(generated, scaling, tiles=cfg.patch_size // tile, length=len(real))
         loader = trainer.balanced_loader(real, mosaics, cfg.batch_size, cfg.synthetic_ratio, cfg.num_workers)
         synthetic_note = (f" + {len(generated.samples)} generated pairs from {Path(cfg.synthetic).resolve().name} "
@@ -188,18 +192,27 @@ def train_saross(cfg: SarossTrainConfig) -> Path:
 
 
 def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device: str = "auto") -> dict[str, float]:
-    """Scores of a SAROSS-Net model on every whole image of a dataset (padded to a multiple of 32).
+    """Scores of a SAROSS-Net model on every labelled whole image of a dataset (padded to a multiple of 32).
 
-    Model classes are matched to the dataset's by name; classes the dataset does not have (e.g. a
-    5-class model on binary sea/oil data) count as its first class (sea).
+    IoU and F1 for every class of the model, by the card's names: the dataset's labels are matched to
+    them by name, so a 5-class model on binary sea/oil data that calls sea "land" loses sea IoU and
+    shows the false land. Pixels of a dataset class the model lacks are left out, with a warning.
     """
     from core.device import resolve_device
     from core.oilspill.pipeline import load_saross
     from core.data.sar_scaling import SceneScaler
     model, card = load_saross(model_dir)
-    data = open_sar_dataset(data_root, split=split)
-    names = [c.name for c in data.classes]
-    to_data = torch.tensor([names.index(c.name) if c.name in names else 0 for c in card.classes])
+    data = open_sar_dataset(data_root, split=split, skip_unlabelled=True)
+    names = [c.name for c in card.classes]
+    data_names = [c.name for c in data.classes]
+    if not set(names) & set(data_names):
+        raise TrainingError(f"The dataset's classes ({', '.join(data_names)}) share no name with the model's "
+                            f"({', '.join(names)}): nothing to score.")
+    unknown = [name for name in data_names if name not in names]
+    if unknown:
+        log.warning("Pixels labelled %s are not scored: model %s has no such class (its classes: %s).",
+                    ", ".join(unknown), model_dir, ", ".join(names))
+    to_model = torch.tensor([names.index(name) if name in names else IGNORE_INDEX for name in data_names])
     scaling = SarScaling.from_dict(card.extra.get("sar_scaling"))
     dev = resolve_device(device)
     model = model.to(dev).eval()
@@ -211,7 +224,10 @@ def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device:
             h, w = x.shape
             padded = np.pad(x, ((0, -h % 32), (0, -w % 32)), mode="reflect")
             logits = model(torch.from_numpy(padded)[None, None].to(dev))[0, :, :h, :w].cpu()
-            cm += confusion_matrix(to_data[logits.argmax(0)], torch.from_numpy(labels), len(names), IGNORE_INDEX)
+            truth = torch.from_numpy(labels)
+            labelled = truth != IGNORE_INDEX
+            truth[labelled] = to_model[truth[labelled]]
+            cm += confusion_matrix(logits.argmax(0), truth, len(names), IGNORE_INDEX)
     return scores(cm, names)
 
 
@@ -239,7 +255,7 @@ def add_jointnet_arguments(parser) -> None:
 
 
 def main_jointnet(args) -> None:
-    print(f"model written to {train_jointnet(load_config(SarJointNetTrainConfig, args.config, args))}")
+    print(f"model written to {train_jointnet(config_from_args(SarJointNetTrainConfig, args))}")
 
 
 def add_saross_arguments(parser) -> None:
@@ -248,7 +264,7 @@ def add_saross_arguments(parser) -> None:
 
 
 def main_saross(args) -> None:
-    print(f"model written to {train_saross(load_config(SarossTrainConfig, args.config, args))}")
+    print(f"model written to {train_saross(config_from_args(SarossTrainConfig, args))}")
 
 
 def add_synthesize_arguments(parser) -> None:

@@ -20,8 +20,8 @@ from core.diffusion.schedules import training_scheduler
 from core.synthesis.satsynth import (SR_TASK, TASK, architecture_for, build_denoiser, downsample_pair,
                                      joint_tensor, prediction_type, sample, sr_architecture_for, sr_loss,
                                      super_resolve)
-from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, load_config
-from training.trainer import Trainer, seed_everything
+from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, config_from_args
+from training.trainer import Trainer, TrainingError, seed_everything
 
 
 @dataclass(kw_only=True)
@@ -55,7 +55,7 @@ def train_satsynth(cfg: SatSynthTrainConfig, super_resolution: bool = False) -> 
     trainer = Trainer(model, cfg.train_settings())
     factor = 1 if super_resolution else cfg.base_downsample
     if factor < 1 or factor & (factor - 1):
-        raise SystemExit(f"base_downsample must be a power of two (1, 2, 4...), not {factor}.")
+        raise TrainingError(f"base_downsample must be a power of two (1, 2, 4...), not {factor}.")
     dataset = PatchDataset(pairs, classes, low, span, cfg.patch_size * factor, cfg.samples_per_image, train=True)
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
 
@@ -96,11 +96,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    print(f"model written to {train_satsynth(load_config(SatSynthTrainConfig, args.config, args))}")
+    print(f"model written to {train_satsynth(config_from_args(SatSynthTrainConfig, args))}")
 
 
 def main_sr(args) -> None:
-    cfg = load_config(SatSynthTrainConfig, args.config, args)
+    cfg = config_from_args(SatSynthTrainConfig, args)
     print(f"model written to {train_satsynth(cfg, super_resolution=True)}")
 
 

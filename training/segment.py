@@ -18,8 +18,8 @@ from core.data.folder import IGNORE_INDEX, FolderDataset, PatchDataset, band_sta
 from core.metrics.segmentation import confusion_matrix, scores
 from core.segmentation.model import STARTER_ARCHITECTURE, build_segmenter, load_encoder_weights
 from core.segmentation.pipeline import TASK
-from training.config import RunConfig, add_run_arguments, load_config
-from training.trainer import Trainer, seed_everything
+from training.config import RunConfig, add_run_arguments, config_from_args
+from training.trainer import Trainer, TrainingError, seed_everything
 
 
 @dataclass(kw_only=True)
@@ -59,12 +59,12 @@ def open_synthetic(folder: str, real: FolderDataset) -> FolderDataset:
     """Generated pairs must use the real data's bands and class values."""
     synthetic = FolderDataset.open(folder)
     if len(synthetic.bands) != len(real.bands):
-        raise SystemExit(f"Synthetic set {folder} has {len(synthetic.bands)} bands; the real data has "
-                         f"{len(real.bands)}.")
+        raise TrainingError(f"Synthetic set {folder} has {len(synthetic.bands)} bands; the real data has "
+                            f"{len(real.bands)}.")
     unknown = {c.value for c in synthetic.classes} - {c.value for c in real.classes}
     if unknown:
-        raise SystemExit(f"Synthetic set {folder} has class values {sorted(unknown)} that the real data's "
-                         "class table does not know.")
+        raise TrainingError(f"Synthetic set {folder} has class values {sorted(unknown)} that the real data's "
+                            "class table does not know.")
     return synthetic
 
 
@@ -119,6 +119,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    cfg = load_config(SegmentTrainConfig, args.config, args)
+    cfg = config_from_args(SegmentTrainConfig, args)
     model_dir = train_segmenter(cfg)
     print(f"model written to {model_dir}")

@@ -1,13 +1,22 @@
 """The training loop every subcommand shares.
 
-Step-based loop with resume (the step count continues), optional EMA of the weights,
-AMP on CUDA, DDP under torchrun (gloo on CPU, nccl on CUDA), tqdm progress, a CSV log
-and a PNG plot of the curves. A subcommand supplies the model, the data and two
-callables: the loss of one batch and (optionally) a validation that returns metrics.
+Step-based loop with exact resume, optional EMA of the weights, AMP on CUDA, DDP under
+torchrun (gloo on CPU, nccl on CUDA), tqdm progress, a CSV log and a PNG plot of the
+curves. A subcommand supplies the model, the data and two callables: the loss of one
+batch and (optionally) a validation that returns metrics.
+
+Exact resume: the training state holds the weights, optimiser, LR schedule, AMP scaler,
+EMA, every process's RNG states (python, numpy, torch, CUDA) and the data position (epoch
+and batches consumed in it). The loaders made here draw each epoch's batches from
+(seed, epoch) alone, so a run killed after a checkpoint and resumed sees the same batches
+and random draws as an uninterrupted run (with num_workers=0; worker processes reseed
+their augmentations when a run resumes mid-epoch).
 """
 from __future__ import annotations
 
 import csv
+import itertools
+import logging
 import math
 import os
 import random
@@ -24,6 +33,11 @@ from tqdm.auto import tqdm
 from core.device import resolve_device
 
 STATE_NAME = "training_state.pt"
+log = logging.getLogger("rs_diffusion")
+
+
+class TrainingError(ValueError):
+    """A run that cannot start or go on (its config, data or saved state): one message in the user's terms."""
 
 
 @dataclass
@@ -72,6 +86,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state as tensors and plain values (what weights_only=True reads)."""
+    _, python_keys, python_gauss = random.getstate()
+    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    return {"python": torch.tensor(python_keys, dtype=torch.int64), "python_gauss": python_gauss,
+            "numpy": torch.from_numpy(numpy_keys.astype(np.int64)), "numpy_pos": int(numpy_pos),
+            "numpy_gauss": [int(numpy_has_gauss), float(numpy_gauss)], "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((3, tuple(state["python"].tolist()), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].cpu().numpy().astype(np.uint32), state["numpy_pos"],
+                         *state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class ResumableBatches(torch.utils.data.Sampler):
+    """Index batches of one epoch, a fixed function of (seed, epoch), from batch `skip` on.
+
+    A resumed run sets the epoch and the batches the interrupted run had consumed, so it goes on
+    with exactly the batches the uninterrupted run would have, without reading the skipped ones.
+    """
+
+    def __init__(self, batches: torch.utils.data.Sampler, set_epoch: Callable[[int], None]):
+        self.batches, self.set_epoch, self.skip = batches, set_epoch, 0
+
+    def set_position(self, epoch: int, skip: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
 class Trainer:
     def __init__(self, model: torch.nn.Module, settings: TrainSettings,
                  parameters: Iterable[torch.nn.Parameter] | None = None):
@@ -93,6 +151,8 @@ class Trainer:
         self.amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
+        self.position: tuple[int, int] | None = None    # (epoch, batches of it consumed) at self.step
+        self.saved_rng: dict[str, Any] | None = None     # RNG states to restore when fit starts
         self.run_dir = Path(settings.run_dir)
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,21 +162,28 @@ class Trainer:
             self.rows = [r for r in self._read_log() if int(float(r["step"])) <= self.step]
 
     def loader(self, dataset, batch_size: int, num_workers: int = 0) -> torch.utils.data.DataLoader:
-        """Shuffled batches; under torchrun each process gets its own share of the data."""
-        sampler = (torch.utils.data.distributed.DistributedSampler(dataset, seed=self.settings.seed)
-                   if self.dist.world > 1 else None)
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                                           num_workers=num_workers,
-                                           drop_last=len(dataset) // self.dist.world > batch_size)
+        """Shuffled batches, a new order every epoch; under torchrun each process gets its own share."""
+        order = torch.utils.data.distributed.DistributedSampler(
+            dataset, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True, seed=self.settings.seed)
+        batches = torch.utils.data.BatchSampler(order, batch_size,
+                                                drop_last=len(dataset) // self.dist.world > batch_size)
+        return self._resumable_loader(dataset, ResumableBatches(batches, order.set_epoch), num_workers)
 
     def balanced_loader(self, real, synthetic, batch_size: int, ratio: float,
                         num_workers: int = 0) -> torch.utils.data.DataLoader:
         """Batches mixing real and synthetic samples 1 : ratio; each torchrun process takes its share."""
         from core.data.balanced import BalancedBatchSampler
-        sampler = BalancedBatchSampler(len(real), len(synthetic), batch_size, ratio, self.settings.seed,
-                                       self.dist.rank, self.dist.world)
-        return torch.utils.data.DataLoader(torch.utils.data.ConcatDataset([real, synthetic]), batch_sampler=sampler,
-                                           num_workers=num_workers)
+        seed = self.settings.seed
+        batches = BalancedBatchSampler(len(real), len(synthetic), batch_size, ratio, seed, self.dist.rank,
+                                       self.dist.world)
+        return self._resumable_loader(torch.utils.data.ConcatDataset([real, synthetic]),
+                                      ResumableBatches(batches, lambda epoch: batches.generator.manual_seed(
+                                          _epoch_seed(seed, 0, epoch))), num_workers)
+
+    def _resumable_loader(self, dataset, batches: ResumableBatches, num_workers: int) -> torch.utils.data.DataLoader:
+        """Its own generator seeds the workers, so making an iterator never draws from torch's global one."""
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                           generator=torch.Generator())
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 5% of the base rate."""
@@ -139,17 +206,27 @@ class Trainer:
         if s.val_every <= 0:
             validate = None
         if len(loader) == 0:
-            raise ValueError("The training set yields no batch: add data or lower batch_size.")
+            raise TrainingError("The training set yields no batch: add data or lower batch_size.")
         metrics: dict[str, float] = {}
         validated = False
+        batches = loader.batch_sampler if isinstance(loader.batch_sampler, ResumableBatches) else None
+        epoch, consumed = self.position if batches is not None and self.position else (self.step // len(loader), 0)
+        if self.saved_rng is not None:   # now: building the model and data may have drawn random numbers
+            set_rng_state(self.saved_rng)
+            self.saved_rng = None
         bar = tqdm(total=s.steps, initial=self.step, desc="training", disable=not self.dist.main, unit="step")
-        epoch = self.step // max(1, len(loader))
         while self.step < s.steps:
-            if hasattr(loader.sampler, "set_epoch"):
+            if batches is not None:
+                batches.set_position(epoch, consumed)
+            elif hasattr(loader.sampler, "set_epoch"):
                 loader.sampler.set_epoch(epoch)
+            if loader.generator is not None:
+                loader.generator.manual_seed(_epoch_seed(s.seed, self.dist.rank, epoch))
             for batch in loader:
                 loss = self._train_step(batch, loss_fn)
                 self.step += 1
+                consumed += 1
+                self.position = (epoch, consumed)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 row = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
@@ -166,7 +243,7 @@ class Trainer:
                     self.save_state()
                 if self.step >= s.steps:
                     break
-            epoch += 1
+            epoch, consumed = epoch + 1, 0
         bar.close()
         if validate is not None and not validated and self.dist.main:   # resumed a finished run: still report
             metrics = validate(self.eval_model)
@@ -206,10 +283,16 @@ class Trainer:
         return self.run_dir / STATE_NAME
 
     def save_state(self) -> None:
+        """Called by every process (they all hand in their RNG states); the main one writes."""
+        rng = [rng_state()]
+        if self.dist.world > 1:
+            rng = [None] * self.dist.world
+            dist.all_gather_object(rng, rng_state())
         if not self.dist.main:
             return
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng,
+                 "position": list(self.position) if self.position else None}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         tmp = self.state_path.with_suffix(".tmp")
@@ -219,15 +302,34 @@ class Trainer:
 
     def _load_state(self) -> None:
         if not self.state_path.is_file():
-            raise FileNotFoundError(f"--resume: no {STATE_NAME} in {self.run_dir}.")
-        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-        self.step = int(state["step"])
+            raise TrainingError(f"--resume: there is no {STATE_NAME} in {self.run_dir}: check --output, or leave "
+                                "out --resume to start a new run.")
+        try:   # weights_only: tensors and plain values; pickled code is refused, never run
+            state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise TrainingError(f"Cannot resume from {self.state_path}: it is damaged, cut short or not a training "
+                                "state written by `python -m training`. Delete it to start over, or restore a good "
+                                "copy.") from exc
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None and "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+            self.step = int(state["step"])
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TrainingError(f"Cannot resume from {self.state_path}: it does not fit this run's model or config "
+                                f"({reason}). Resume with the config that wrote it, or delete it to start "
+                                "over.") from exc
+        rng, position = state.get("rng"), state.get("position")
+        if rng and len(rng) == self.dist.world and position:
+            self.saved_rng, self.position = rng[self.dist.rank], (int(position[0]), int(position[1]))
+        elif self.dist.main:
+            log.warning("%s holds no RNG states and data position for %d process(es) (an older state or another "
+                        "process count): the run goes on from step %d, but its batches and random draws differ "
+                        "from an uninterrupted run's.", self.state_path, self.dist.world, self.step)
 
     # --- logs
 

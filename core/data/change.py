@@ -22,6 +22,7 @@ import torch
 from rasterio.windows import Window
 from scipy import ndimage
 
+from core.data.folder import check_labelled
 from core.data.images import images_by_stem, to_unit, unit_range
 from core.data.scenes import (BUILDING, ROAD, SCENE_CRS, SOIL, VEGETATION, WATER, make_scene, scene_bands,
                               scene_transform, shifted)
@@ -47,8 +48,9 @@ _MIN_CONTRAST = 45.0          # RGB distance a new surface keeps from what it re
 
 # --- folder layout and masks --------------------------------------------------------------------
 
-def list_change_triplets(root: str | os.PathLike) -> list[tuple[Path, Path, Path]]:
-    """(A, B, label) paths matched by name stem, sorted by name; errors name the folder at fault."""
+def list_change_triplets(root: str | os.PathLike, skip_unlabelled: bool = False) -> list[tuple[Path, Path, Path]]:
+    """(A, B, label) paths matched by name stem, sorted by name; errors name the folder at fault. Pairs without
+    a label are an error, or with `skip_unlabelled` (evaluation) left out with a warning naming them."""
     root = Path(root)
     if not root.is_dir():
         raise RasterError(f"Change dataset '{root}' does not exist.")
@@ -60,11 +62,14 @@ def list_change_triplets(root: str | os.PathLike) -> list[tuple[Path, Path, Path
     a_names = set(folders["A"])
     if not a_names:
         raise RasterError(f"Folder '{root / 'A'}' holds no image.")
-    for name in ("B", "label"):
-        absent = sorted(a_names - set(folders[name]))
-        if absent:
-            raise RasterError(f"Folder '{root / name}' has no file for {len(absent)} image(s) of A/: "
-                              f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
+    absent = sorted(a_names - set(folders["B"]))
+    if absent:
+        raise RasterError(f"Folder '{root / 'B'}' has no file for {len(absent)} image(s) of A/: "
+                          f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
+    unlabelled = sorted(a_names - set(folders["label"]))
+    a_names -= set(unlabelled)
+    check_labelled(f"Change dataset '{root}'", f"label in {root / 'label'}", [folders["A"][n].name for n in unlabelled],
+                   len(a_names), skip_unlabelled)
     return [(folders["A"][n], folders["B"][n], folders["label"][n]) for n in sorted(a_names)]
 
 

@@ -9,6 +9,7 @@ Patches are cut with windowed reads, so images may be larger than memory allows.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +23,35 @@ from core.raster import RasterError, RasterInfo, open_raster, raster_info, read_
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 
 
-def list_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
+def check_labelled(dataset: str, label: str, unlabelled: list[str], labelled: int, skip_unlabelled: bool) -> None:
+    """Images of `dataset` without a `label` (e.g. "mask in masks/"): an error for training, which needs them
+    all; an evaluation (`skip_unlabelled`) leaves them out with a warning naming them, as long as one is left."""
+    if not unlabelled:
+        return
+    names = ", ".join(unlabelled[:10]) + (f" and {len(unlabelled) - 10} more" if len(unlabelled) > 10 else "")
+    if not skip_unlabelled:
+        raise RasterError(f"{dataset}: no {label} for {names}.")
+    if not labelled:
+        raise RasterError(f"{dataset}: no image has a {label} ({names} have none): nothing to score.")
+    log.warning("%s: skipping %d image(s) with no %s: %s.", dataset, len(unlabelled), label, names)
+
+
+def list_pairs(root: str | os.PathLike, skip_unlabelled: bool = False) -> list[tuple[Path, Path]]:
+    """(image, mask) paths matched by name stem; images without a mask: see check_labelled."""
     root = Path(root)
     images, masks = root / "images", root / "masks"
+    if not root.is_dir():
+        raise RasterError(f"Dataset folder '{root}' does not exist.")
     if not images.is_dir() or not masks.is_dir():
         raise RasterError(f"Dataset '{root}' needs the folders images/ and masks/.")
     by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     pairs, unmatched = [], []
     for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         (pairs.append((image, by_stem[image.stem])) if image.stem in by_stem else unmatched.append(image.name))
-    if unmatched:
-        raise RasterError(f"Dataset '{root}': no mask in masks/ for {', '.join(unmatched[:5])}.")
+    check_labelled(f"Dataset '{root}'", "mask in masks/", unmatched, len(pairs), skip_unlabelled)
     if not pairs:
         raise RasterError(f"Dataset '{root}' has no image/mask pairs.")
     return pairs

@@ -18,8 +18,8 @@ import torch
 from rasterio.windows import Window
 
 from core.checkpoint import ClassInfo
-from core.data.folder import (IGNORE_INDEX, IMAGE_SUFFIXES, list_pairs, read_class_indices, read_class_table,
-                              write_class_table)
+from core.data.folder import (IGNORE_INDEX, IMAGE_SUFFIXES, check_labelled, list_pairs, read_class_indices,
+                              read_class_table, write_class_table)
 from core.data.procedural import PATH_STEP, fractal_field, noise_field, trace_paths, wander
 from core.data.sar_scaling import SarScaling, SceneScaler
 from core.raster import RasterError, hex_to_rgba, open_raster, read_array, read_window, write_geotiff
@@ -333,23 +333,24 @@ class SarDataset:
         return np.nan_to_num(soft, nan=0.0)
 
 
-def open_sar_dataset(root: str | os.PathLike, split: str = "train") -> SarDataset:
+def open_sar_dataset(root: str | os.PathLike, split: str = "train", skip_unlabelled: bool = False) -> SarDataset:
     """Open a SAR oil-spill dataset, recognising our folder format, OSD, SOS and side-by-side files.
 
     The split folder (root/<split>) is tried first, then root itself, so both a dataset root and
-    a split folder can be given.
+    a split folder can be given. Images without a label are an error, or with `skip_unlabelled`
+    (evaluation) left out with a warning naming them.
     """
     root = Path(root)
     if not root.is_dir():
         raise RasterError(f"SAR dataset folder '{root}' does not exist.")
     for base in [root / split, root] if (root / split).is_dir() else [root]:
         if (base / "classes.json").is_file():
-            return _open_folder(base)
+            return _open_folder(base, skip_unlabelled)
         if (base / "images").is_dir() and (base / "labels_1D").is_dir():
-            return _open_osd(base)
+            return _open_osd(base, skip_unlabelled)
         sets = [base] if _is_sos_set(base) else [d for d in sorted(base.iterdir()) if d.is_dir() and _is_sos_set(d)]
         if sets:
-            return _open_sos(base, sets)
+            return _open_sos(base, sets, skip_unlabelled)
         images = _image_files(base)
         if images and _is_side_by_side(images[0]):
             return SarDataset([SarSample(p, p) for p in images], list(BINARY_CLASSES), "side-by-side")
@@ -359,21 +360,22 @@ def open_sar_dataset(root: str | os.PathLike, split: str = "train") -> SarDatase
         "<set>/gt/ (SOS); or images with the SAR left and the mask right (side by side).")
 
 
-def _open_folder(base: Path) -> SarDataset:
+def _open_folder(base: Path, skip_unlabelled: bool) -> SarDataset:
     classes, _ = read_class_table(base)
     soft_dir = base / "soft"
     soft = {p.stem: p for p in soft_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff")} \
         if soft_dir.is_dir() else {}
-    return SarDataset([SarSample(image, mask, soft.get(image.stem)) for image, mask in list_pairs(base)],
+    pairs = list_pairs(base, skip_unlabelled)
+    return SarDataset([SarSample(image, mask, soft.get(image.stem)) for image, mask in pairs],
                       classes, "folder")
 
 
-def _open_osd(base: Path) -> SarDataset:
+def _open_osd(base: Path, skip_unlabelled: bool) -> SarDataset:
     labels = {p.stem: p for p in _image_files(base / "labels_1D")}
     images = _image_files(base / "images")
     unmatched = [p.name for p in images if p.stem not in labels]
-    if unmatched:
-        raise RasterError(f"OSD dataset '{base}': no label in labels_1D/ for {', '.join(unmatched[:5])}.")
+    images = [p for p in images if p.stem in labels]
+    check_labelled(f"OSD dataset '{base}'", "label in labels_1D/", unmatched, len(images), skip_unlabelled)
     if not images:
         raise RasterError(f"OSD dataset '{base}' has no images in images/.")
     return SarDataset([SarSample(p, labels[p.stem]) for p in images], list(SAR_CLASSES), "osd")
@@ -383,8 +385,8 @@ def _is_sos_set(folder: Path) -> bool:
     return any(folder.glob("*_sat.*")) or ((folder / "sat").is_dir() and (folder / "gt").is_dir())
 
 
-def _open_sos(base: Path, sets: list[Path]) -> SarDataset:
-    samples = []
+def _open_sos(base: Path, sets: list[Path], skip_unlabelled: bool) -> SarDataset:
+    samples, unmatched = [], []
     for folder in sets:
         if (folder / "sat").is_dir():
             images = _image_files(folder / "sat")
@@ -392,10 +394,9 @@ def _open_sos(base: Path, sets: list[Path]) -> SarDataset:
         else:
             images = [p for p in _image_files(folder) if p.stem.endswith("_sat")]
             masks = {_sos_id(p): p for p in _image_files(folder) if p.stem.endswith("_mask")}
-        unmatched = [p.name for p in images if _sos_id(p) not in masks]
-        if unmatched:
-            raise RasterError(f"SOS dataset '{folder}': no mask for {', '.join(unmatched[:5])}.")
-        samples += [SarSample(p, masks[_sos_id(p)]) for p in images]
+        unmatched += [str(p.relative_to(base)) for p in images if _sos_id(p) not in masks]
+        samples += [SarSample(p, masks[_sos_id(p)]) for p in images if _sos_id(p) in masks]
+    check_labelled(f"SOS dataset '{base}'", "mask", unmatched, len(samples), skip_unlabelled)
     if not samples:
         raise RasterError(f"SOS dataset '{base}' has no images.")
     return SarDataset(samples, list(BINARY_CLASSES), "sos", oil_is_white=_oil_is_white(samples))
