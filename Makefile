@@ -34,9 +34,10 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.run
 
-## package: dist/rs_diffusion_plugin.zip for the QGIS plugin manager ("Install from ZIP")
+## package: dist/rs_diffusion_plugin.zip (code only, for the QGIS plugin repository or "Install from ZIP")
+## and dist/rs_diffusion_models-<version>.zip (the starter models, installed from the dock)
 package: setup
-	$(PY) -m rs_diffusion_plugin.packaging dist/rs_diffusion_plugin.zip
+	$(PY) -m rs_diffusion_plugin.packaging dist
 
 ## qgis: QGIS desktop with the plugin in a throwaway profile, using this venv's packages
 qgis: setup

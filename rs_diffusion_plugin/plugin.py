@@ -13,7 +13,9 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
+from core.catalog import set_model_library
 from rs_diffusion_plugin import dependencies
+from rs_diffusion_plugin.library import model_library_dir
 
 LOG_TAG = "rs-diffusion"
 
@@ -31,6 +33,8 @@ class RsDiffusionPlugin:
         self.iface = iface
         self.profile_dir = QgsApplication.qgisSettingsDirPath()
         dependencies.configure_sys_path(self.profile_dir)
+        # Before Processing asks for the starter models' folders: they are in this profile's library
+        set_model_library(model_library_dir(self.profile_dir))
         self.provider = None
         self.dock = None
         self.action = None

@@ -13,7 +13,8 @@ from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit,
                                  QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
-from core.catalog import DEVICE_CHOICES, starter_model_dir
+from core.catalog import DEVICE_CHOICES, card_summary, models_for_task, read_card
+from rs_diffusion_plugin.install_dialog import InstallModelsDialog, library_events
 from rs_diffusion_plugin.task import CoreTask
 
 # GDAL data types of class rasters: band values that are class ids
@@ -79,9 +80,10 @@ class LayerPicker(QgsMapLayerComboBox):
 
 
 class ModelPicker(QWidget):
-    """The model a tab runs, listed by name: the task's starter, the folders browsed to in this QGIS session,
+    """The model a tab runs, listed by name: the task's models in the user model library, the installed
+    starter pack and (in a developer checkout) the repository, the folders browsed to in this QGIS session,
     or Browse...; below, the chosen card's summary (name, task, classes, bands, ground resolution) or what
-    is wrong with it."""
+    is wrong with it. Where no model of the task is installed it says so and offers the models pack."""
 
     changed = pyqtSignal(str)   # the chosen model folder
     browsed: dict[str, list[str]] = {}   # task -> model folders browsed to in this session, oldest first
@@ -101,17 +103,39 @@ class ModelPicker(QWidget):
         self.label = QLabel()
         self.label.setWordWrap(True)
         layout.addWidget(self.label)
-        self.setToolTip("The task's starter model, the model folders browsed to in this session, or Browse... "
-                        "for another folder holding model.json and its weights")
-        for folder in [str(starter_model_dir(task)), *self.browsed.get(task, [])]:
-            if Path(folder).is_dir():
-                self._add(folder)
+        self.install_button = QPushButton("Install starter models…")
+        self.install_button.setToolTip("Install the rs-diffusion models pack (rs_diffusion_models-<version>.zip) "
+                                       "from a file or a URL into your model library")
+        layout.addWidget(self.install_button)
+        self.setToolTip("The task's models in your model library (starter models and your own), the model folders "
+                        "browsed to in this session, or Browse... for another folder holding model.json and its "
+                        "weights")
+        self.refresh()
         self.combo.currentIndexChanged.connect(self._chosen)
         self.browse_button.clicked.connect(self.browse)
-        self.describe(self.path())
+        self.install_button.clicked.connect(self.install_models)
+        library_events.changed.connect(self.refresh)
 
     def path(self) -> str:
         return self.combo.currentData() or ""
+
+    def refresh(self) -> None:
+        """List the library's models again (after an install), keeping the chosen one when it is still there."""
+        chosen = self.path()
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        installed = models_for_task(self.task)
+        for model in installed:
+            self._add(model.name, model.path)
+        for folder in self.browsed.get(self.task, []):
+            if Path(folder).is_dir() and self.combo.findData(folder) < 0:
+                self._add(model_name(folder), folder)
+        self.combo.setCurrentIndex(max(self.combo.findData(chosen), 0) if chosen else 0)
+        self.combo.blockSignals(False)
+        self.install_button.setVisible(not installed)
+        self.describe(self.path())
+        if self.path() != chosen:
+            self.changed.emit(self.path())
 
     def set_path(self, folder: str) -> None:
         """Choose `folder`, adding it to the list (and to this session's browsed models) when it is new."""
@@ -121,7 +145,7 @@ class ModelPicker(QWidget):
             known = self.browsed.setdefault(self.task, [])
             if folder not in known:
                 known.append(folder)
-            index = self._add(folder)
+            index = self._add(model_name(folder), folder)
         self.combo.setCurrentIndex(index)
 
     def browse(self) -> None:
@@ -129,27 +153,23 @@ class ModelPicker(QWidget):
         if folder:
             self.set_path(folder)
 
+    def install_models(self) -> None:
+        InstallModelsDialog(self).exec()
+
     def describe(self, path: str) -> None:
+        if not path:
+            self.label.setText(f"No '{self.task}' model is installed yet: install the starter models pack, or "
+                               "Browse... to a model folder.")
+            return
         from core.checkpoint import ModelError, load_card
         try:
             card = load_card(path, task=self.task)
         except ModelError as exc:
             self.label.setText(f"<span style='color:#b00'>{exc}</span>")
             return
-        details = [f"{card.task} model"]
-        if card.classes:
-            details.append("classes " + ", ".join(c.name for c in card.classes))
-        details.append("bands " + ", ".join(card.bands))
-        if card.ground_resolution:
-            details.append(f"{card.ground_resolution:g} m ground resolution")
-        self.label.setText(f"{card.name}: {'; '.join(details)}")
+        self.label.setText(f"{card.name}: {card_summary(read_card(path) or {})}")
 
-    def _add(self, folder: str) -> int:
-        from core.checkpoint import ModelError, load_card
-        try:
-            name = load_card(folder).name
-        except ModelError:
-            name = Path(folder).name
+    def _add(self, name: str, folder: str) -> int:
         self.combo.addItem(name, folder)
         index = self.combo.count() - 1
         self.combo.setItemData(index, folder, Qt.ItemDataRole.ToolTipRole)
@@ -158,6 +178,12 @@ class ModelPicker(QWidget):
     def _chosen(self) -> None:
         self.describe(self.path())
         self.changed.emit(self.path())
+
+
+def model_name(folder: str) -> str:
+    """The name on a model folder's card, or the folder's name when it has no readable card."""
+    card = read_card(folder)
+    return str(card.get("name") or Path(folder).name) if card else Path(folder).name
 
 
 class TaskTab(QWidget):

@@ -12,7 +12,9 @@ from qgis.core import (QgsProcessingContext, QgsProcessingFeedback, QgsProcessin
                        QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource,
                        QgsProcessingModelParameter, QgsProcessingParameterRasterLayer, QgsProject, QgsRasterLayer)
 
-from rs_diffusion_plugin.packaging import build_zip, install_into_profile
+from core.model_pack import install_pack
+from rs_diffusion_plugin.library import model_library_dir
+from rs_diffusion_plugin.packaging import build_release, install_into_profile
 from tests.conftest import files_in, make_scene_raster, shared_data
 
 pytestmark = pytest.mark.qgis
@@ -95,12 +97,15 @@ def test_real_georeferenced_landsat_raster(processing, tmp_path, starter_model):
 @pytest.mark.slow
 def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth_starters, idgbr_starter,
                                                sar_starters, fusion_starter, change_starters):
-    """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES."""
+    """The release zip unzipped into a clean profile, torch & co. from RS_DIFFUSION_SITE_PACKAGES, no model
+    reachable until the models pack is installed into the profile's model library (no repository checkout
+    on the path: the ZIP carries core, the pack carries the models)."""
     binary = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
     if not os.path.exists(binary):
         pytest.skip("qgis_process.bin not installed")
     profiles = tmp_path / "profiles"
-    install_into_profile(profiles, zip_path=build_zip(tmp_path / "dist" / "rs_diffusion_plugin.zip"))
+    plugin_zip, models_pack = build_release(tmp_path / "dist")
+    profile = install_into_profile(profiles, zip_path=plugin_zip)
     image, _ = make_scene_raster(tmp_path, size=(128, 160))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update(QGIS_CUSTOM_CONFIG_PATH=str(profiles), QT_QPA_PLATFORM="offscreen",
@@ -108,6 +113,13 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     listing = subprocess.run([binary, "list"], capture_output=True, text=True, env=env, timeout=300)
     assert ALG in listing.stdout, listing.stdout[-2000:] + listing.stderr[-2000:]
     out = tmp_path / "qp.tif"
+    run = subprocess.run([binary, "run", ALG, "--", f"INPUT={image}", f"OUTPUT={out}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0 and not out.exists()   # the plugin ZIP alone holds no model
+    said = run.stdout + run.stderr
+    assert "No 'segmentation' model is installed" in said and "install the starter models pack" in said, said[-2000:]
+    installed = install_pack(models_pack, model_library_dir(profile))
+    assert installed.folder == profile / "rs_diffusion" / "models" / "starters"
     run = subprocess.run([binary, "run", ALG, "--", f"INPUT={image}", f"OUTPUT={out}"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -125,7 +137,7 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     run = subprocess.run([binary, "run", "rsdiffusion:synthesize_pairs", "--", "COUNT=1", "SAMPLER=ddim", "STEPS=2",
                           "SR=true", f"OUTPUT_FOLDER={pairs}"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    with rasterio.open(pairs / "masks" / "pair_00000.tif") as mask:   # the bundled starter base + x2 models
+    with rasterio.open(pairs / "masks" / "pair_00000.tif") as mask:   # the installed pack's base + x2 models
         assert mask.width == 128
     from core.data.sar import write_land_mask, write_sar_scene
     sar, sar_labels = tmp_path / "sar.tif", tmp_path / "sar_labels.tif"
@@ -143,7 +155,7 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     run = subprocess.run([binary, "run", "rsdiffusion:synthesize_sar_pairs", "--", "COUNT=1", "STEPS=2",
                           f"OUTPUT_FOLDER={sar_pairs}"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert (sar_pairs / "soft" / "sar_00000.tif").is_file()   # the bundled starter SAR-JointNet
+    assert (sar_pairs / "soft" / "sar_00000.tif").is_file()   # the installed pack's SAR-JointNet
     from core.data.irvis import write_irvis_pair
     ir, vi = tmp_path / "ir.tif", tmp_path / "vi.tif"
     write_irvis_pair(ir, vi, 60, 72, seed=21)
@@ -151,7 +163,7 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     run = subprocess.run([binary, "run", "rsdiffusion:fuse_ir_visible", "--", f"INFRARED={ir}", f"VISIBLE={vi}",
                           "STEPS=3", f"OUTPUT={fused}"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "PRIOR:" in run.stdout and "starter" in run.stdout     # the bundled starter fusion prior
+    assert "PRIOR:" in run.stdout and "starter" in run.stdout     # the installed pack's fusion prior
     with rasterio.open(fused) as dst, rasterio.open(vi) as src:
         assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape and dst.count == 3
     from core.data.change import write_change_pair
@@ -162,7 +174,7 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
                           f"OUTPUT={changes}", f"OUTPUT_POLYGONS={change_polygons}"], capture_output=True, text=True,
                          env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "CHANGED_AREA_KM2:" in run.stdout and change_polygons.is_file()   # the bundled starter detector
+    assert "CHANGED_AREA_KM2:" in run.stdout and change_polygons.is_file()   # the installed pack's detector
     with rasterio.open(changes) as dst, rasterio.open(date_a) as src:
         assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
     change_set = tmp_path / "qp_change_set"
@@ -175,9 +187,9 @@ def test_qgis_process_with_the_packaged_plugin(tmp_path, starter_model, satsynth
     run = subprocess.run([binary, "run", "rsdiffusion:synthesize_change_pairs", "--", "COUNT=1", "STEPS=2",
                           f"OUTPUT_FOLDER={triplets}"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert (triplets / "label" / "change_00000.tif").is_file()   # the bundled starter RDF-MIG
-    bundled = profiles / "profiles" / "default" / "python" / "plugins" / "rs_diffusion_plugin" / "vendor" / "core"
-    assert bundled.is_dir()
+    assert (triplets / "label" / "change_00000.tif").is_file()   # the installed pack's RDF-MIG
+    bundled = profile / "python" / "plugins" / "rs_diffusion_plugin" / "vendor"
+    assert (bundled / "core").is_dir() and not (bundled / "resources" / "models").exists()
 
 
 def test_build_training_set_from_layers(processing, tmp_path):
