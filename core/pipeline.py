@@ -4,7 +4,8 @@ A run first checks, before any model is loaded, so a bad choice costs the user n
 will write (`check_outputs`), the tiling (`check_tiling`), that its inputs open, overlap one another
 and hold valid pixels (`check_inputs`), then, with the model card (cheap: no weights), whether each
 input fits the model (`fit_layer`: bands, value range, ground resolution; misfits are warnings saying
-what was done and how to change it). It then writes every output under its own name inside a
+what was done and how to change it; `model_grid`: the grid a layer is read on at the model's ground
+resolution when the user asks for that). It then writes every output under its own name inside a
 hidden staging folder next to it (`staged_outputs`) and moves the whole set into place only when
 the run has finished: a failed or cancelled run leaves no partial file, no half set of outputs,
 and the files an earlier run wrote at those paths untouched; a run killed outright leaves its
@@ -26,7 +27,8 @@ import rasterio.warp
 
 from core.checkpoint import ModelCard
 from core.progress import Progress
-from core.raster import RasterError, RasterInfo, check_bands, has_valid_pixel, open_raster, raster_info, read_decimated
+from core.raster import (RasterError, RasterInfo, check_bands, grid_at_resolution, has_valid_pixel, open_raster,
+                         raster_info, read_decimated)
 
 PROBABILITY_NODATA = -1.0     # float rasters of values in [0, 1] (probabilities, weights, uncertainties)
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -183,12 +185,15 @@ def _covered_share(reference: RasterInfo, other: RasterInfo) -> float | None:
 
 
 def fit_layer(layer: InputLayer, info: RasterInfo, bands: Sequence[int] | None, card: ModelCard,
-              progress: Progress, scaled_by_card: bool = True, resample_hint: str = "") -> list[int]:
+              progress: Progress, scaled_by_card: bool = True, resample_to_model: bool | None = None,
+              grid: RasterInfo | None = None) -> list[int]:
     """The bands to read from `layer` for `card`'s model (an error if it has fewer than the model needs), with a
     warning for each way the layer is unlike the model's training data: extra bands or band names unlike the
     card's, values beyond its data type's range or far from its normalisation (when `scaled_by_card`: the
     pipeline scales values with the card's offset / scale), a ground resolution more than
-    RESOLUTION_TOLERANCE off the card's. resample_hint: how to read the layer at the model's resolution."""
+    RESOLUTION_TOLERANCE off the card's. resample_to_model: None when the run has no option to read the layer
+    at the model's resolution (RESAMPLE_TO_MODEL), else whether it is on; grid: the grid the layer is read on
+    when the option is on (model_grid's; None: it could not be resampled), so the warning says what was done."""
     chosen = check_bands(info, bands, card.bands, layer.name)
     if bands is None and info.count > len(card.bands):
         progress.warning(f"{_capital(layer)} has {info.count} bands; the model '{card.name}' reads bands "
@@ -204,7 +209,7 @@ def fit_layer(layer: InputLayer, info: RasterInfo, bands: Sequence[int] | None, 
         with open_raster(layer.path) as src:
             data, valid = read_decimated(src, chosen)
         _check_values(layer, info, data[:, valid], card, progress)
-    _check_resolution(layer, info, card, progress, resample_hint)
+    _check_resolution(layer, info, card, progress, resample_to_model, grid)
     return chosen
 
 
@@ -255,21 +260,81 @@ def _check_values(layer: InputLayer, info: RasterInfo, values: np.ndarray, card:
                          "model's training data, or use a model trained on data like it.")
 
 
+RESAMPLE_OPTION = "'Resample to the model's resolution' (RESAMPLE_TO_MODEL)"
+
+
+def model_grid(info: RasterInfo, card: ModelCard) -> RasterInfo | None:
+    """The grid to read a layer on so that its pixels have the card's ground resolution: its extent on its own
+    CRS at the model's pixel size (read with core.raster.open_on_grid), `info` itself when it already has that
+    resolution; None when the card has no ground resolution or the layer no projected CRS to resample in."""
+    if not card.ground_resolution or info.crs_wkt is None or info.is_geographic:
+        return None
+    return grid_at_resolution(info, card.ground_resolution)
+
+
 def _check_resolution(layer: InputLayer, info: RasterInfo, card: ModelCard, progress: Progress,
-                      resample_hint: str) -> None:
+                      resample_to_model: bool | None, grid: RasterInfo | None) -> None:
     model, have = card.ground_resolution, info.ground_resolution_m
-    if not model or have is None:
+    if resample_to_model and not model:
+        progress.warning(f"The model '{card.name}' does not record the ground resolution it was trained on, so "
+                         f"{RESAMPLE_OPTION} does nothing: {layer} was read at its own resolution.")
+        return
+    if not model:
+        return
+    if resample_to_model and grid is None:
+        _cannot_resample(layer, info, card, progress)
+        return
+    if have is None:
         return
     ratio = have / model
-    if 1 / RESOLUTION_TOLERANCE <= ratio <= RESOLUTION_TOLERANCE:
+    off = not 1 / RESOLUTION_TOLERANCE <= ratio <= RESOLUTION_TOLERANCE
+    factor, way = _how_far(ratio)
+    if resample_to_model and grid is not info:
+        done = (f"it was read at {model:g} m to match the model, so the outputs are on that grid ({grid.width} x "
+                f"{grid.height} px)")
+        if not off:
+            if not np.isclose(have, model):   # nothing to say when it already had the model's resolution
+                progress.info(f"{_capital(layer)} has {have:.3g} m pixels: {done}.")
+            return
+        lacking = (f"; resampling adds no detail that its {have:.3g} m pixels lack, so the results are less "
+                   f"reliable than on {model:g} m data" if ratio > 1 else "")
+        progress.warning(f"{_capital(layer)} has {have:.3g} m pixels; the model '{card.name}' was trained on "
+                         f"{model:g} m pixels ({factor:.3g}x {way}): {done}{lacking}. To read it at its own "
+                         f"resolution instead, untick {RESAMPLE_OPTION}.")
         return
-    factor, way = (ratio, "coarser") if ratio > 1 else (1 / ratio, "finer")
+    if not off:
+        return
     objects = "smaller" if ratio > 1 else "larger"
-    how = resample_hint or f"resample the layer to about {model:g} m first (Raster > Projections > Warp)"
+    how = f"resample the layer to about {model:g} m first (Raster > Projections > Warp)"
+    if resample_to_model is False:
+        how += f" or tick {RESAMPLE_OPTION}"
     progress.warning(f"{_capital(layer)} has {have:.3g} m pixels; the model '{card.name}' was trained on {model:g} m "
                      f"pixels ({factor:.3g}x {way}): objects look {factor:.3g}x {objects} to it than in its training "
                      f"data, so the results are unreliable. The layer was read at its own resolution; to change "
                      f"that, {how}.")
+
+
+def _how_far(ratio: float) -> tuple[float, str]:
+    """A layer's pixel size / the model's as a message says it: (4, 'coarser') or (2.5, 'finer')."""
+    return (ratio, "coarser") if ratio > 1 else (1 / ratio, "finer")
+
+
+def _cannot_resample(layer: InputLayer, info: RasterInfo, card: ModelCard, progress: Progress) -> None:
+    """The warning for a layer that RESAMPLE_TO_MODEL cannot resample: it has no projected CRS to do it in."""
+    model, have = card.ground_resolution, info.ground_resolution_m
+    if info.crs_wkt is None:
+        why, how = "has no CRS", "assign it its projected CRS (Raster > Projections > Assign Projection)"
+    else:
+        why = f"is in a geographic CRS ({rasterio.crs.CRS.from_wkt(info.crs_wkt).to_string()})"
+        how = "reproject it to a projected CRS (Raster > Projections > Warp)"
+    unlike = ""
+    if have is not None and not 1 / RESOLUTION_TOLERANCE <= have / model <= RESOLUTION_TOLERANCE:
+        factor, way = _how_far(have / model)
+        unlike = (f" Its pixels of about {have:.3g} m are {factor:.3g}x {way} than the {model:g} m the model "
+                  f"'{card.name}' was trained on, so the results are unreliable.")
+    progress.warning(f"{_capital(layer)} {why}, so {RESAMPLE_OPTION} cannot resample it to the model's {model:g} m "
+                     f"pixels (it resamples in the layer's own CRS, which must be projected): it was read at its own "
+                     f"resolution.{unlike} To read it at {model:g} m, {how} first.")
 
 
 class StagedPaths:

@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -298,10 +298,44 @@ def co_registered(info: RasterInfo, other: RasterInfo, name: str, other_name: st
 
 def resampled_onto(src, target):
     """`src` read on `target`'s grid (bilinear WarpedVRT); areas it does not cover read as invalid (an alpha
-    band is added when `src` has no nodata, so read explicit bands from it)."""
+    band is added when `src` has no nodata, so read explicit bands from it). The VRT warps each window as it
+    is read, so memory does not grow with the raster."""
+    return _warped(src, target.crs, target.transform, target.width, target.height)
+
+
+def _warped(src, crs, transform, width: int, height: int):
     from rasterio.vrt import WarpedVRT
-    return WarpedVRT(src, crs=target.crs, transform=target.transform, width=target.width, height=target.height,
+    return WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
                      resampling=rasterio.enums.Resampling.bilinear, add_alpha=src.nodata is None)
+
+
+def grid_at_resolution(info: RasterInfo, metres: float) -> RasterInfo:
+    """`info`'s extent on its own (projected) CRS with `metres` pixels: the grid open_on_grid reads the layer
+    on, north up. The pixel count is rounded, so the extent moves by at most half a pixel; `info` itself when its
+    pixels already have that size."""
+    if info.crs_wkt is None or info.is_geographic:
+        raise RasterError(f"Layer '{Path(info.path).name}' has no projected CRS to resample it in.")
+    pixel = metres / rasterio.crs.CRS.from_wkt(info.crs_wkt).linear_units_factor[1]
+    if np.allclose(info.resolution, pixel, rtol=1e-6, atol=0):
+        return info
+    xs, ys = rasterio.Affine(*info.transform) * np.array([[0, info.width, 0, info.width],       # the corners:
+                                                          [0, 0, info.height, info.height]], float)  # any orientation
+    left, right, bottom, top = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    width, height = max(1, round((right - left) / pixel)), max(1, round((top - bottom) / pixel))
+    return replace(info, width=width, height=height, transform=(pixel, 0.0, left, 0.0, -pixel, top))
+
+
+@contextlib.contextmanager
+def open_on_grid(path: str | os.PathLike, grid: RasterInfo) -> Iterator:
+    """The raster at `path` read on `grid` (e.g. from grid_at_resolution): the file itself when that is its own
+    grid, else a bilinear WarpedVRT of it (see resampled_onto)."""
+    with open_raster(path) as src:
+        if (src.width, src.height) == (grid.width, grid.height) and \
+                np.allclose(tuple(src.transform)[:6], grid.transform, rtol=1e-9, atol=0):
+            yield src
+            return
+        with _warped(src, src.crs, rasterio.Affine(*grid.transform), grid.width, grid.height) as vrt:
+            yield vrt
 
 
 def pixel_area_km2(info: RasterInfo) -> float:

@@ -33,6 +33,7 @@ class ChangeTab(TaskTab):
         add_row(form, "Change detector", self.model_picker, "The starter detector was trained on procedural "
                 "scenes; train your own with `python -m training changedet`")
         self.add_device_row(form)
+        self.add_resample_row(form, "date A (date B then follows its grid)")
         self.add_raster_output_row(form, "Change raster")
         self.polygons_check = QCheckBox("Also write change polygons with their area (GeoPackage)")
         add_row(form, "", self.polygons_check, "One polygon per connected patch of change, with its area in m² "
@@ -46,7 +47,8 @@ class ChangeTab(TaskTab):
         options = dict(
             input_a_path=path_a, input_b_path=path_b, output_path=output, model_dir=self.model_picker.path(),
             polygons_path=f"{Path(output).with_suffix('')}.gpkg" if self.polygons_check.isChecked() else "",
-            device=self.device_combo.currentText(), name_a=layer_a.name(), name_b=layer_b.name())
+            device=self.device_combo.currentText(), resample_to_model=self.resample_check.isChecked(),
+            name_a=layer_a.name(), name_b=layer_b.name())
         return CoreTask(f"Detect changes from {layer_a.name()} to {layer_b.name()}", run_change_detection, options)
 
     def on_success(self, result) -> None:

@@ -39,6 +39,7 @@ class OilSpillTab(TaskTab):
         self.model_picker = ModelPicker(TASK)
         add_row(form, "Model", self.model_picker)
         self.add_device_row(form)
+        self.add_resample_row(form)
         self.add_raster_output_row(form, "Class raster")
         self.polygons_check = QCheckBox("Also write oil-slick polygons (GeoPackage)")
         self.polygons_check.setChecked(True)
@@ -56,7 +57,8 @@ class OilSpillTab(TaskTab):
             band=self.band_combo.currentBand() if self.band_combo.currentBand() > 0 else 1,
             input_kind=self.kind_combo.currentText(), land_mask_path=land_path, land_mask_layer=land_layer,
             polygons_path=f"{Path(output).with_suffix('')}_slicks.gpkg" if self.polygons_check.isChecked() else "",
-            device=self.device_combo.currentText(), layer_name=layer.name())
+            device=self.device_combo.currentText(), resample_to_model=self.resample_check.isChecked(),
+            layer_name=layer.name())
         return CoreTask(f"Detect oil spills in {layer.name()}", detect_oil_spills, params)
 
     def on_success(self, result) -> None:

@@ -32,6 +32,7 @@ class SegmentTab(TaskTab):
         self.overlap_spin.setValue(32)
         add_row(form, "Tile overlap", self.overlap_spin, "Pixels neighbouring tiles share; their predictions are "
                 "blended there so no seams show (default 32)")
+        self.add_resample_row(form)
         self.add_raster_output_row(form, "Class raster")
         self.polygons_check = QCheckBox("Also write class polygons (GeoPackage)")
         add_row(form, "", self.polygons_check, "One polygon per connected patch of a class, with its class id")
@@ -47,7 +48,7 @@ class SegmentTab(TaskTab):
         params = SegmentParams(
             input_path=raster_source(layer), output_path=output, model_dir=self.model_picker.path(),
             device=self.device_combo.currentText(), tile_size=self.tile_spin.value(),
-            overlap=self.overlap_spin.value(),
+            overlap=self.overlap_spin.value(), resample_to_model=self.resample_check.isChecked(),
             polygons_path=f"{stem}_polygons.gpkg" if self.polygons_check.isChecked() else "",
             probabilities_path=f"{stem}_probabilities.tif" if self.probabilities_check.isChecked() else "",
             layer_name=layer.name())

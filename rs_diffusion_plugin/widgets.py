@@ -10,8 +10,8 @@ from qgis.core import (Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProcessin
                        QgsRasterLayer)
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
-from qgis.PyQt.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit,
-                                 QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                                 QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from core.catalog import DEVICE_CHOICES, card_summary, models_for_task, read_card
 from rs_diffusion_plugin.install_dialog import InstallModelsDialog, library_events
@@ -222,6 +222,13 @@ class TaskTab(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
         add_row(form, "Device", self.device_combo, "auto: the GPU (CUDA) when there is one, else the CPU")
+
+    def add_resample_row(self, form: QFormLayout, layers: str = "the layer") -> None:
+        """An unticked "Resample to the model's resolution" check box as `self.resample_check`."""
+        self.resample_check = QCheckBox("Resample to the model's resolution")
+        add_row(form, "", self.resample_check, f"Read {layers} at the model's ground resolution (its card); the "
+                "outputs are then on that grid. Off: read as they are, with a warning when the resolution is more "
+                "than 2x off the model's")
 
     def add_raster_output_row(self, form: QFormLayout, label: str) -> None:
         """A GeoTIFF save-file row as `self.output_widget`; left empty it means a temporary file."""

@@ -127,7 +127,8 @@ def test_ground_resolution_far_from_the_models_warns_before_the_model_loads(tmp_
     warning, = progress.warnings
     assert warning.startswith(f"Layer 'scene.tif' {expected}")
     assert warning.endswith("The layer was read at its own resolution; to change that, resample the layer to about "
-                            "0.5 m first (Raster > Projections > Warp).")
+                            "0.5 m first (Raster > Projections > Warp) or tick 'Resample to the model's resolution' "
+                            "(RESAMPLE_TO_MODEL).")
 
 
 def test_resolution_within_twice_the_models_and_in_degrees_is_quiet(tmp_path, card_only):

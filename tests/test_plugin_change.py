@@ -100,7 +100,7 @@ def test_algorithms_are_registered_with_the_documented_parameters(processing):
     assert detect is not None and detect.group() == "Change detection"
     assert [p.name() for p in detect.parameterDefinitions()] == [
         "INPUT_A", "INPUT_B", "MODEL", "OUTPUT", "OUTPUT_POLYGONS", "OUTPUT_PROBABILITY", "OVERLAP", "BATCH_SIZE",
-        "DEVICE"]
+        "RESAMPLE_TO_MODEL", "DEVICE"]
     p = detect.parameterDefinition
     assert p("MODEL").defaultValue() == str(starter_model_dir("changedet"))
     for name in ("OUTPUT_POLYGONS", "OUTPUT_PROBABILITY"):
@@ -192,7 +192,7 @@ def test_extra_bands_of_b_are_left_out_with_a_message(processing, tmp_path, chan
     result = processing.run(DETECT, {"INPUT_A": str(a), "INPUT_B": str(four), "MODEL": str(tiny_changedet),
                                      "OUTPUT": str(tmp_path / "changes.tif")}, feedback=feedback)
     assert grid(result["OUTPUT"]) == grid(a)
-    assert "Layer 'b4' has 4 bands; the model reads bands 1-3 as red, green, blue." in log
+    assert "Date B 'b4' has 4 bands; the model 'tiny changedet' reads bands 1-3" in log
 
 
 @pytest.mark.parametrize("case, message", [

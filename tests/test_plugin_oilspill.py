@@ -75,7 +75,7 @@ def test_algorithms_are_registered_with_the_documented_parameters(processing):
     assert detect is not None and detect.group() == "SAR oil spills"
     assert [p.name() for p in detect.parameterDefinitions()] == [
         "INPUT", "MODEL", "LAND_MASK", "OUTPUT", "OUTPUT_POLYGONS", "OUTPUT_PROBABILITY", "BAND", "INPUT_KIND",
-        "OVERLAP", "BATCH_SIZE", "DEVICE"]
+        "OVERLAP", "BATCH_SIZE", "RESAMPLE_TO_MODEL", "DEVICE"]
     assert detect.parameterDefinition("MODEL").defaultValue() == str(starter_model_dir("saross"))
     assert detect.parameterDefinition("LAND_MASK").flags() & detect.parameterDefinition("LAND_MASK").FlagOptional
     assert detect.parameterDefinition("OUTPUT_POLYGONS").createByDefault()

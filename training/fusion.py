@@ -117,7 +117,8 @@ def add_fuse_arguments(parser) -> None:
     parser.add_argument("--dig-patch", type=int, default=64, help="spatial DIG: patch size in pixels")
     parser.add_argument("--ddfm-mode", choices=EM_MODES, default="paper", help="EM wiring (see core/fusion/em.py)")
     parser.add_argument("--tile-size", type=int, default=256, help="fixed tile (DIG's distances are over the tile)")
-    parser.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (at most half a tile)")
+    parser.add_argument("--overlap", type=int, default=32,
+                        help="pixels shared by neighbouring tiles (at most half a tile)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="tiles per prior forward")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")

@@ -1,6 +1,7 @@
 """detect_changes: two dates of any size -> change raster (+ change probability, + change polygons).
 
-Image B is read on image A's grid (resampled bilinearly when the grids differ, with a message).
+Image B is read on image A's grid (resampled bilinearly when the grids differ, with a message); with
+resample_to_model, A's grid is its extent at the model's ground resolution (core.pipeline.model_grid).
 Both are scaled as the card says (x = (raw - mean) / std, written by the trainer from its training
 data's range), read tile by tile, run through FC-Siam-conc in batches and blended as softmax
 probabilities by core.tiling.run_tiles. The change raster is uint8 on A's grid: 0 no change,
@@ -23,9 +24,10 @@ from core.change.fcsiam import MULTIPLE, TASK, build_changedet
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
 from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
-                           fit_layer, model_tiling, staged_outputs)
+                           fit_layer, model_grid, model_tiling, staged_outputs)
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, RasterInfo, co_registered, open_raster, pixel_area_km2, read_window, resampled_onto
+from core.raster import (GeoTiffWriter, RasterInfo, co_registered, open_on_grid, open_raster, pixel_area_km2,
+                         read_window, resampled_onto)
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygon_totals, polygonize
 
@@ -50,6 +52,7 @@ class ChangeParams:
     device: str = "auto"
     name_a: str = ""                    # how the user knows the layers, for messages
     name_b: str = ""
+    resample_to_model: bool = False     # read date A at the card's ground resolution (B onto that grid); outputs too
 
     def resolved_model_dir(self) -> str:
         return resolve_model_dir(self.model_dir, TASK)
@@ -100,8 +103,16 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
     tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
     if tile % MULTIPLE:
         raise ValueError(f"Tile size must be a multiple of {MULTIPLE} pixels, not {tile}.")
-    bands_a = fit_layer(layer_a, a_info, params.bands_a, card, progress)
-    bands_b = fit_layer(layer_b, b_info, params.bands_b, card, progress)
+    a_at_model = model_grid(a_info, card) if params.resample_to_model else None
+    bands_a = fit_layer(layer_a, a_info, params.bands_a, card, progress, resample_to_model=params.resample_to_model,
+                        grid=a_at_model)
+    # B is read on A's grid: at the model's resolution when A is; when A could not be resampled, A's warning says
+    # why and B's speaks of its own resolution only
+    b_resample = None if params.resample_to_model and a_at_model is None else params.resample_to_model
+    bands_b = fit_layer(layer_b, b_info, params.bands_b, card, progress, resample_to_model=b_resample,
+                        grid=a_at_model)
+    b_on_a_file_grid = co_registered(a_info, b_info, name_a, name_b)
+    a_info = a_at_model or a_info       # the grid date A is read on, B co-registered onto, and the outputs get
     same_grid = co_registered(a_info, b_info, name_a, name_b)
     if a_info.dtype != b_info.dtype:
         progress.warning(f"Layers '{name_a}' ({a_info.dtype}) and '{name_b}' ({b_info.dtype}) have different data "
@@ -118,10 +129,11 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
                   f"{len(grid)} tiles of {tile} px) with '{card.name}' on {describe_device(device)}.")
 
     with contextlib.ExitStack() as stack:
-        a_src = stack.enter_context(open_raster(params.input_a_path))
+        a_src = stack.enter_context(open_on_grid(params.input_a_path, a_info))
         b_src = stack.enter_context(open_raster(params.input_b_path))
         if not same_grid:
             b_src = stack.enter_context(resampled_onto(b_src, a_src))
+        if not b_on_a_file_grid:
             progress.warning(f"Layer '{name_b}' is on another grid than '{name_a}': resampled (bilinear) onto the "
                              f"grid of '{name_a}'.")
         staged = stack.enter_context(staged_outputs(outputs))

@@ -5,10 +5,10 @@
   conditions concatenated to the input and shared-encoder CFG live there (see IDGBR, the SatSynth x2 stage);
 - without an x0 hook, diffusers' own `scheduler.step` moves x_t to the next level;
 - with `x0_hook(x0, t, i)`, the loop forms the x0 estimate (clipped to [-1, 1] when `clip`), lets the hook
-  replace it (SAR-JointNet's label feedback, Eq. 21; DDFM's EM rectification and Dig2DIG's weights), recomputes
-  epsilon from the new x0 (DDFM's rule) and takes the DDIM step (eta) from there. This is also the path for timesteps that are
-  not uniformly spaced (Dig2DIG's): the next level is the next entry of `scheduler.timesteps`, the last step
-  goes to the scheduler's final alpha.
+  replace it (SAR-JointNet's label feedback, Eq. 21; DDFM's EM rectification and Dig2DIG's weights),
+  recomputes epsilon from the new x0 (DDFM's rule) and takes the DDIM step (eta) from there. This is also the
+  path for timesteps that are not uniformly spaced (Dig2DIG's): the next level is the next entry of
+  `scheduler.timesteps`, the last step goes to the scheduler's final alpha.
 Both paths use diffusers' arithmetic (formulas 12 and 16 of the DDIM paper, in its operation order), so an x0
 hook that returns its input gives the same numbers as `scheduler.step`.
 """

@@ -293,7 +293,8 @@ class SarPairs:
 
 
 @torch.inference_mode()
-def sample_pairs(model: SarJointNet, count: int, steps: int = DEFAULT_SAMPLING_STEPS, seed: int = 0, size: int | None = None, progress: Progress | None = None) -> SarPairs:
+def sample_pairs(model: SarJointNet, count: int, steps: int = DEFAULT_SAMPLING_STEPS, seed: int = 0,
+                 size: int | None = None, progress: Progress | None = None) -> SarPairs:
     """Generate `count` image/soft-label pairs with deterministic DDIM (eta 0), both modalities at one t.
 
     At every step the label x0 estimate is (softmax(logits) * 2 - 1) * b (Eq. 21): a valid balanced

@@ -26,9 +26,9 @@ from core.device import BatchRunner, describe_device, resolve_device
 from core.data.sar_scaling import INPUT_KINDS, SarScaling, fit_scene_scaler
 from core.oilspill.saross import TASK, build_saross
 from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
-                           class_raster_dtype, fit_layer, model_tiling, staged_outputs)
+                           class_raster_dtype, fit_layer, model_grid, model_tiling, staged_outputs)
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, open_raster, pixel_area_km2, read_window
+from core.raster import GeoTiffWriter, open_on_grid, pixel_area_km2, read_window
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygon_totals, polygonize, read_polygons_in_crs
 
@@ -53,6 +53,7 @@ class OilSpillParams:
     batch_size: int = 4
     device: str = "auto"
     layer_name: str = ""                # how the user knows the input, for messages
+    resample_to_model: bool = False     # read the layer at the card's ground resolution; outputs on that grid
 
     def resolved_model_dir(self) -> str:
         return resolve_model_dir(self.model_dir, TASK)
@@ -104,7 +105,10 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
     tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
     if tile % 32:
         raise ValueError(f"Tile size must be a multiple of 32 pixels, not {tile}.")
-    fit_layer(layer, info, [params.band], card, progress, scaled_by_card=False)   # the scene's own stretch
+    at_model = model_grid(info, card) if params.resample_to_model else None
+    fit_layer(layer, info, [params.band], card, progress, scaled_by_card=False,   # the scene's own stretch
+              resample_to_model=params.resample_to_model, grid=at_model)
+    info = at_model or info             # the grid the layer is read on and the outputs get
     if info.crs_wkt is None:
         progress.warning(f"Layer '{name}' has no coordinate reference system: slick areas will be in pixel units.")
     scaler = fit_scene_scaler(params.input_path, params.band, SarScaling.from_dict(card.extra.get("sar_scaling")),
@@ -189,7 +193,7 @@ def _run_tiles(params, class_path, probability_path, card, info, scaler, land, g
         if probability_out is not None:
             probability_out.write(np.where(valid, oil_probability, PROBABILITY_NODATA), row=row, col=col)
 
-    with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
+    with contextlib.ExitStack() as stack, open_on_grid(params.input_path, info) as src:
         classes_out = stack.enter_context(GeoTiffWriter(
             class_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap, band_names=["class"],
             **common))

@@ -18,9 +18,9 @@ from core.catalog import resolve_model_dir
 from core.checkpoint import load_card, load_into
 from core.device import BatchRunner, describe_device, resolve_device
 from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
-                           class_raster_dtype, fit_layer, model_tiling, staged_outputs)
+                           class_raster_dtype, fit_layer, model_grid, model_tiling, staged_outputs)
 from core.progress import Progress, SubProgress
-from core.raster import GeoTiffWriter, open_raster, read_window
+from core.raster import GeoTiffWriter, open_on_grid, read_window
 from core.segmentation.model import build_segmenter
 from core.tiling import TileGrid, pad_tile, run_tiles
 from core.vector import polygonize
@@ -42,6 +42,7 @@ class SegmentParams:
     probabilities_path: str = ""        # optional float32 raster, one band per class
     polygons_path: str = ""             # optional GeoPackage
     layer_name: str = ""                # how the user knows the input, for messages
+    resample_to_model: bool = False     # read the layer at the card's ground resolution; outputs on that grid
 
     def resolved_model_dir(self) -> str:
         return resolve_model_dir(self.model_dir, TASK)
@@ -71,7 +72,10 @@ def segment_raster(params: SegmentParams, progress: Progress | None = None) -> S
     model_dir = params.resolved_model_dir()
     card = load_card(model_dir, task=TASK)
     tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
-    bands = fit_layer(layer, info, params.bands, card, progress)
+    at_model = model_grid(info, card) if params.resample_to_model else None
+    bands = fit_layer(layer, info, params.bands, card, progress, resample_to_model=params.resample_to_model,
+                      grid=at_model)
+    info = at_model or info             # the grid the layer is read on and the outputs get
     if info.crs_wkt is None:
         progress.warning(f"Layer '{name}' has no coordinate reference system: outputs will have none "
                          "either, and polygon areas will be in pixel units.")
@@ -121,7 +125,7 @@ def _run_tiles(params, output_path, probabilities_path, card, info, bands, grid,
         if probs_out is not None:
             probs_out.write(np.where(valid, probs, PROBABILITY_NODATA), row=row, col=col)
 
-    with contextlib.ExitStack() as stack, open_raster(params.input_path) as src:
+    with contextlib.ExitStack() as stack, open_on_grid(params.input_path, info) as src:
         classes_out = stack.enter_context(GeoTiffWriter(
             output_path, count=1, dtype=dtype, nodata=nodata, colormap=card.colormap,
             band_names=["class"], **common))

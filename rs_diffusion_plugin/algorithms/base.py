@@ -3,7 +3,8 @@ error translation and output styling."""
 from __future__ import annotations
 
 from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingLayerPostProcessorInterface,
-                       QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingParameterDefinition,
+                       QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber)
 from qgis.PyQt.QtCore import QCoreApplication
@@ -52,6 +53,14 @@ class RsDiffusionAlgorithm(QgsProcessingAlgorithm):
         """A parameter shown under "Advanced parameters" in the algorithm dialog."""
         parameter.setFlags(parameter.flags() | ADVANCED)
         self.addParameter(parameter)
+
+    def add_resample_parameter(self, layers: str = "the layer") -> None:
+        """RESAMPLE_TO_MODEL (advanced, off): read the input at the model card's ground resolution."""
+        resample = QgsProcessingParameterBoolean(
+            "RESAMPLE_TO_MODEL", self.tr("Resample to the model's resolution"), defaultValue=False)
+        resample.setHelp(self.tr(f"Read {layers} at the model's ground resolution; the outputs are then on that "
+                                 "grid."))
+        self.add_advanced(resample)
 
     def add_device_parameter(self):
         self.addParameter(QgsProcessingParameterEnum(

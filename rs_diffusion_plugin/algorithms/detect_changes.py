@@ -30,7 +30,8 @@ class DetectChangesAlgorithm(RsDiffusionAlgorithm):
             "and should share one value range. OUTPUT_POLYGONS: a GeoPackage of change polygons with their area "
             "(m², km²); OUTPUT_PROBABILITY: the change probability (0..1). Default model: the shipped starter "
             "change detector (trained on procedural scenes; train your own with `python -m training changedet`, "
-            "e.g. on a folder written by 'Build change training set').")
+            "e.g. on a folder written by 'Build change training set'). RESAMPLE_TO_MODEL (advanced): read date A "
+            "at the model's ground resolution and date B onto that grid; the outputs are then on that grid.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT_A", self.tr("Date A (earlier) raster")))
@@ -48,6 +49,7 @@ class DetectChangesAlgorithm(RsDiffusionAlgorithm):
         self.add_advanced(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Tiles per batch"), INTEGER_NUMBER,
             defaultValue=4, minValue=1, maxValue=256))
+        self.add_resample_parameter("the layers (date A's extent at the model's pixel size, date B resampled onto it)")
         self.add_device_parameter()
         self.addOutput(QgsProcessingOutputNumber("CHANGED_AREA_KM2", self.tr("Changed area (km²)")))
         self.addOutput(QgsProcessingOutputNumber("POLYGONS", self.tr("Change polygons written")))
@@ -68,7 +70,8 @@ class DetectChangesAlgorithm(RsDiffusionAlgorithm):
                 overlap=self.parameterAsInt(parameters, "OVERLAP", context),
                 batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
                 device=self.device(parameters, context),
-                name_a=layer_a.name(), name_b=layer_b.name())
+                name_a=layer_a.name(), name_b=layer_b.name(),
+                resample_to_model=self.parameterAsBool(parameters, "RESAMPLE_TO_MODEL", context))
             return detect_changes(params, progress)
 
         result = self.run_core(run, feedback)

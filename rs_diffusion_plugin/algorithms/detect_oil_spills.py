@@ -23,7 +23,9 @@ class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
             "between percentiles of the whole scene as the model card says. An optional land-mask polygon "
             "layer marks land: no oil is ever detected there. OUTPUT_POLYGONS: a GeoPackage of oil-slick "
             "polygons with area (m², km²) and mean oil probability. Default model: the shipped starter model "
-            "(trained on procedural SAR scenes; train your own with `python -m training saross`).")
+            "(trained on procedural SAR scenes; train your own with `python -m training saross`). "
+            "RESAMPLE_TO_MODEL (advanced): read the layer at the model's ground resolution (when its card records "
+            "one); the outputs are then on that grid.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("SAR raster")))
@@ -48,6 +50,7 @@ class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
         self.add_advanced(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Tiles per batch"), INTEGER_NUMBER,
             defaultValue=4, minValue=1, maxValue=256))
+        self.add_resample_parameter()
         self.add_device_parameter()
         self.addOutput(QgsProcessingOutputNumber("OIL_AREA_KM2", self.tr("Oil area (km²)")))
         self.addOutput(QgsProcessingOutputNumber("SLICKS", self.tr("Oil-slick polygons")))
@@ -72,7 +75,8 @@ class DetectOilSpillsAlgorithm(RsDiffusionAlgorithm):
                 overlap=self.parameterAsInt(parameters, "OVERLAP", context),
                 batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
                 device=self.device(parameters, context),
-                layer_name=layer.name())
+                layer_name=layer.name(),
+                resample_to_model=self.parameterAsBool(parameters, "RESAMPLE_TO_MODEL", context))
             return detect_oil_spills(params, progress)
 
         result = self.run_core(run, feedback)

@@ -18,7 +18,8 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
     HELP = ("Classifies every pixel of a raster layer with a segmentation model (model.json + "
             "model.safetensors). Large rasters are processed tile by tile with overlapping, blended "
             "tiles; nodata stays nodata. Default model: the shipped starter model (bare soil, "
-            "vegetation, water, road, building on 0.5 m RGB).")
+            "vegetation, water, road, building on 0.5 m RGB). RESAMPLE_TO_MODEL (advanced): read the layer at the "
+            "model's ground resolution; the outputs are then on that grid.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Input raster")))
@@ -36,6 +37,7 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Tiles per batch"), INTEGER_NUMBER,
             defaultValue=4, minValue=1, maxValue=256))
+        self.add_resample_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", self.tr("Class raster")))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_PROBABILITIES", self.tr("Class probabilities"), optional=True, createByDefault=False))
@@ -62,6 +64,7 @@ class SegmentRasterAlgorithm(RsDiffusionAlgorithm):
                 probabilities_path=self.parameterAsOutputLayer(parameters, "OUTPUT_PROBABILITIES", context) or "",
                 polygons_path=gpkg_path(self.parameterAsOutputLayer(parameters, "OUTPUT_POLYGONS", context)),
                 layer_name=layer.name(),
+                resample_to_model=self.parameterAsBool(parameters, "RESAMPLE_TO_MODEL", context),
             )
             return segment_raster(params, progress)
 
