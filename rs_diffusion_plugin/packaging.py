@@ -37,6 +37,7 @@ def build_plugin_dir(destination: str | Path) -> Path:
         shutil.rmtree(target)
     shutil.copytree(REPO / PLUGIN_NAME, target, ignore=_SKIP)
     shutil.copytree(REPO / "core", target / "vendor" / "core", ignore=_SKIP)
+    shutil.copytree(REPO / "training", target / "vendor" / "training", ignore=_SKIP)   # the Train algorithms
     shutil.copytree(REPO / "resources", target / "vendor" / "resources", ignore=_SKIP_RESOURCES)
     for name in ("metadata.txt", "LICENSE"):
         shutil.copy2(REPO / name, target / name)

@@ -13,13 +13,16 @@ from pathlib import Path
 from core.checkpoint import ModelError
 from core.fusion.convert import ConversionError
 from core.raster import RasterError
-from training import (augment_eval, changedet, convert_guided_diffusion, fcf, fusion, fusion_eval, idgbr, idgbr_data,
-                      rdfmig, sar, satsynth, scenes, segment)
+from training import (augment_eval, changedet, convert_guided_diffusion, fcf, finetune, fusion, fusion_eval, idgbr,
+                      idgbr_data, rdfmig, sar, satsynth, scenes, segment)
 from training.trainer import TrainingError
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
     "scenes": (scenes.add_arguments, scenes.main, "write a procedural labelled dataset (no download needed)"),
     "segment": (segment.add_arguments, segment.main, "train a segmentation model on a folder of image/mask pairs"),
+    "finetune": (finetune.add_arguments, finetune.main,
+                 "fit a segmenter, oil-spill or change detector to an image and its labels (polygons or a raster), "
+                 "starting from the starter or another model (what the QGIS Train tools run)"),
     "satsynth": (satsynth.add_arguments, satsynth.main, "train the SatSynth joint image + label diffusion model"),
     "satsynth-sr": (satsynth.add_arguments, satsynth.main_sr, "train the SatSynth x2 super-resolution stage"),
     "synthesize": (satsynth.add_synthesize_arguments, satsynth.main_synthesize,

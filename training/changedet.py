@@ -19,15 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.change.fcsiam import TASK, architecture_for, build_changedet
-from core.checkpoint import ClassInfo, ModelCard, Normalization
+from core.change.fcsiam import TASK, architecture_for, build_changedet, head_keys
+from core.checkpoint import ClassInfo, ModelCard, Normalization, load_card
 from core.data.change import CHANGE_CLASSES, MASK_IGNORE, ChangePatchDataset, list_change_triplets, read_change_mask
 from core.data.scenes import scene_bands
 from core.metrics.segmentation import change_scores, confusion_matrix
 from core.raster import raster_info
-from training.config import RunConfig, add_run_arguments, config_from_args
+from training.config import RunConfig, add_init_from_argument, add_run_arguments, config_from_args
+from training.monitor import TrainingMonitor, monitored
 from training.segment import split_pairs
 from training.trainer import Trainer, TrainingError, seed_everything
+from training.transfer import start_from
 
 
 @dataclass(kw_only=True)
@@ -44,6 +46,8 @@ class ChangeDetTrainConfig(RunConfig):
     steps: int = 2000
     val_every: int = 500
     checkpoint_every: int = 500
+    init_from: str = ""              # a change-detection model folder to fine-tune (architecture and weights)
+    unit_range: list[float] = field(default_factory=list)   # [low, high] -> [0, 1] for every image (see below)
 
 
 def evaluate_patches(model: torch.nn.Module, loader, device) -> dict[str, float]:
@@ -64,7 +68,10 @@ def band_names_for(dataset: ChangePatchDataset) -> list[str]:
     return list(dataset.band_names)
 
 
-def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
+def train_changedet(cfg: ChangeDetTrainConfig, monitor: TrainingMonitor | None = None) -> Path:
+    """`monitor`: per-step reports, cancel and time budget for interactive callers (training.monitor).
+    `unit_range`: patches cut from one pair of scenes are stretched as the whole scenes are (the card's one
+    normalisation), not each file by its own range."""
     triplets = list_change_triplets(cfg.data)
     if cfg.eval_data:
         train_triplets, val_triplets = triplets, list_change_triplets(cfg.eval_data)
@@ -72,12 +79,23 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
         train_triplets, val_triplets = split_pairs(triplets, cfg.val_fraction, cfg.seed)
     if len(cfg.class_weights) != 2:
         raise TrainingError(f"class_weights needs two values (no change, change), not {cfg.class_weights}.")
+    if cfg.unit_range and len(cfg.unit_range) != 2:
+        raise TrainingError(f"unit_range needs two values (low, high), not {cfg.unit_range}.")
     real = ChangePatchDataset(train_triplets, cfg.patch_size, cfg.samples_per_image, train=True)
+    if cfg.unit_range:
+        real.ranges = [(tuple(cfg.unit_range), tuple(cfg.unit_range))] * len(real.triplets)
     bands = band_names_for(real)
     low, high = real.unit_ranges()
-    architecture = architecture_for(cfg.preset, real.bands)
+    base = load_card(cfg.init_from, task=TASK) if cfg.init_from else None
+    architecture = {**base.architecture, "in_channels": real.bands} if base else architecture_for(cfg.preset,
+                                                                                                  real.bands)
     seed_everything(cfg.seed)   # same config, same initial weights
     model = build_changedet(architecture)
+    if base is not None:
+        classes = [ClassInfo(**c) for c in CHANGE_CLASSES]
+        init_notes = start_from(model, cfg.init_from, base, classes, head_keys(architecture), real.bands)
+        for note in init_notes:
+            (monitor.progress.info if monitor else print)(note)
     run = Path(cfg.output)
     trainer = Trainer(model, cfg.train_settings())
     use_synthetic = bool(cfg.synthetic) and cfg.synthetic_ratio > 0
@@ -96,6 +114,8 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
     val_loader = None
     if val_triplets:
         val_set = ChangePatchDataset(val_triplets, cfg.patch_size, train=False)
+        if cfg.unit_range:
+            val_set.ranges = [(tuple(cfg.unit_range), tuple(cfg.unit_range))] * len(val_set.triplets)
         if val_set.bands != real.bands:
             raise TrainingError(f"Evaluation data has {val_set.bands} bands; the training data has {real.bands}.")
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size)
@@ -111,7 +131,8 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
     def validate(net):
         return evaluate_patches(net, val_loader, trainer.device)
 
-    metrics = trainer.fit(loader, loss_fn, validate if val_loader is not None else None)
+    loss_fn, validate = monitored(trainer, loss_fn, validate if val_loader is not None else None, monitor)
+    metrics = trainer.fit(loader, loss_fn, validate)
     first = raster_info(train_triplets[0][0])
     held_out = (f"{len(val_triplets)} held-out pairs from {Path(cfg.eval_data).resolve().name}" if cfg.eval_data
                 else f"{len(val_triplets)} val pairs")
@@ -128,7 +149,8 @@ def train_changedet(cfg: ChangeDetTrainConfig) -> Path:
                        "(no change / change), label nodata ignored",
                "class_weights": list(cfg.class_weights),
                "synthetic_ratio": cfg.synthetic_ratio if use_synthetic else 0.0,
-               "synthetic": Path(cfg.synthetic).resolve().name if use_synthetic else ""}))
+               "synthetic": Path(cfg.synthetic).resolve().name if use_synthetic else "",
+               **({"base_model": base.name, "init_notes": init_notes} if base else {})}))
 
 
 def evaluate_changedet(model_dir: str, data_dir: str, device: str = "auto", batch_size: int = 4,
@@ -185,6 +207,7 @@ def add_arguments(parser) -> None:
     add_run_arguments(parser, "ChangeDetTrainConfig")
     parser.add_argument("--synthetic", help="override: folder of generated triplets (A/, B/, label/)")
     parser.add_argument("--eval-data", dest="eval_data", help="override: held-out real triplets for validation")
+    add_init_from_argument(parser, "change-detection")
 
 
 def main(args) -> None:

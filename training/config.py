@@ -15,7 +15,7 @@ from training.trainer import TrainSettings, TrainingError
 T = TypeVar("T")
 # Fields holding paths: relative values in a config file are relative to that file.
 PATH_FIELDS = ("data", "output", "encoder_weights", "synthetic", "eval_data", "init", "embedding", "vae", "sd_path",
-               "fcf", "dinov2")
+               "fcf", "dinov2", "init_from")
 # Former field names, still read from config files and overrides: {old name: current name}.
 RENAMED_FIELDS = {"sample_every": "val_every"}
 
@@ -108,3 +108,10 @@ def add_run_arguments(parser, config_name: str) -> None:
     parser.add_argument("--steps", type=int, help="override: total optimiser steps")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), help="override: device")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/training_state.pt")
+
+
+def add_init_from_argument(parser, task: str) -> None:
+    """--init-from MODEL: fine-tune a model folder instead of starting from random weights."""
+    parser.add_argument("--init-from", dest="init_from", metavar="MODEL",
+                        help=f"override: fine-tune this {task} model folder (encoder and decoder from it; the head "
+                             "is rebuilt for the data's classes, rows of classes with the same name kept)")

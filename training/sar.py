@@ -24,15 +24,17 @@ import torch
 from core.checkpoint import ModelCard, Normalization, load_card, load_into
 from core.data.folder import IGNORE_INDEX
 from core.data.generated import GeneratedPairs, save_pair_grid
-from core.data.sar import SAR_BANDS, MosaicDataset, SarCropDataset, open_sar_dataset
-from core.data.sar_scaling import SarScaling
+from core.data.sar import SAR_BANDS, MosaicDataset, SarCropDataset, _crop, _tensors, open_sar_dataset
+from core.data.sar_scaling import SarScaling, SceneScaler
 from core.metrics.segmentation import confusion_matrix, scores
 from core.oilspill import jointnet, saross
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.losses import saross_loss
-from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, config_from_args
+from training.config import DiffusionLossConfig, RunConfig, add_init_from_argument, add_run_arguments, config_from_args
+from training.monitor import TrainingMonitor, monitored
 from training.segment import evaluate, split_pairs
 from training.trainer import Trainer, TrainingError, seed_everything
+from training.transfer import start_from
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,34 @@ class SarossTrainConfig(RunConfig):
     to_db: bool = True
     steps: int = 2000
     lr: float = 5e-5
+    init_from: str = ""            # a SAROSS-Net model folder to fine-tune (architecture and weights)
+    eval_data: str = ""            # held-out dataset (same classes); empty: a val_fraction split of `data`
+    scene_stretch: list[float] = field(default_factory=list)   # [low, high]: one stretch for every image (see below)
+    scene_kind: str = "auto"       # input kind of scene_stretch's values (core.data.sar_scaling.INPUT_KINDS)
+
+
+class SceneStretchCrops(SarCropDataset):
+    """SarCropDataset with one fixed stretch for every image: the patches of one scene, cut for fine-tuning, are
+    stretched as the whole scene is in QGIS (fit_scene_scaler), not each by its own percentiles."""
+
+    def __init__(self, dataset, scaler: SceneScaler, crop: int, samples_per_image: int = 4, train: bool = True):
+        super().__init__(dataset, scaler.scaling, crop, samples_per_image, train)
+        self.scaler = scaler
+
+    def __getitem__(self, index: int):
+        raw, valid, labels, _ = self.dataset.read(index % len(self.dataset))
+        x, soft = self.scaler(raw, valid), np.zeros((len(self.dataset.classes), *labels.shape), np.float32)
+        top = left = 0
+        if self.train:
+            top = int(torch.randint(max(labels.shape[0] - self.crop, 0) + 1, ()))
+            left = int(torch.randint(max(labels.shape[1] - self.crop, 0) + 1, ()))
+        x, labels, soft = _crop(x, labels, soft, self.crop, top, left)
+        if self.train:
+            k = int(torch.randint(4, ()))
+            x, labels, soft = np.rot90(x, k), np.rot90(labels, k), np.rot90(soft, k, (1, 2))
+            if int(torch.randint(2, ())):
+                x, labels, soft = x[:, ::-1], labels[:, ::-1], soft[:, :, ::-1]
+        return _tensors(x, labels, soft)
 
 
 def _scaling(cfg) -> SarScaling:
@@ -139,17 +169,37 @@ def train_jointnet(cfg: SarJointNetTrainConfig) -> Path:
                "sampling_steps": jointnet.DEFAULT_SAMPLING_STEPS}))
 
 
-def train_saross(cfg: SarossTrainConfig) -> Path:
+def train_saross(cfg: SarossTrainConfig, monitor: TrainingMonitor | None = None) -> Path:
+    """`monitor`: per-step reports, cancel and time budget for interactive callers (training.monitor)."""
     data = open_sar_dataset(cfg.data)
     scaling = _scaling(cfg)
-    train_samples, val_samples = split_pairs(data.samples, cfg.val_fraction, cfg.seed)
+    if cfg.eval_data:
+        train_samples, val_samples = data.samples, open_sar_dataset(cfg.eval_data).samples
+    else:
+        train_samples, val_samples = split_pairs(data.samples, cfg.val_fraction, cfg.seed)
     train_data = dataclasses.replace(data, samples=train_samples)
-    architecture = saross.architecture_for(cfg.preset, len(data.classes), cfg.encoder or None, cfg.skip_block)
+    base = load_card(cfg.init_from, task=saross.TASK) if cfg.init_from else None
+    if base is not None:
+        architecture = {**base.architecture, "classes": len(data.classes)}
+    else:
+        architecture = saross.architecture_for(cfg.preset, len(data.classes), cfg.encoder or None, cfg.skip_block)
     seed_everything(cfg.seed)
     model = saross.build_saross(architecture)
+    if base is not None:
+        init_notes = start_from(model, cfg.init_from, base, data.classes, saross.HEAD_KEYS, 1)
+        for note in init_notes:
+            (monitor.progress.info if monitor else print)(note)
     run = Path(cfg.output)
     trainer = Trainer(model, cfg.train_settings())
-    real = SarCropDataset(train_data, scaling, cfg.patch_size, cfg.samples_per_image, train=True)
+    if cfg.scene_stretch:
+        scaler = SceneScaler(cfg.scene_kind, *map(float, cfg.scene_stretch), scaling)
+
+        def crops(dataset, samples_per_image=1, train=True):
+            return SceneStretchCrops(dataset, scaler, cfg.patch_size, samples_per_image, train)
+    else:
+        def crops(dataset, samples_per_image=1, train=True):
+            return SarCropDataset(dataset, scaling, cfg.patch_size, samples_per_image, train)
+    real = crops(train_data, cfg.samples_per_image)
     synthetic_note = ""
     if cfg.synthetic and cfg.synthetic_ratio > 0:
         generated = open_sar_dataset(cfg.synthetic)
@@ -169,7 +219,7 @@ def train_saross(cfg: SarossTrainConfig) -> Path:
         loader = trainer.loader(real, cfg.batch_size, cfg.num_workers)
     val_loader = None
     if val_samples:
-        val_set = SarCropDataset(dataclasses.replace(data, samples=val_samples), scaling, cfg.patch_size, train=False)
+        val_set = crops(dataclasses.replace(data, samples=val_samples), train=False)
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size)
     names = [c.name for c in data.classes]
 
@@ -180,7 +230,8 @@ def train_saross(cfg: SarossTrainConfig) -> Path:
     def validate(net):
         return evaluate(net, val_loader, len(names), names, trainer.device)
 
-    metrics = trainer.fit(loader, loss_fn, validate if val_loader is not None else None)
+    loss_fn, validate = monitored(trainer, loss_fn, validate if val_loader is not None else None, monitor)
+    metrics = trainer.fit(loader, loss_fn, validate)
     return trainer.export(ModelCard(
         task=saross.TASK, name=cfg.name or run.name, architecture=architecture, bands=list(SAR_BANDS),
         normalization=IDENTITY, classes=data.classes, tile_size=cfg.tile_size or cfg.patch_size,
@@ -188,7 +239,8 @@ def train_saross(cfg: SarossTrainConfig) -> Path:
                       f"{len(val_samples)} val images" + synthetic_note,
         metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},
         extra={"steps": trainer.step, "patch_size": cfg.patch_size, "sar_scaling": scaling.as_dict(),
-               "temperature": cfg.temperature, "loss_weights": list(cfg.loss_weights)}))
+               "temperature": cfg.temperature, "loss_weights": list(cfg.loss_weights),
+               **({"base_model": base.name, "init_notes": init_notes} if base else {})}))
 
 
 def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device: str = "auto") -> dict[str, float]:
@@ -261,6 +313,7 @@ def main_jointnet(args) -> None:
 def add_saross_arguments(parser) -> None:
     add_run_arguments(parser, "SarossTrainConfig")
     parser.add_argument("--synthetic", help="override: folder of generated pairs with soft labels (DAKD)")
+    add_init_from_argument(parser, "SAROSS-Net")
 
 
 def main_saross(args) -> None:

@@ -351,7 +351,11 @@ class Trainer:
             return list(csv.DictReader(f))
 
     def _plot(self) -> None:
-        import matplotlib
+        """loss.png beside the log; skipped where matplotlib is missing (a QGIS without it trains all the same)."""
+        try:
+            import matplotlib
+        except ImportError:
+            return
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         rows = self.rows

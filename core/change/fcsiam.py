@@ -46,6 +46,12 @@ def build_changedet(architecture: dict[str, Any]) -> "FCSiamConc":
                       architecture["convs"], architecture.get("dropout", 0.2))
 
 
+def head_keys(architecture: dict[str, Any]) -> tuple[str, str]:
+    """The state-dict keys of the logits convolution (the last of the shallowest decoder level)."""
+    return (f"decoders.{len(architecture['channels']) - 1}.{architecture['convs'][0] - 1}.weight",
+            f"decoders.{len(architecture['channels']) - 1}.{architecture['convs'][0] - 1}.bias")
+
+
 def _conv(cin: int, cout: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                          nn.Dropout2d(dropout))

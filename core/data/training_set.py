@@ -2,7 +2,8 @@
 
 Labels are a class raster (resampled onto the image grid with nearest neighbour when the
 grids differ) or polygons with a class field (rasterised onto the image grid). Patches are
-read and written window by window, so the image may be larger than memory.
+read and written window by window, so the image may be larger than memory. Labels that do not
+reach the image, or polygons without a class value, are refused before anything is written.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import fiona
 import numpy as np
 import rasterio
 import rasterio.features
-from rasterio.warp import Resampling, reproject
+from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 
@@ -39,6 +40,10 @@ class TrainingSetParams:
     class_field: str = ""         # polygons only: integer class values, or names (numbered 1.. in sorted order)
     labels_layer: str = ""        # polygons only: layer inside a multi-layer file (GeoPackage)
     max_nodata_fraction: float = 0.0   # skip a patch with more image nodata or unlabelled pixels than this
+    unlabelled_outside: bool = False   # polygons only: outside every polygon is unlabelled (255), not 0 background
+    class_values: dict[str, int] | None = None   # polygons with class names: these names get these values, the
+    #                                              others the next free ones (e.g. a base model's class table)
+    bands: list[int] | None = None     # image bands to write (1-based); None: all
 
 
 @dataclass
@@ -57,6 +62,8 @@ def build_training_set(params: TrainingSetParams, progress: Progress | None = No
     final = Path(params.output_dir)
     labels = _VectorLabels(params, info) if Path(params.labels_path).suffix.lower() in VECTOR_SUFFIXES \
         else _RasterLabels(params, info)
+    for note in labels.notes:
+        progress.warning(note)
     with staged_dir(final) as out:
         result = _write_patches(params, info, labels, out, progress)
     progress.info(f"{result.patches} patch pairs written to {final}, {result.skipped} skipped for nodata.")
@@ -71,10 +78,15 @@ def _write_patches(params: TrainingSetParams, info, labels, out: Path, progress:
                  for c in range(0, max(info.width - size, 0) + 1, stride)]
     seen, written, skipped = set(), 0, 0
     stem = Path(params.image_path).stem
+    bands = list(params.bands or range(1, info.count + 1))
+    if not all(1 <= b <= info.count for b in bands):
+        raise RasterError(f"Layer '{Path(params.image_path).name}' has {info.count} band(s); bands {bands} were "
+                          "asked for.")
+    band_names = [info.band_names[b - 1] for b in bands]
     with open_raster(params.image_path) as src:
         for i, (row, col) in enumerate(positions):
             window = Window(col, row, min(size, info.width), min(size, info.height))
-            image, valid = read_window(src, window, range(1, info.count + 1))
+            image, valid = read_window(src, window, bands)
             mask = labels.read(window)
             bad = ~valid | (mask == LABEL_NODATA)
             if bad.mean() > params.max_nodata_fraction:
@@ -82,22 +94,40 @@ def _write_patches(params: TrainingSetParams, info, labels, out: Path, progress:
             else:
                 name = f"{stem}_r{row:06d}_c{col:06d}.tif"
                 transform = tuple(src.window_transform(window))[:6]
-                write_geotiff(out / "images" / name, src.read(window=window), crs_wkt=info.crs_wkt,
-                              transform=transform, nodata=info.nodata, band_names=info.band_names)
+                write_geotiff(out / "images" / name, src.read(bands, window=window), crs_wkt=info.crs_wkt,
+                              transform=transform, nodata=info.nodata, band_names=band_names)
                 write_geotiff(out / "masks" / name, mask.astype(np.uint8), crs_wkt=info.crs_wkt,
                               transform=transform, nodata=LABEL_NODATA)
                 seen.update(np.unique(mask[~bad]).tolist())
                 written += 1
             progress.step(i + 1, len(positions))
     classes = labels.class_table(sorted(seen))
-    write_class_table(out, classes, info.band_names)
+    write_class_table(out, classes, band_names)
     return TrainingSetResult(str(out), written, skipped, classes)
+
+
+def _check_overlap(labels_name: str, bounds, crs_wkt: str | None, info) -> list[str]:
+    """Refuse labels that do not reach the image; a note when they are in another CRS (reprojected)."""
+    image_name = Path(info.path).name
+    if crs_wkt and info.crs_wkt and rasterio.crs.CRS.from_wkt(crs_wkt) != rasterio.crs.CRS.from_wkt(info.crs_wkt):
+        bounds = transform_bounds(crs_wkt, info.crs_wkt, *bounds)
+        notes = [f"Labels '{labels_name}' are in another coordinate reference system than image '{image_name}': "
+                 "reprojected onto the image's grid."]
+    else:
+        notes = []
+    left, bottom, right, top = info.bounds
+    if bounds[0] >= right or bounds[2] <= left or bounds[1] >= top or bounds[3] <= bottom:
+        raise RasterError(f"Labels '{labels_name}' lie outside image '{image_name}': they do not overlap it "
+                          "(check that both layers cover the same place).")
+    return notes
 
 
 class _RasterLabels:
     def __init__(self, params: TrainingSetParams, info):
         self.path, self.info = params.labels_path, info
         self.src = open_raster(self.path)
+        self.notes = _check_overlap(Path(self.path).name, tuple(self.src.bounds),
+                                    self.src.crs.to_wkt() if self.src.crs else None, info)
         self.same_grid = (self.src.width, self.src.height) == (info.width, info.height) and \
             np.allclose(tuple(self.src.transform)[:6], info.transform) and \
             (self.src.crs.to_wkt() if self.src.crs else None) == info.crs_wkt
@@ -132,40 +162,68 @@ class _RasterLabels:
 
 
 class _VectorLabels:
-    """Polygons burnt onto the image grid; pixels outside every polygon are class 0 ("background")."""
+    """Polygons burnt onto the image grid; pixels outside every polygon are class 0 ("background"), or
+    unlabelled with `unlabelled_outside` (polygons drawn over part of a scene)."""
 
     def __init__(self, params: TrainingSetParams, info):
         if not params.class_field:
             raise RasterError("Polygons need a class field: choose the attribute that holds the class.")
-        self.info = info
+        self.info, self.fill = info, LABEL_NODATA if params.unlabelled_outside else 0
+        name = Path(params.labels_path).name
         with fiona.open(params.labels_path, layer=params.labels_layer or None) as src:
             if params.class_field not in src.schema["properties"]:
-                raise RasterError(f"Layer '{Path(params.labels_path).name}' has no field '{params.class_field}' "
+                raise RasterError(f"Layer '{name}' has no field '{params.class_field}' "
                                   f"(fields: {', '.join(src.schema['properties'])}).")
             crs = src.crs_wkt or None
             features = [(f["geometry"], f["properties"][params.class_field]) for f in src if f["geometry"]]
-        raw = sorted({v for _, v in features if v is not None}, key=str)
+        features = [(g, v) for g, v in features if v is not None and str(v).strip() != ""]
+        if not features:
+            raise RasterError(f"Layer '{name}' has no polygon with a value in its class field "
+                              f"'{params.class_field}': fill in the class of each polygon.")
+        raw = sorted({v for _, v in features}, key=str)
         numeric = all(isinstance(v, int) for v in raw)
-        self.names = {int(v): str(v) for v in raw} if numeric else {i + 1: str(v) for i, v in enumerate(raw)}
-        to_value = (lambda v: int(v)) if numeric else {str(v): i + 1 for i, v in enumerate(raw)}.__getitem__
-        if numeric and raw and (min(raw) < 1 or max(raw) >= LABEL_NODATA):
-            raise RasterError(f"Class values in '{params.class_field}' must be 1..254 (0 is the background).")
+        lowest = 0 if params.unlabelled_outside else 1
+        if numeric:
+            self.names = {int(v): str(v) for v in raw}
+            if min(raw) < lowest or max(raw) >= LABEL_NODATA:
+                raise RasterError(f"Class values in '{params.class_field}' must be {lowest}..254"
+                                  + (" (0 is the background)." if lowest else "."))
+            to_value = int
+        else:
+            known = {k.strip().lower(): v for k, v in (params.class_values or {}).items()}
+            values, free = {}, max(known.values(), default=0) + 1
+            for v in raw:
+                if str(v).strip().lower() in known:
+                    values[str(v)] = known[str(v).strip().lower()]
+                else:
+                    values[str(v)], free = free, free + 1
+            if free > LABEL_NODATA:
+                raise RasterError(f"'{params.class_field}' holds more class names than class values 1..254.")
+            self.names = {value: text for text, value in values.items()}
+            to_value = lambda v: values[str(v)]   # noqa: E731
+        geometries = [shape(g) for g, _ in features]
         if crs and info.crs_wkt:
-            features = [(mapping(reproject_geometry(shape(g), crs, info.crs_wkt)), v) for g, v in features]
-        self.shapes = [(g, to_value(v if numeric else str(v))) for g, v in features if v is not None]
+            geometries = [reproject_geometry(g, crs, info.crs_wkt) for g in geometries]
+        self.notes = [] if not (crs and info.crs_wkt) or rasterio.crs.CRS.from_wkt(crs) == \
+            rasterio.crs.CRS.from_wkt(info.crs_wkt) else [
+                f"Polygons '{name}' are in another coordinate reference system than image '{Path(info.path).name}':"
+                " reprojected onto the image's grid."]
+        extent = [g.bounds for g in geometries if not g.is_empty]
+        if extent:
+            _check_overlap(name, (min(b[0] for b in extent), min(b[1] for b in extent), max(b[2] for b in extent),
+                                  max(b[3] for b in extent)), None, info)
+        self.shapes = [(mapping(g), to_value(v)) for g, (_, v) in zip(geometries, features)]
 
     def read(self, window: Window) -> np.ndarray:
         transform = rasterio.windows.transform(window, rasterio.Affine(*self.info.transform))
         shape = (int(window.height), int(window.width))
-        if not self.shapes:
-            return np.zeros(shape, dtype=np.int64)
-        return rasterio.features.rasterize(self.shapes, out_shape=shape, transform=transform, fill=0,
+        return rasterio.features.rasterize(self.shapes, out_shape=shape, transform=transform, fill=self.fill,
                                            dtype="int32").astype(np.int64)
 
     def class_table(self, values: list[int]) -> list[dict]:
-        names = {0: "background", **self.names}
+        names = {0: "background", **self.names} if self.fill == 0 else dict(self.names)
         return [{"value": v, "name": names.get(v, f"class {v}"), "color": PALETTE[v % len(PALETTE)]}
-                for v in sorted(set(values) | set(self.names))]
+                for v in sorted((set(values) | set(self.names)) - {LABEL_NODATA})]
 
 
 # --- change detection: two dates and a change layer ------------------------------------------------
@@ -196,6 +254,8 @@ def build_change_training_set(params: ChangeTrainingSetParams, progress: Progres
                           "need the same bands.")
     same_grid = co_registered(info, info_b, name_a, name_b)
     labels = _ChangeLabels(params, info)
+    for note in labels.notes:
+        progress.warning(note)
     bands = list(range(1, info.count + 1))
     positions = _patch_positions(info, params.patch_size, params.stride)
     written = skipped = 0
@@ -249,9 +309,16 @@ class _ChangeLabels:
                 geometries = [shape(f["geometry"]) for f in src if f["geometry"]]
             if crs and info.crs_wkt:
                 geometries = [reproject_geometry(g, crs, info.crs_wkt) for g in geometries]
+            extent = [g.bounds for g in geometries if not g.is_empty]
+            if extent:
+                _check_overlap(Path(self.path).name, (min(b[0] for b in extent), min(b[1] for b in extent),
+                                                      max(b[2] for b in extent), max(b[3] for b in extent)), None, info)
             self.shapes = [(mapping(g), 1) for g in geometries]
+            self.notes = []
             return
         self.src = open_raster(self.path)
+        self.notes = _check_overlap(Path(self.path).name, tuple(self.src.bounds),
+                                    self.src.crs.to_wkt() if self.src.crs else None, info)
         self.same_grid = (self.src.width, self.src.height) == (info.width, info.height) and \
             np.allclose(tuple(self.src.transform)[:6], info.transform)
         self.zero_one = mask_is_zero_one(self.src)

@@ -25,6 +25,8 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 TASK = "saross"
+# The per-class output convolution (smp's segmentation head): one row per class, remapped by name when fine-tuning.
+HEAD_KEYS = ("segmentation_head.0.weight", "segmentation_head.0.bias")
 SKIP_BLOCKS = ("caft", "conv", "none")
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's ResNet-34 configuration (its ablation encoder; MambaVision-B is the headline one) with

@@ -13,6 +13,8 @@ ARCHITECTURES = ("FPN", "Unet", "UnetPlusPlus", "DeepLabV3Plus")
 # Small enough to ship (~8 MB) and to train on a CPU in minutes.
 STARTER_ARCHITECTURE = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_100",
                         "decoder": {"decoder_channels": [128, 64, 32, 16, 16]}}
+# The per-class output convolution of every smp model: one row per class, what fine-tuning remaps by class name.
+HEAD_KEYS = ("segmentation_head.0.weight", "segmentation_head.0.bias")
 
 
 def build_segmenter(architecture: dict[str, Any]) -> torch.nn.Module:

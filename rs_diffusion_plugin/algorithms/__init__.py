@@ -9,8 +9,12 @@ from rs_diffusion_plugin.algorithms.segment_raster import SegmentRasterAlgorithm
 from rs_diffusion_plugin.algorithms.synthesize_change_pairs import SynthesizeChangePairsAlgorithm
 from rs_diffusion_plugin.algorithms.synthesize_pairs import SynthesizePairsAlgorithm
 from rs_diffusion_plugin.algorithms.synthesize_sar_pairs import SynthesizeSarPairsAlgorithm
+from rs_diffusion_plugin.algorithms.train_change_detector import TrainChangeDetectorAlgorithm
+from rs_diffusion_plugin.algorithms.train_oil_spill_detector import TrainOilSpillDetectorAlgorithm
+from rs_diffusion_plugin.algorithms.train_segmenter import TrainSegmenterAlgorithm
 
 ALGORITHMS = (SegmentRasterAlgorithm, BuildTrainingSetAlgorithm, SynthesizePairsAlgorithm,
               RefineClassificationAlgorithm, DetectOilSpillsAlgorithm, SynthesizeSarPairsAlgorithm,
               FuseIrVisibleAlgorithm, DetectChangesAlgorithm, BuildChangeTrainingSetAlgorithm,
-              SynthesizeChangePairsAlgorithm)
+              SynthesizeChangePairsAlgorithm, TrainSegmenterAlgorithm, TrainOilSpillDetectorAlgorithm,
+              TrainChangeDetectorAlgorithm)
