@@ -9,6 +9,7 @@ from rs_diffusion_plugin.oilspill_tab import OilSpillTab
 from rs_diffusion_plugin.refine_tab import RefineTab
 from rs_diffusion_plugin.segment_tab import SegmentTab
 from rs_diffusion_plugin.synthesize_tab import SynthesizeTab
+from rs_diffusion_plugin.train_tab import TrainTab
 
 
 class RsDiffusionDock(QDockWidget):
@@ -22,7 +23,8 @@ class RsDiffusionDock(QDockWidget):
         self.oilspill_tab = OilSpillTab()
         self.fusion_tab = FusionTab()
         self.change_tab = ChangeTab()
+        self.train_tab = TrainTab()
         for tab in (self.segment_tab, self.refine_tab, self.synthesize_tab, self.oilspill_tab, self.fusion_tab,
-                    self.change_tab):
+                    self.change_tab, self.train_tab):
             self.tabs.addTab(tab, tab.title)
         self.setWidget(self.tabs)

@@ -194,6 +194,7 @@ class TaskTab(QWidget):
     """
 
     title = ""
+    cancelled_message = "Cancelled: nothing was written."   # what a cancel leaves behind
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -281,7 +282,7 @@ class TaskTab(QWidget):
     def _cancelled(self) -> None:
         self._set_running(False)
         self.progress_bar.setValue(0)
-        self.write("Cancelled: nothing was written.")
+        self.write(self.cancelled_message)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)

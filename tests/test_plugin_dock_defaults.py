@@ -93,7 +93,7 @@ def test_every_form_field_explains_itself(dock):
 
 def test_model_pickers_list_models_by_name(dock, tmp_path):
     pickers = [picker for tab in tabs(dock) for picker in tab.findChildren(ModelPicker)]
-    assert len(pickers) == 7
+    assert len(pickers) == 8
     for picker in pickers:
         starter = starter_model_dir(picker.task)
         assert picker.combo.itemText(0) == load_card(starter).name

@@ -61,7 +61,7 @@ def install_from_dialog(qtbot, source) -> InstallModelsDialog:
 def test_every_tab_says_no_model_is_installed_and_offers_the_pack(qtbot, empty_profile):
     dock = RsDiffusionDock()
     qtbot.addWidget(dock)
-    assert len(pickers(dock)) == 7
+    assert len(pickers(dock)) == 8
     for picker in pickers(dock):
         assert picker.combo.count() == 0 and picker.path() == ""
         assert f"No '{picker.task}' model is installed yet" in picker.label.text()
