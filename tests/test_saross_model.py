@@ -78,6 +78,73 @@ def test_caft_blocks_are_the_intermediate_nodes_with_the_hr_and_lr_channels_of_t
     assert all(m.caft.heads == 8 for m in skip_modules(model))  # every HR width is a multiple of 8
 
 
+def reference_caft(caft: CAFT, hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
+    """CAFT as first written (issue 5), step by step in (B, C, H, W): the equivalence reference for the
+    pixels-last implementation (issue 21)."""
+    b, c, h, w = hr.shape
+    q = caft.q(caft.norm_lr(lr_up))
+    k, v = caft.kv(caft.norm_hr(hr)).chunk(2, dim=1)
+    q, k, v = (t.reshape(b, caft.heads, c // caft.heads, h * w) for t in (q, k, v))
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    out = (torch.softmax(q @ k.transpose(-2, -1) * caft.temperature, dim=-1) @ v).reshape(hr.shape)
+    hr = hr + caft.project_out(out)
+    ffn = caft.ffn
+    a, gate = ffn.dwconv(ffn.project_in(caft.norm_ffn(hr))).chunk(2, dim=1)
+    return hr + ffn.project_out(F.gelu(a) * gate)
+
+
+def perturbed(module: torch.nn.Module) -> torch.nn.Module:
+    """Norm weights, biases and temperatures away from their initial 1 / 0, so every term counts."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return module.eval()
+
+
+@pytest.mark.parametrize("hr_channels, lr_channels, heads", [(64, 128, 8), (16, 24, 4), (24, 48, 8)])
+def test_caft_matches_the_step_by_step_reference(hr_channels, lr_channels, heads):
+    torch.manual_seed(0)
+    caft = perturbed(CAFT(hr_channels, lr_channels, heads))
+    hr, lr = torch.randn(2, hr_channels, 32, 40), torch.randn(2, lr_channels, 16, 20)
+    lr_up = F.interpolate(lr, scale_factor=2.0, mode="nearest")
+    with torch.no_grad():
+        expected = reference_caft(caft, hr, lr_up)
+        torch.testing.assert_close(caft(hr, lr_up), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(caft.transfer(hr, lr), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(CaftNode(caft)(lr, torch.cat([hr, hr], 1)), expected, rtol=0, atol=1e-5)
+        assert caft(hr, lr_up).is_contiguous()
+
+
+def test_shipped_starter_loads_and_matches_the_reference_on_a_sar_crop(monkeypatch):
+    from core.catalog import starter_model_dir
+    from core.data.sar import make_sar_scene
+    from core.oilspill.pipeline import load_saross
+    model, _ = load_saross(str(starter_model_dir("saross")))   # strict load: the state-dict keys are unchanged
+    model.eval()
+    sigma0, _ = make_sar_scene(128, 128, seed=3)
+    db = 10 * torch.log10(torch.from_numpy(sigma0).clamp_min(1e-6))
+    x = ((db - db.quantile(0.01)) / (db.quantile(0.99) - db.quantile(0.01))).clamp(0, 1)[None, None]
+    with torch.no_grad():
+        fast = model(x)
+        monkeypatch.setattr(CaftNode, "forward", lambda node, lr, skip: reference_caft(
+            node.caft, skip[:, :node.out_channels], F.interpolate(lr, scale_factor=2.0, mode="nearest")))
+        torch.testing.assert_close(fast, model(x), rtol=0, atol=1e-5)
+
+
+def test_caft_gradients_match_the_reference():
+    """Training goes through the same code: the parameter gradients agree too."""
+    torch.manual_seed(1)
+    caft = perturbed(CAFT(16, 8, 4))
+    hr, lr = torch.randn(1, 16, 16, 16), torch.randn(1, 8, 8, 8)
+    grads = []
+    for run in (lambda: caft.transfer(hr, lr), lambda: reference_caft(caft, hr, F.interpolate(lr, scale_factor=2.0))):
+        caft.zero_grad()
+        run().square().mean().backward()
+        grads.append([p.grad.clone() for p in caft.parameters()])
+    for fast, reference in zip(*grads):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-6)
+
+
 def test_caft_node_transfers_the_previous_node_of_its_row_guided_by_the_node_below():
     """Only the first HR channels of the dense skip (the previous node at this resolution) reach the block."""
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ from core.fusion.convert import ConversionError
 from core.raster import RasterError
 from training import (augment_eval, changedet, convert_guided_diffusion, fcf, finetune, fusion, fusion_eval, idgbr,
                       idgbr_data, rdfmig, sar, satsynth, scenes, segment)
+from training import export_onnx
 from training.trainer import TrainingError
 
 SUBCOMMANDS = {  # name: (add the arguments, run, help)
@@ -72,6 +73,8 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
                    "train the small autoencoder of RDF-MIG's latent variant on FCF feature images"),
     "convert-guided-diffusion": (convert_guided_diffusion.add_arguments, convert_guided_diffusion.main,
                                  "turn a local guided-diffusion checkpoint (.pt) into a fusion-prior model folder"),
+    "export-onnx": (export_onnx.add_arguments, export_onnx.main,
+                    "write a segmenter, SAROSS-Net or FC-Siam-conc model as one .onnx file (Deepness, ONNX Runtime)"),
 }
 # Failures in the user's terms: their message is the whole story.
 USER_ERRORS = (TrainingError, RasterError, ModelError, ConversionError, FileNotFoundError)

@@ -105,7 +105,7 @@ class FCSiamConc(nn.Module):
     def encode(self, a: torch.Tensor, b: torch.Tensor):
         """Both dates through the one shared encoder: (skips_a, bottleneck_a), (skips_b, bottleneck_b)."""
         skips, bottom = self.encoder(torch.cat([a, b]))
-        n = len(a)
+        n = a.shape[0]   # not len(): ONNX tracing would freeze the batch size
         return ([s[:n] for s in skips], bottom[:n]), ([s[n:] for s in skips], bottom[n:])
 
     def decode(self, features_a, features_b) -> torch.Tensor:

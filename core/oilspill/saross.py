@@ -105,7 +105,8 @@ class CaftNode(nn.Module):
     """A UNet++ intermediate node as a CAFT block, called like smp's node: (LR input, dense skip concat).
 
     The dense concat starts with the previous node at this resolution (or is the encoder feature for the
-    first node of a row): that is the HR stream the block transfers.
+    first node of a row): that is the HR stream the block transfers. The LR input goes in at its own
+    resolution: the block's per-pixel steps run before the 2x nearest upsampling (see CAFT.transfer).
     """
 
     def __init__(self, caft: "CAFT"):
@@ -114,14 +115,46 @@ class CaftNode(nn.Module):
         self.out_channels = caft.channels
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        lr_up = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.caft(skip[:, :self.out_channels], lr_up)
+        return self.caft.transfer(skip[:, :self.out_channels], x)
+
+
+def _pixels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C), contiguous: channel LayerNorms and 1x1 convolutions become row operations."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _depthwise(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+    """A depthwise 3x3 convolution (or its `channels`) on (B, H, W, C) data, seen as a channels_last
+    (B, C, H, W) tensor: no copy."""
+    weight = conv.weight[channels]
+    return F.conv2d(x.permute(0, 3, 1, 2), weight, None, 1, conv.padding, 1, len(weight)).permute(0, 2, 3, 1)
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+    """A bias-free 1x1 convolution (or its output `channels`) on (B, H, W, C) data: one matrix product."""
+    return F.linear(x, conv.weight[channels].flatten(1))
+
+
+def _pointwise_depthwise(pointwise: nn.Conv2d, depthwise: nn.Conv2d, x: torch.Tensor, parts: int
+                         ) -> list[torch.Tensor]:
+    """depthwise(pointwise(x)) split into `parts` equal channel groups, each computed on its own: per-channel
+    operations, so the same values as splitting the whole result, without strided slices of it."""
+    size = pointwise.out_channels // parts
+    groups = [slice(i * size, (i + 1) * size) for i in range(parts)]
+    return [_depthwise(depthwise, _pointwise(pointwise, x, group), group) for group in groups]
 
 
 class CAFT(nn.Module):
     """Context-Aware Feature Transfer: Restormer's transposed attention as cross-attention (Q from LR, K/V from HR).
 
     The attention map is (heads, C/h, C/h) over channels, so its cost is linear in the number of pixels.
+
+    Computed with pixels last (B, H, W, C): the channel LayerNorms, the 1x1 convolutions and the gated
+    feed-forward are then row operations and matrix products, the depthwise convolutions run on channels_last
+    views, and no (B, C, H*W) reshape copies are made. The attention is applied by its definition, rearranged:
+    the L2 normalisation of q and k along the pixels divides the (C, C) product q k^T instead of the pixels,
+    and project_out(A v) = (W_out blockdiag(A)) v, one (C, C) matrix per image applied to v in one product.
+    Same result as the step-by-step form up to float rounding; the module tree and state dict are unchanged.
     """
 
     def __init__(self, hr_channels: int, lr_channels: int, heads: int, ffn_expansion: float = 2.66):
@@ -142,27 +175,58 @@ class CAFT(nn.Module):
         self.norm_ffn = LayerNorm2d(c)
         self.ffn = GDFN(c, ffn_expansion)
 
-    def _qkv(self, hr: torch.Tensor, lr_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as (B, heads, C/h, H*W); q and k L2-normalised along the pixels."""
-        b, c, h, w = hr.shape
-        q = self.q(self.norm_lr(lr_up))
-        k, v = self.kv(self.norm_hr(hr)).chunk(2, dim=1)
-        q, k, v = (t.reshape(b, self.heads, c // self.heads, h * w) for t in (q, k, v))
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v
+    @staticmethod
+    def _norm(norm: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def _query(self, lr: torch.Tensor, upsample: bool) -> torch.Tensor:
+        """q (B, H, W, C) from LR features (B, C_lr, h, w); `upsample`: they are at half the HR resolution, and
+        the per-pixel LayerNorm and 1x1 convolution run before the 2x nearest upsampling (same values, 1/4 of
+        the pixels)."""
+        q = _pointwise(self.q[0], self._norm(self.norm_lr, _pixels_last(lr)))
+        if upsample:   # nearest 2x on the channels_last view: one pass, pixels stay last
+            q = F.interpolate(q.permute(0, 3, 1, 2), scale_factor=2.0, mode="nearest").permute(0, 2, 3, 1)
+        return _depthwise(self.q[1], q)
+
+    def _attention_terms(self, hr: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(channel attention (B, heads, C/h, C/h), v (B, H*W, C)) from HR features (B, H, W, C) and q."""
+        b, h, w, c = hr.shape
+        k, v = _pointwise_depthwise(self.kv[0], self.kv[1], self._norm(self.norm_hr, hr), 2)
+        q, k, v = (t.reshape(b, h * w, c) for t in (q, k, v))
+        heads, per_head = self.heads, c // self.heads
+        # q_i . k_j over the pixels, for i, j in the same head: the diagonal blocks of the (C, C) product
+        products = torch.bmm(q.transpose(1, 2), k).view(b, heads, per_head, heads, per_head)
+        products = products.diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        q_norm = q.norm(dim=1).clamp_min(1e-12).view(b, heads, per_head, 1)     # F.normalize's eps
+        k_norm = k.norm(dim=1).clamp_min(1e-12).view(b, heads, 1, per_head)
+        return torch.softmax(products / (q_norm * k_norm) * self.temperature, dim=-1), v
 
     def attention(self, hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
-        """The channel attention matrix (B, heads, C/h, C/h)."""
-        q, k, _ = self._qkv(hr, lr_up)
-        return self._attention(q, k)
-
-    def _attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(q @ k.transpose(-2, -1) * self.temperature, dim=-1)
+        """The channel attention matrix (B, heads, C/h, C/h) for HR features and upsampled LR features."""
+        return self._attention_terms(_pixels_last(hr), self._query(lr_up, upsample=False))[0]
 
     def forward(self, hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(hr, lr_up)
-        out = (self._attention(q, k) @ v).reshape(hr.shape)
-        hr = hr + self.project_out(out)
-        return hr + self.ffn(self.norm_ffn(hr))
+        """HR features (B, C, H, W) transferred with LR features already at their resolution."""
+        return self._transfer(hr, self._query(lr_up, upsample=False))
+
+    def transfer(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """forward(hr, 2x nearest-upsampled lr), without upsampling the LR features themselves."""
+        return self._transfer(hr, self._query(lr, upsample=True))
+
+    def _transfer(self, hr: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = hr.shape
+        hr = _pixels_last(hr)
+        attention, v = self._attention_terms(hr, q)
+        # project_out(A v) as one (C, C) matrix per image: W_out blockdiag(A)
+        blocks = torch.zeros(b, c, c, dtype=attention.dtype, device=attention.device)
+        per_head = c // self.heads
+        for i in range(self.heads):
+            rows = slice(i * per_head, (i + 1) * per_head)
+            blocks[:, rows, rows] = attention[:, i]
+        mixing = self.project_out.weight.flatten(1) @ blocks                          # (B, C, C)
+        hr = hr + torch.bmm(v, mixing.transpose(1, 2)).view(b, h, w, c)
+        hr = hr + self.ffn.pixels_last(self._norm(self.norm_ffn, hr))
+        return hr.permute(0, 3, 1, 2).contiguous()
 
 
 class GDFN(nn.Module):
@@ -176,5 +240,9 @@ class GDFN(nn.Module):
         self.project_out = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(a) * b)
+        return self.pixels_last(_pixels_last(x)).permute(0, 3, 1, 2).contiguous()
+
+    def pixels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same on (B, H, W, C) data."""
+        a, b = _pointwise_depthwise(self.project_in, self.dwconv, x, 2)
+        return _pointwise(self.project_out, F.gelu(a) * b)

@@ -3,6 +3,7 @@ from rs_diffusion_plugin.algorithms.build_change_training_set import BuildChange
 from rs_diffusion_plugin.algorithms.build_training_set import BuildTrainingSetAlgorithm
 from rs_diffusion_plugin.algorithms.detect_changes import DetectChangesAlgorithm
 from rs_diffusion_plugin.algorithms.detect_oil_spills import DetectOilSpillsAlgorithm
+from rs_diffusion_plugin.algorithms.export_onnx import ExportOnnxAlgorithm
 from rs_diffusion_plugin.algorithms.fuse_ir_visible import FuseIrVisibleAlgorithm
 from rs_diffusion_plugin.algorithms.refine_classification import RefineClassificationAlgorithm
 from rs_diffusion_plugin.algorithms.segment_raster import SegmentRasterAlgorithm
@@ -17,4 +18,4 @@ ALGORITHMS = (SegmentRasterAlgorithm, BuildTrainingSetAlgorithm, SynthesizePairs
               RefineClassificationAlgorithm, DetectOilSpillsAlgorithm, SynthesizeSarPairsAlgorithm,
               FuseIrVisibleAlgorithm, DetectChangesAlgorithm, BuildChangeTrainingSetAlgorithm,
               SynthesizeChangePairsAlgorithm, TrainSegmenterAlgorithm, TrainOilSpillDetectorAlgorithm,
-              TrainChangeDetectorAlgorithm)
+              TrainChangeDetectorAlgorithm, ExportOnnxAlgorithm)
