@@ -72,8 +72,24 @@ def bench_rdfmig(cfg: argparse.Namespace) -> dict:
     return bench(cfg)
 
 
+def bench_onnx(cfg: argparse.Namespace) -> dict:
+    from benchmarks.cpu_paths import bench
+    return bench(cfg)
+
+
+def bench_roofline(cfg: argparse.Namespace) -> dict:
+    from benchmarks.roofline import bench
+    return bench(cfg)
+
+
+def bench_finetune(cfg: argparse.Namespace) -> dict:
+    from benchmarks.finetune import bench
+    return bench(cfg)
+
+
 BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr, "sar": bench_sar,
-              "fusion": bench_fusion, "rdfmig": bench_rdfmig}
+              "fusion": bench_fusion, "rdfmig": bench_rdfmig, "roofline": bench_roofline, "onnx": bench_onnx,
+              "finetune": bench_finetune}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------
