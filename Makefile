@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM ?= offscreen
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test bench package qgis starter-models starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion starter-rdfmig clean
+.PHONY: setup demo test bench gpu-check package qgis starter-models starter-segmentation starter-satsynth starter-idgbr starter-sar starter-fusion starter-rdfmig clean
 
 ## setup: QGIS + xvfb from apt when missing, .venv on the system Python, the project in editable mode
 setup: $(STAMP)
@@ -33,6 +33,11 @@ test: setup
 ## bench: performance ratios -> benchmarks/results/latest.json
 bench: setup
 	$(PY) -m benchmarks.run
+
+## gpu-check: on a CUDA machine, every trainer (AMP), sampler and pipeline on a small input, the OOM fallback and a
+## timed SAROSS-Net forward -> benchmarks/results/gpu.json; without CUDA it says so and exits 0
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check
 
 ## package: dist/rs_diffusion_plugin.zip (code only, for the QGIS plugin repository or "Install from ZIP")
 ## and dist/rs_diffusion_models-<version>.zip (the starter models, installed from the dock)
@@ -64,10 +69,11 @@ starter-satsynth: setup runs/data/scenes/classes.json
 	$(PY) -m training satsynth-sr --config training/configs/satsynth_sr_starter.toml
 	$(call ship,runs/starter/satsynth_sr,satsynth_sr_starter)
 
-## starter-idgbr: IDGBR label embedding, autoencoder and refiner, on the starter segmenter's maps (~60 min)
+## starter-idgbr: IDGBR label embedding, autoencoder and refiner, on out-of-fold coarse maps: 4 segmenters of
+## 200 / 400 steps, each mapping the scenes it never saw, boundaries then moved by up to 2 px (~15 + 60 min)
 starter-idgbr: setup runs/data/scenes/classes.json
 	rm -rf runs/data/scenes/coarse
-	$(PY) -m training coarse-labels --data runs/data/scenes
+	$(PY) -m training coarse-labels --data runs/data/scenes --folds 4 --fold-steps 200,400 --degrade 2 --seed 1
 	$(PY) -m training idgbr-embed --config training/configs/idgbr_embed_starter.toml
 	$(PY) -m training idgbr-vae --config training/configs/idgbr_vae_starter.toml
 	$(PY) -m training idgbr --config training/configs/idgbr_starter.toml

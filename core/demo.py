@@ -116,9 +116,20 @@ def refinement_demo(out: Path, args) -> None:
           f"{result.changed_fraction:.1%} of the pixels changed class")
     print(f"refined map  : {result.output_path} (coarse: {coarse})")
     print(f"{'vs. labels':<13}  {'mIoU':>6} {'bIoU@3':>7} {'WFm@3':>6}")
+    scored = {}
     for name, path in (("coarse", coarse), ("refined", refined)):
-        m = boundary_aware_scores(read_class_indices(path, card.classes), truth, names, ignore=-1)
+        m = scored[name] = boundary_aware_scores(read_class_indices(path, card.classes), truth, names, ignore=-1)
         print(f"  {name:<11}  {m['mIoU']:6.3f} {m['bIoU@3']:7.3f} {m['WFm@3']:6.3f}")
+    print(refinement_verdict(scored["coarse"], scored["refined"]))
+
+
+def refinement_verdict(coarse: dict[str, float], refined: dict[str, float]) -> str:
+    """One plain sentence: did the refinement help on this scene? A refiner that lowers the scores must say so."""
+    worse = [m for m in ("mIoU", "bIoU@3", "WFm@3") if refined[m] < coarse[m]]
+    if not worse:
+        return "verdict      : the refined map scores at least as well as the coarse map on every metric above."
+    return (f"verdict      : the refined map scores LOWER than the coarse map ({', '.join(worse)}): on this scene "
+            "the starter refiner does not improve the segmenter's map; keep the coarse map.")
 
 
 def oilspill_demo(out: Path, args) -> None:

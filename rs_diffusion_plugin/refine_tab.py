@@ -119,5 +119,7 @@ class RefineTab(TaskTab):
     def on_success(self, result) -> None:
         added = add_refined_outputs(result.output_path, result.uncertainty_path, self.result_style, self.result_name)
         names = ", ".join(f"'{layer.name()}'" for layer in added)
-        self.write(f"Added {names}: {result.changed_fraction:.1%} of the pixels changed class "
-                   f"({result.tiles} tiles, {result.seconds:.1f} s on {result.device}).")
+        by_class = ", ".join(f"{name} {share:.1%}" for name, share in (result.changed_by_class or {}).items())
+        self.write(f"Added {names}: {result.changed_fraction:.1%} of the pixels changed class"
+                   + (f" ({by_class})" if by_class else "")
+                   + f" ({result.tiles} tiles, {result.seconds:.1f} s on {result.device}).")

@@ -159,7 +159,7 @@ def test_evaluate_refinement_writes_both_rows(workdir, refiner_config, dataset, 
     output = tmp_path / "evaluation"
     run(idgbr_data.add_evaluate_arguments, idgbr_data.main_evaluate,
         ["--data", dataset, "--output", output, "--model", workdir / "idgbr" / "model", "--steps", 2, "--limit", 2,
-         "--device", "cpu"])
+         "--tile-size", 32, "--device", "cpu"])
     assert sorted(p.name for p in (output / "refined").iterdir()) == ["scene_0000.tif", "scene_0001.tif"]
     with open(output / "metrics.csv") as f:
         rows = {row["source"]: row for row in csv.DictReader(f)}
@@ -168,5 +168,44 @@ def test_evaluate_refinement_writes_both_rows(workdir, refiner_config, dataset, 
     table = (output / "metrics.md").read_text()
     for metric in idgbr_data.REPORTED_METRICS:
         assert f"| {metric} |" in table
+    # which model, which data (and how its coarse maps were made), which settings
+    model_name = load_card(workdir / "idgbr" / "model").name
+    assert f"- model: '{model_name}' ({(workdir / 'idgbr' / 'model').resolve()})" in table
+    assert (f"- data: {dataset.resolve()}: 2 images, coarse maps: true masks with degraded boundaries: each class "
+            "region") in table
+    assert "2 DDIM steps" in table and "tiles of 32 px" in table and "source unknown" not in table
     with pytest.raises(RasterError, match="not empty"):
         idgbr_data.evaluate_refinement(str(dataset), str(output), str(workdir / "idgbr" / "model"), steps=2)
+
+
+def test_evaluation_names_coarse_maps_of_unknown_origin(workdir, refiner_config, dataset, tmp_path):
+    copy = tmp_path / "copy"
+    for sub in ("images", "masks", "coarse"):
+        (copy / sub).mkdir(parents=True)
+        for path in (dataset / sub).glob("scene_0000.tif"):
+            (copy / sub / path.name).write_bytes(path.read_bytes())
+    (copy / "classes.json").write_bytes((dataset / "classes.json").read_bytes())
+    table = idgbr_data.evaluate_refinement(str(copy), str(tmp_path / "evaluation"), str(workdir / "idgbr" / "model"),
+                                           steps=2, device="cpu", tile_size=32)
+    assert "coarse maps: origin not recorded (no coarse/source.txt)" in table and "tiles of 32 px" in table
+
+
+def test_refiner_can_start_from_a_trained_refiner(workdir, refiner_config, dataset, tmp_path):
+    """`init`: all weights and the architecture of an idgbr model; embedding and autoencoder stay as they were."""
+    start = workdir / "idgbr" / "model"
+    config = write_config(tmp_path / "ft.json", data=dataset, output=tmp_path / "ft", init=start, patch_size=32,
+                          batch_size=2, steps=1, val_every=0, checkpoint_every=1, device="cpu")
+    run(idgbr.add_arguments, idgbr.main, ["--config", config])
+    before, _ = load_refiner(start)
+    after, card = load_refiner(tmp_path / "ft" / "model")
+    assert card.extra["init"] == f"{load_card(start).name} (model)"
+    assert card.extra["init_steps"] == load_card(start).extra["steps"]
+    assert card.extra["embedding"] == load_card(start).extra["embedding"]
+    for part in ("label_embedding", "vae"):
+        for (name, a), b in zip(getattr(before, part).state_dict().items(), getattr(after, part).state_dict().values()):
+            assert torch.equal(a, b), f"{part}.{name} changed"
+    assert any(not torch.equal(a, b) for a, b in zip(before.unet.parameters(), after.unet.parameters()))
+    bad = write_config(tmp_path / "bad.json", data=dataset, output=tmp_path / "bad", init=start,
+                       embedding=workdir / "embed" / "model", steps=1, device="cpu")
+    with pytest.raises(idgbr.TrainingError, match="brings its own label embedding"):
+        run(idgbr.add_arguments, idgbr.main, ["--config", bad])

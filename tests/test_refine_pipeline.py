@@ -236,3 +236,70 @@ def test_tile_loop_blends_probabilities_not_argmaxes():
     np.testing.assert_array_equal(valid_out, valid)
     assert (written == 1).all()
     assert read == [(0, 0), (0, 8)] and predicted == [[0], [8]] and progress.steps == [(1, 2), (2, 2)]
+
+
+def write_reference(folder, values, nodata=255, name="reference.tif", size=(HEIGHT, WIDTH)):
+    """A class raster on the inputs' grid (or of another size), nodata in its last row."""
+    values = np.asarray(values, dtype=np.uint8)
+    values[-1] = nodata
+    path = folder / name
+    with rasterio.open(path, "w", driver="GTiff", width=size[1], height=size[0], count=1, dtype="uint8",
+                       nodata=nodata, crs=UTM33, transform=TRANSFORM) as dst:
+        dst.write(values[None])
+    return path
+
+
+def test_run_reports_the_share_of_each_class_that_changed(tmp_path, refiner):
+    image, classes = write_inputs(tmp_path, class_values=(0, 1, 2))
+    out = tmp_path / "refined.tif"
+    progress = Recorder()
+    result = refine_raster(params(image, classes, out, refiner), progress)
+    with rasterio.open(classes) as src, rasterio.open(out) as dst:
+        coarse, refined = src.read(1), dst.read(1)
+    valid = refined != 255
+    expected = {name: float((refined != coarse)[valid & (coarse == value)].mean())
+                for value, name in ((0, "background"), (1, "building"), (2, "road"))}
+    assert result.changed_by_class == pytest.approx(expected)
+    assert result.scores is None
+    report = next(m for m in progress.messages if m.startswith("Done in"))
+    assert all(f"{name} {100 * share:.1f}%" in report for name, share in expected.items())
+
+
+def test_reference_layer_gives_coarse_and_refined_scores(tmp_path, refiner):
+    image, classes = write_inputs(tmp_path, class_values=(0, 1, 2))
+    with rasterio.open(classes) as src:
+        coarse = src.read(1)
+    truth = np.where(coarse == 255, 0, coarse)
+    truth[20:30, :] = 1                                   # the reference differs from the coarse map here
+    reference = write_reference(tmp_path, truth)
+    out = tmp_path / "refined.tif"
+    progress = Recorder()
+    result = refine_raster(params(image, classes, out, refiner, reference_path=str(reference),
+                                  reference_layer_name="field survey"), progress)
+    assert set(result.scores) == {"coarse", "refined"}
+    assert set(result.scores["coarse"]) == {"mIoU", "bIoU@3", "WFm@3"}
+    # the coarse score, recomputed: the pixels valid in reference, coarse and refined map
+    from core.metrics.boundary import boundary_aware_scores
+    with rasterio.open(out) as dst:
+        refined = dst.read(1)
+    counted = (refined != 255)
+    counted[-1] = False
+    expected = boundary_aware_scores(np.where(counted, coarse, 0), np.where(counted, truth, -1),
+                                     ["background", "building", "road"], ignore=-1)
+    assert result.scores["coarse"]["mIoU"] == pytest.approx(expected["mIoU"])
+    assert result.scores["coarse"]["WFm@3"] == pytest.approx(expected["WFm@3"])
+    assert any("'field survey'" in m and "mIoU" in m and "->" in m for m in progress.messages)
+    worse = result.scores["refined"]["WFm@3"] < result.scores["coarse"]["WFm@3"]
+    assert worse == any("scores lower" in w for w in progress.warnings)
+
+
+def test_reference_with_another_grid_or_unknown_values_is_refused_before_the_run(tmp_path, refiner):
+    image, classes = write_inputs(tmp_path)
+    out = tmp_path / "refined.tif"
+    small = write_reference(tmp_path, np.zeros((HEIGHT, WIDTH - 8)), name="small.tif", size=(HEIGHT, WIDTH - 8))
+    with pytest.raises(RasterError, match="Reference 'small.tif' is 40 x 40 px"):
+        refine_raster(params(image, classes, out, refiner, reference_path=str(small)))
+    odd = write_reference(tmp_path, np.full((HEIGHT, WIDTH), 7), name="odd.tif")
+    with pytest.raises(ValueError, match="Reference layer 'odd.tif' has value.s. 7"):
+        refine_raster(params(image, classes, out, refiner, reference_path=str(odd)))
+    assert not out.exists()

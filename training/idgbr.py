@@ -6,7 +6,9 @@
    model sees unit-variance latents.
 3. idgbr: the refinement diffusion model on images/ + masks/ + coarse/ triplets (coarse maps from
    `python -m training coarse-labels`). Embedding and VAE come from the stages above (sd15: SD's VAE) and
-   stay frozen; only the denoiser, the guidance modules and the REPA projector train.
+   stay frozen; only the denoiser, the guidance modules and the REPA projector train. With `init` it starts
+   from a trained idgbr model instead (all its weights, its embedding and VAE included), e.g. to go on training
+   on other coarse maps without repeating stages 1 and 2.
 
 The small preset's pseudo-siamese encoder is a frozen copy of the randomly initialised UNet, made when the
 model is built. That is the honest small-scale analogue of the paper, whose copy is SD1.5's pretrained
@@ -205,8 +207,11 @@ def _source(model_dir: str) -> str:
 @dataclass(kw_only=True)
 class IdgbrTrainConfig(DiffusionLossConfig, RunConfig):
     """`data` holds images/, masks/, coarse/ and classes.json."""
-    embedding: str                 # the idgbr-embed model directory
-    vae: str = ""                  # small preset: the idgbr-vae model directory
+    embedding: str = ""            # the idgbr-embed model directory (not with `init`)
+    vae: str = ""                  # small preset: the idgbr-vae model directory (not with `init`)
+    init: str = ""                 # an idgbr model directory to start from: all its weights (embedding, VAE,
+                                   # siamese copy, denoiser, guidance) and its architecture; retrains on new
+                                   # coarse maps without repeating stages 1 and 2
     preset: str = "small"          # "small" | "sd15"
     sd_path: str = ""              # sd15: a local Stable Diffusion 1.5 diffusers folder
     dinov2: str = ""               # optional LOCAL timm DINOv2 weights file for REPA; empty: REPA off
@@ -248,7 +253,13 @@ class Dinov2Tokens:
 
 
 def build_refiner(cfg: IdgbrTrainConfig, classes: list[ClassInfo], repa_dim: int | None):
-    """The IDGBR model with the trained embedding (and small VAE) loaded, and its architecture for the card."""
+    """The IDGBR model with the trained embedding (and small VAE) loaded, and its architecture for the card;
+    with `init`, that model's architecture and weights."""
+    if cfg.init:
+        return _init_refiner(cfg, classes, repa_dim)
+    if not cfg.embedding:
+        raise TrainingError("idgbr needs `embedding` (the idgbr-embed model directory) or `init` (an idgbr model "
+                            "directory to start from).")
     sd_path = cfg.sd_path or None
     architecture = architecture_for(cfg.preset, len(classes), sd_path, repa_dim)
     if cfg.preset == "small":
@@ -264,6 +275,34 @@ def build_refiner(cfg: IdgbrTrainConfig, classes: list[ClassInfo], repa_dim: int
     if cfg.preset == "small":
         load_into(model.vae, cfg.vae)
     return model, architecture
+
+
+def _init_refiner(cfg: IdgbrTrainConfig, classes: list[ClassInfo], repa_dim: int | None):
+    card = load_card(cfg.init, task=TASK)
+    if cfg.embedding or cfg.vae:
+        raise TrainingError(f"`init` ({cfg.init}) brings its own label embedding and autoencoder: leave out "
+                            "`embedding` and `vae`.")
+    if [c.value for c in card.classes] != [c.value for c in classes]:
+        raise ValueError(f"Refiner '{card.name}' ({cfg.init}) was trained for the class values "
+                         f"{[c.value for c in card.classes]}; the dataset has {[c.value for c in classes]}.")
+    if card.architecture.get("preset", "small") != cfg.preset:
+        raise TrainingError(f"`init` model '{card.name}' has the preset {card.architecture.get('preset')}; this run "
+                            f"asks for {cfg.preset}: they must match.")
+    if repa_dim is not None and card.architecture.get("repa_dim") != repa_dim:
+        raise TrainingError(f"`init` model '{card.name}' has a REPA projector for {card.architecture.get('repa_dim')}"
+                            f"-dimensional features, the DINOv2 of this run gives {repa_dim}: they must match.")
+    model = load_into(build_model(card.architecture, cfg.sd_path or None), cfg.init)
+    return model, card.architecture
+
+
+def _stage_sources(cfg: IdgbrTrainConfig) -> dict[str, str]:
+    """The card's record of where embedding and autoencoder (and, with `init`, all starting weights) came from."""
+    if cfg.init:
+        card = load_card(cfg.init, task=TASK)
+        return {"init": _source(cfg.init), "embedding": card.extra.get("embedding", "unknown"),
+                "vae": card.extra.get("vae", "unknown"), "init_steps": card.extra.get("steps")}
+    return {"embedding": _source(cfg.embedding),
+            "vae": _source(cfg.vae) if cfg.preset == "small" else f"SD1.5 ({Path(cfg.sd_path).resolve().name})"}
 
 
 def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
@@ -310,8 +349,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         training_data=f"{Path(cfg.data).resolve().name}: {len(triplets)} image/mask/coarse triplets",
         metrics={k: round(v, 4) for k, v in metrics.items()},
         extra={**loss_entry, "steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
-               "guidance_scale": cfg.guidance_scale, "preset": cfg.preset, "embedding": _source(cfg.embedding),
-               "vae": _source(cfg.vae) if cfg.preset == "small" else f"SD1.5 ({Path(cfg.sd_path).resolve().name})",
+               "guidance_scale": cfg.guidance_scale, "preset": cfg.preset, **_stage_sources(cfg),
                "coarse_source": coarse_source(cfg.data) or "unknown", "repa": repa, "lr": cfg.lr,
                "patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "ema_decay": cfg.ema_decay,
                "scaling": "image in [-1, 1] = 2 (raw - mean) / std - 1 per band (dataset range)"},

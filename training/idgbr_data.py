@@ -4,14 +4,22 @@ A refinement dataset is the folder format (images/, masks/, classes.json) plus
 
     dataset/coarse/<mask stem>.tif    coarse class map, same grid and class values as the mask
     dataset/coarse/source.txt         how the coarse maps were made
+    dataset/coarse/report.md          their scores against the masks (how much a refiner has to fix)
+    dataset/coarse/folds.json         out-of-fold maps only: which scenes each fold's segmenter trained on
 
-`python -m training coarse-labels` makes them (a segmenter's predictions, as the paper does, and/or the true
-masks with degraded boundaries); `python -m training evaluate-refinement` refines every coarse map with
-refine_raster and scores coarse and refined maps against the masks with the boundary-aware metrics.
+`python -m training coarse-labels` makes them: a segmenter's predictions, as the paper does, out-of-fold
+predictions (`--folds K`: a refiner must learn from maps with the errors it will meet, and a segmenter's maps of
+its own training scenes are nearly perfect, so a refiner trained on them learns to copy), and/or the true masks
+or the predictions with degraded boundaries. `python -m training evaluate-refinement` refines every coarse map
+with refine_raster and scores coarse and refined maps against the masks with the boundary-aware metrics.
 """
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +36,11 @@ from core.raster import (RasterError, hex_to_rgba, open_raster, raster_info, rea
 
 COARSE_DIR = "coarse"
 SOURCE_NAME = "source.txt"
+REPORT_NAME = "report.md"       # the coarse maps' scores against the masks
+FOLDS_NAME = "folds.json"       # out-of-fold maps: which scenes each fold's segmenter trained on
+DEFAULT_FOLD_CONFIG = Path(__file__).parent / "configs" / "segmentation_starter.toml"
+FOLD_STEPS = (300,)
+REPORT_METRICS = ("accuracy", "mIoU", "bIoU@3", "WFm@1", "WFm@3", "WFm@5")
 REPORTED_METRICS = ("mIoU", "mF1", "bIoU@1", "bIoU@3", "bIoU@5", "WFm@1", "WFm@3", "WFm@5")
 
 
@@ -118,50 +131,168 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def write_coarse_labels(data: str, output: str = "", model_dir: str = "", degrade: int = 0, seed: int = 0,
-                        device: str = "auto", batch_size: int = 4, progress: Progress | None = None) -> Path:
-    """One coarse map per mask into `output` (default <data>/coarse), plus source.txt; refuses a non-empty folder.
+                        device: str = "auto", batch_size: int = 4, progress: Progress | None = None,
+                        folds: int = 0, fold_steps: tuple[int, ...] = FOLD_STEPS, fold_config: str = "") -> Path:
+    """One coarse map per mask into `output` (default <data>/coarse), plus source.txt and report.md (the coarse
+    maps' scores against the masks: how much there is to fix); refuses a non-empty folder.
 
-    With a segmentation model (`model_dir`; the starter segmenter when neither it nor `degrade` is given) the
-    maps are its predictions; `degrade` N > 0 moves boundaries by up to N px, of the predictions when a model is
-    given, else of the true masks.
+    With a segmentation model (`model_dir`; the starter segmenter when neither it, `folds` nor `degrade` is
+    given) the maps are its predictions. With `folds` K >= 2 they are out-of-fold predictions: the scenes are
+    split into K folds and each fold's maps come from a segmenter trained (`fold_config`, `fold_steps`) on the
+    other folds only, so every map has the errors of a model that never saw its scene (folds.json records
+    who trained on what). `degrade` N > 0 moves boundaries by up to N px: of the predictions when there are
+    any, else of the true masks.
     """
     from core.segmentation.pipeline import TASK as SEGMENTATION_TASK
-    from core.segmentation.pipeline import SegmentParams, segment_raster
     if degrade < 0:
         raise ValueError(f"--degrade is a number of pixels >= 0, not {degrade}.")
     progress = progress or Progress()
     dataset = FolderDataset.open(data)
-    use_model = bool(model_dir) or degrade == 0
+    if folds and model_dir:
+        raise ValueError("Give either --model (one segmenter's predictions) or --folds (out-of-fold predictions of "
+                         "segmenters trained here), not both.")
+    use_model = not folds and (bool(model_dir) or degrade == 0)
     model_dir = model_dir or str(starter_model_dir(SEGMENTATION_TASK))
-    if use_model:
+    if folds:
+        source = _fold_source(folds, fold_steps, fold_config)
+    elif use_model:
         card = load_card(model_dir, task=SEGMENTATION_TASK)
-        unknown = sorted({c.value for c in card.classes} - {c.value for c in dataset.classes})
-        if unknown:
-            raise ValueError(f"Segmentation model '{card.name}' predicts class values {unknown} that the dataset's "
-                             f"classes.json does not have: its coarse maps would not match the masks.")
+        _check_model_classes(card, dataset)
         source = f"predictions of the segmentation model '{card.name}' ({Path(model_dir).resolve().name})"
-        if degrade:
-            source += f", then each class region grown or shrunk by a random 0..{degrade} px (seed {seed})"
     else:
-        source = (f"true masks with degraded boundaries: each class region grown or shrunk by a random "
-                  f"0..{degrade} px per image (seed {seed})")
+        source = "true masks with degraded boundaries"
+    if degrade:
+        source += (":" if source.startswith("true") else ", then") + (
+            f" each class region grown or shrunk by a random 0..{degrade} px per image (seed {seed})")
     colormap = {c.value: hex_to_rgba(c.color) for c in dataset.classes}
     dest = Path(output) if output else Path(data) / COARSE_DIR
     n = len(dataset.pairs)
     with staged_dir(dest) as tmp:
-        for index, (image, mask) in enumerate(dataset.pairs):
-            target = tmp / f"{mask.stem}.tif"
-            if use_model:
-                segment_raster(SegmentParams(input_path=str(image), output_path=str(target), model_dir=model_dir,
-                                             device=device, batch_size=batch_size, layer_name=image.name),
-                               SubProgress(progress, index / n, (index + 0.9) / n))
-            if degrade:
-                _write_degraded(target if use_model else mask, target, degrade,
+        if folds:
+            groups = _write_out_of_fold(dataset, tmp, folds, fold_steps, fold_config, seed, device, batch_size,
+                                        SubProgress(progress, 0.0, 0.9))
+        else:
+            groups = {}
+            for index, (image, mask) in enumerate(dataset.pairs):
+                if use_model:
+                    _predict(image, tmp / f"{mask.stem}.tif", model_dir, device, batch_size,
+                             SubProgress(progress, 0.9 * index / n, 0.9 * (index + 0.9) / n))
+                progress.step(index + 1, n)
+        if degrade:
+            for index, (_, mask) in enumerate(dataset.pairs):
+                target = tmp / f"{mask.stem}.tif"
+                _write_degraded(target if (use_model or folds) else mask, target, degrade,
                                 np.random.default_rng([seed, index]), colormap)
-            progress.step(index + 1, n)
         (tmp / SOURCE_NAME).write_text(source + "\n", encoding="utf-8")
+        report = coarse_report(dataset, tmp, source, groups)
+        (tmp / REPORT_NAME).write_text(report, encoding="utf-8")
     progress.info(f"{n} coarse maps written to {dest} ({source}).")
+    progress.info(report)
     return dest
+
+
+def _check_model_classes(card, dataset: FolderDataset) -> None:
+    unknown = sorted({c.value for c in card.classes} - {c.value for c in dataset.classes})
+    if unknown:
+        raise ValueError(f"Segmentation model '{card.name}' predicts class values {unknown} that the dataset's "
+                         f"classes.json does not have: its coarse maps would not match the masks.")
+
+
+def _predict(image: Path, target: Path, model_dir: str, device: str, batch_size: int, progress: Progress) -> None:
+    from core.segmentation.pipeline import SegmentParams, segment_raster
+    segment_raster(SegmentParams(input_path=str(image), output_path=str(target), model_dir=model_dir,
+                                 device=device, batch_size=batch_size, layer_name=image.name), progress)
+
+
+def fold_assignment(stems: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Scene stem -> fold index: a seeded shuffle dealt round-robin, so folds differ in size by at most one."""
+    if not 2 <= folds <= len(stems):
+        raise ValueError(f"--folds must be between 2 and the number of images ({len(stems)}), not {folds}.")
+    order = np.random.default_rng(seed).permutation(len(stems))
+    return {stems[i]: position % folds for position, i in enumerate(order)}
+
+
+def _fold_source(folds: int, fold_steps: tuple[int, ...], fold_config: str) -> str:
+    if not fold_steps or min(fold_steps) < 1:
+        raise ValueError(f"--fold-steps needs one or more step counts >= 1, not {list(fold_steps)}.")
+    config = Path(fold_config or DEFAULT_FOLD_CONFIG)
+    steps = ", ".join(str(s) for s in fold_steps)
+    return (f"out-of-fold predictions: {folds} folds, each fold's maps from a segmenter ({config.name}) trained "
+            f"{steps} steps (fold by fold, in turn) on the other folds only; fold membership in {FOLDS_NAME}")
+
+
+def _write_out_of_fold(dataset: FolderDataset, tmp: Path, folds: int, fold_steps: tuple[int, ...],
+                       fold_config: str, seed: int, device: str, batch_size: int,
+                       progress: Progress) -> dict[str, list[str]]:
+    """Train one segmenter per fold on the other folds (in tmp/_folds, removed afterwards) and predict the fold's
+    scenes with it; writes folds.json and returns {fold name: its scene stems}."""
+    from training.config import load_config
+    from training.segment import SegmentTrainConfig, train_segmenter
+    stems = [mask.stem for _, mask in dataset.pairs]
+    fold_of = fold_assignment(stems, folds, seed)
+    work = tmp / "_folds"
+    record, groups = [], {}
+    for k in range(folds):
+        held_out = [pair for pair, stem in zip(dataset.pairs, stems) if fold_of[stem] == k]
+        training = [pair for pair, stem in zip(dataset.pairs, stems) if fold_of[stem] != k]
+        fold_data = _fold_dataset(Path(dataset.pairs[0][0]).parent.parent, training, work / f"fold_{k + 1}" / "data")
+        steps = fold_steps[k % len(fold_steps)]
+        cfg = replace(load_config(SegmentTrainConfig, fold_config or str(DEFAULT_FOLD_CONFIG)),
+                      data=str(fold_data), output=str(work / f"fold_{k + 1}" / "run"), steps=steps,
+                      val_fraction=0.0, val_every=0, checkpoint_every=steps, seed=seed + k, device=device,
+                      resume=False, name=f"coarse-labels fold {k + 1}/{folds} segmenter ({steps} steps)")
+        progress.info(f"Fold {k + 1}/{folds}: training a segmenter for {steps} steps on {len(training)} scenes, "
+                      f"then predicting its {len(held_out)} held-out scenes.")
+        model_dir = str(train_segmenter(cfg))
+        _check_model_classes(load_card(model_dir), dataset)
+        for index, (image, mask) in enumerate(held_out):
+            _predict(image, tmp / f"{mask.stem}.tif", model_dir, device, batch_size, Progress())
+            progress.check()
+        progress.step(k + 1, folds)
+        name = f"fold {k + 1}"
+        groups[name] = [mask.stem for _, mask in held_out]
+        record.append({"fold": k + 1, "segmenter": cfg.name, "steps": steps, "arch": cfg.arch,
+                       "encoder": cfg.encoder, "trained_on": [mask.stem for _, mask in training],
+                       "coarse_maps": groups[name]})
+    shutil.rmtree(work)
+    (tmp / FOLDS_NAME).write_text(json.dumps({"folds": folds, "seed": seed, "fold_config": Path(
+        fold_config or DEFAULT_FOLD_CONFIG).name, "runs": record}, indent=2), encoding="utf-8")
+    return groups
+
+
+def _fold_dataset(root: Path, pairs: list[tuple[Path, Path]], dest: Path) -> Path:
+    """A dataset folder of the given pairs (links where the system allows, else copies) and the class table."""
+    for sub in ("images", "masks"):
+        (dest / sub).mkdir(parents=True)
+    for image, mask in pairs:
+        for path, sub in ((image, "images"), (mask, "masks")):
+            try:
+                os.symlink(path.resolve(), dest / sub / path.name)
+            except OSError:
+                shutil.copy2(path, dest / sub / path.name)
+    shutil.copy2(root / "classes.json", dest / "classes.json")
+    return dest
+
+
+def coarse_report(dataset: FolderDataset, coarse_dir: Path, source: str, groups: dict[str, list[str]]) -> str:
+    """Markdown: the coarse maps' scores against the masks, over all images and per group (e.g. per fold)."""
+    names = [c.name for c in dataset.classes]
+    overall, per_group = BoundaryMetrics(names, ignore=-1), {g: BoundaryMetrics(names, ignore=-1) for g in groups}
+    group_of = {stem: g for g, stems in groups.items() for stem in stems}
+    for _, mask in dataset.pairs:
+        truth = read_class_indices(mask, dataset.classes)
+        coarse = read_class_indices(coarse_dir / f"{mask.stem}.tif", dataset.classes)
+        counted = (truth >= 0) & (coarse >= 0)
+        pair = (np.where(counted, coarse, 0), np.where(counted, truth, -1))
+        overall.add(*pair)
+        if mask.stem in group_of:
+            per_group[group_of[mask.stem]].add(*pair)
+    rows = {"all": overall.result(), **{g: m.result() for g, m in per_group.items()}}
+    lines = [f"Coarse maps of {Path(dataset.pairs[0][1]).parent.parent.resolve().name} against the masks "
+             f"({len(dataset.pairs)} images): {source}.", "",
+             "| images | " + " | ".join(REPORT_METRICS) + " |", "|---|" + "---:|" * len(REPORT_METRICS)]
+    lines += [f"| {g} | " + " | ".join(f"{r[m]:.4f}" for m in REPORT_METRICS) + " |" for g, r in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _write_degraded(source: Path, target: Path, max_shift: int, rng: np.random.Generator, colormap: dict) -> None:
@@ -177,14 +308,19 @@ def _write_degraded(source: Path, target: Path, max_shift: int, rng: np.random.G
 # --- evaluate-refinement ---------------------------------------------------------------------------------
 def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: int = 1, steps: int = 0,
                         limit: int = 0, seed: int = 0, device: str = "auto",
-                        progress: Progress | None = None) -> str:
+                        progress: Progress | None = None, tile_size: int = 0, guidance_scale: float = 0.0) -> str:
     """Refine every coarse map into <output>/refined/, score coarse and refined maps against the masks.
 
-    Writes metrics.csv (one row per source, every metric incl. per class) and metrics.md (coarse vs refined vs
-    gain); returns the markdown. Both rows count the same pixels: those valid in mask, coarse and refined map.
+    Writes metrics.csv (one row per source, every metric incl. per class) and metrics.md (which model, data
+    and settings; coarse vs refined vs gain); returns the markdown. Both rows count the same pixels: those
+    valid in mask, coarse and refined map.
     """
+    from core.refinement.model import GUIDANCE_SCALE, SAMPLING_STEPS
+    from core.refinement.model import TASK as REFINEMENT_TASK
     from core.refinement.pipeline import RefineParams, refine_raster
     progress = progress or Progress()
+    model_dir = model_dir or str(starter_model_dir(REFINEMENT_TASK))
+    card = load_card(model_dir, task=REFINEMENT_TASK)
     classes = FolderDataset.open(data).classes
     triplets = list_triplets(data)[:limit or None]
     names = [c.name for c in classes]
@@ -197,8 +333,9 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
             refined = tmp / "refined" / f"{mask.stem}.tif"
             result = refine_raster(RefineParams(
                 image_path=str(image), classification_path=str(coarse), output_path=str(refined),
-                model_dir=model_dir, samples=samples, steps=steps, seed=seed, device=device,
-                image_layer_name=image.name, classification_layer_name=f"{COARSE_DIR}/{coarse.name}"),
+                model_dir=model_dir, samples=samples, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                device=device, tile_size=tile_size, image_layer_name=image.name,
+                classification_layer_name=f"{COARSE_DIR}/{coarse.name}"),
                 SubProgress(progress, index / n, (index + 1) / n))
             changed.append(result.changed_fraction)
             truth, coarse_ids, refined_ids = (read_class_indices(p, classes) for p in (mask, coarse, refined))
@@ -208,7 +345,13 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
             metrics["refined"].add(np.where(counted, refined_ids, 0), truth)
         results = {source: m.result() for source, m in metrics.items()}
         _write_csv(tmp / "metrics.csv", results)
-        table = _markdown(results, data, model_dir, n, samples, steps, float(np.mean(changed)))
+        steps = steps or card.extra.get("sampling_steps", SAMPLING_STEPS)
+        guidance_scale = guidance_scale or card.extra.get("guidance_scale", GUIDANCE_SCALE)
+        settings = {"model": f"'{card.name}' ({Path(model_dir).resolve()})",
+                    "data": f"{Path(data).resolve()}: {n} images, coarse maps: {coarse_source(data) or _NO_SOURCE}",
+                    "sampling": f"{samples} sample(s) per tile, {steps} DDIM steps, guidance {guidance_scale:g}, "
+                                f"tiles of {tile_size or card.tile_size} px, seed {seed}"}
+        table = _markdown(results, settings, float(np.mean(changed)))
         (tmp / "metrics.md").write_text(table, encoding="utf-8")
     return table
 
@@ -222,16 +365,16 @@ def _write_csv(path: Path, results: dict[str, dict[str, float]]) -> None:
             writer.writerow([source, *(f"{row[c]:.6g}" for c in columns)])
 
 
-def _markdown(results: dict[str, dict[str, float]], data: str, model_dir: str, images: int, samples: int,
-              steps: int, changed: float) -> str:
+def _markdown(results: dict[str, dict[str, float]], settings: dict[str, str], changed: float) -> str:
     coarse, refined = results["coarse"], results["refined"]
-    sampler = f"{steps} DDIM steps" if steps else "the card's DDIM steps"
-    lines = [f"Refinement of {Path(data).resolve().name}/{COARSE_DIR} ({coarse_source(data) or 'source unknown'})",
-             (f"by {model_dir or 'the starter refiner'}: {images} images, {samples} sample(s) per tile, {sampler}; "
-              f"{changed:.2%} of the pixels changed class."), "",
+    lines = ["Refinement evaluation", "", *(f"- {key}: {value}" for key, value in settings.items()),
+             f"- changed: {changed:.2%} of the valid pixels changed class (mean over images)", "",
              "| metric | coarse | refined | gain |", "|---|---:|---:|---:|"]
     lines += [f"| {m} | {coarse[m]:.4f} | {refined[m]:.4f} | {refined[m] - coarse[m]:+.4f} |" for m in REPORTED_METRICS]
     return "\n".join(lines) + "\n"
+
+
+_NO_SOURCE = "origin not recorded (no coarse/source.txt)"
 
 
 # --- command line ----------------------------------------------------------------------------------------
@@ -242,16 +385,31 @@ def add_coarse_arguments(parser) -> None:
                         "coarse maps (default: the starter segmenter, unless --degrade is given alone)")
     parser.add_argument("--degrade", type=int, default=0, metavar="N",
                         help="move boundaries by up to N px: of the true masks, or of the predictions with --model")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the boundary degradation")
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="out-of-fold predictions: K >= 2 folds, each predicted by a segmenter trained here on "
+                             "the other folds only (fold membership in coarse/folds.json)")
+    parser.add_argument("--fold-steps", default=",".join(map(str, FOLD_STEPS)), metavar="N[,N...]",
+                        help="training steps of the fold segmenters; several values are used fold by fold in "
+                             "turn, mixing weaker and stronger models")
+    parser.add_argument("--fold-config", default="", metavar="FILE",
+                        help="segment training config (TOML/JSON) of the fold segmenters; data, output, steps and "
+                             "validation are set here (default: training/configs/segmentation_starter.toml)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of the boundary degradation")
     parser.add_argument("--batch-size", type=int, default=4, help="segmentation tiles per batch")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
 
 
 def main_coarse(args) -> None:
+    try:
+        fold_steps = tuple(int(v) for v in args.fold_steps.split(","))
+    except ValueError:
+        raise ValueError(f"--fold-steps takes step counts separated by commas, e.g. 150,600; got "
+                         f"'{args.fold_steps}'.") from None
     progress = TqdmProgress("coarse-labels")
     dest = write_coarse_labels(args.data, args.output, args.model, args.degrade, args.seed, args.device,
-                               args.batch_size, progress)
+                               args.batch_size, progress, args.folds, fold_steps, args.fold_config)
     progress.close()
+    print((dest / REPORT_NAME).read_text(encoding="utf-8"))
     print(f"coarse maps written to {dest}")
 
 
@@ -261,6 +419,8 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--model", default="", help="IDGBR model directory (default: the starter refiner)")
     parser.add_argument("--samples", type=int, default=1, help="sampler runs per tile, probabilities averaged")
     parser.add_argument("--steps", type=int, default=0, help="DDIM steps (0: the model card's, 25)")
+    parser.add_argument("--guidance", type=float, default=0.0, help="CFG weight (0: the model card's)")
+    parser.add_argument("--tile-size", type=int, default=0, help="tile size in px (0: the model card's)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -269,6 +429,6 @@ def add_evaluate_arguments(parser) -> None:
 def main_evaluate(args) -> None:
     progress = TqdmProgress("evaluate-refinement")
     table = evaluate_refinement(args.data, args.output, args.model, args.samples, args.steps, args.limit,
-                                args.seed, args.device, progress)
+                                args.seed, args.device, progress, args.tile_size, args.guidance)
     progress.close()
     print(table)

@@ -7,6 +7,10 @@ sample and tile, and core.tiling.run_tiles blends the class probabilities (not a
 overlapping tiles and writes each block as soon as no later tile touches it. The output keeps the
 classification raster's grid, type, nodata, colour table and values: classes the classification
 does not use are never chosen.
+
+A refiner can make a map worse, so every run says how much it changed (overall and per class) and, given a
+reference class raster on the same grid, scores the coarse and the refined map against it (mIoU, bIoU@3,
+WFm@3, read block by block) and warns when the refined map scores lower.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from core.checkpoint import ModelCard, load_card
 from core.device import BatchRunner, describe_device, resolve_device
 from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
                            fit_layer, model_tiling, staged_outputs)
+from core.metrics.boundary import BoundaryMetrics
 from core.progress import Progress, SubProgress
 from core.raster import GeoTiffWriter, RasterError, RasterInfo, open_raster, read_window
 from core.refinement.model import GUIDANCE_SCALE, SAMPLING_STEPS, TASK, load_refiner, refine, scale_image
@@ -33,6 +38,8 @@ from core.tiling import Tile, TileGrid, pad_tile, run_tiles
 
 UNCERTAINTY_BANDS = ["entropy", "disagreement"]
 SCAN_PIXELS = 1 << 22   # pixels per read while scanning the classification for its values
+SCORE_BLOCK = 1024      # side of the blocks the reference scores are accumulated over
+SCORED_METRICS = ("mIoU", "bIoU@3", "WFm@3")
 
 
 @dataclass
@@ -53,8 +60,10 @@ class RefineParams:
     batch_size: int = 4
     seed: int = 0
     device: str = "auto"
+    reference_path: str = ""            # optional class raster on the same grid: coarse vs refined scores
     image_layer_name: str = ""          # how the user knows the layers, for messages
     classification_layer_name: str = ""
+    reference_layer_name: str = ""
 
     def resolved_model_dir(self) -> str:
         return resolve_model_dir(self.model_dir, TASK)
@@ -69,6 +78,8 @@ class RefineResult:
     tiles: int
     changed_fraction: float             # share of valid pixels whose class the refinement changed
     classes: list[dict]                 # the card's classes (asdict(ClassInfo))
+    changed_by_class: dict[str, float] | None = None   # class name -> share of its coarse pixels that changed
+    scores: dict[str, dict[str, float]] | None = None  # with a reference: {"coarse"|"refined": {metric: value}}
 
 
 @dataclass
@@ -98,18 +109,27 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
     image_name = params.image_layer_name or Path(params.image_path).name
     class_name = params.classification_layer_name or Path(params.classification_path).name
     outputs = [Output(params.output_path, "refined raster"), Output(params.uncertainty_path, "uncertainty raster")]
-    check_outputs(outputs, {params.image_path: image_name, params.classification_path: class_name})
+    reference_name = params.reference_layer_name or Path(params.reference_path).name
+    inputs = {params.image_path: image_name, params.classification_path: class_name}
+    check_outputs(outputs, {**inputs, params.reference_path: reference_name} if params.reference_path else inputs)
     check_tiling(params.tile_size, params.overlap)
     classification = InputLayer(params.classification_path, class_name, "classification")
     image = InputLayer(params.image_path, image_name, "image", tuple(params.bands or (1,)))
-    class_info, image_info = check_inputs([classification, image], progress)
+    layers = [classification, image] + ([InputLayer(params.reference_path, reference_name, "reference")]
+                                        if params.reference_path else [])
+    class_info, image_info, *reference_info = check_inputs(layers, progress)
     _check_same_grid(image_info, class_info, image_name, class_name, progress)
+    if reference_info:
+        _check_same_grid(reference_info[0], class_info, reference_name, class_name, progress, "Reference")
     model_dir = params.resolved_model_dir()
     card = load_card(model_dir, task=TASK)
     tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
     bands = fit_layer(image, image_info, params.bands, card, progress)
     found = _distinct_values(params.classification_path, class_name, progress)
     mapping = _class_mapping(found, card, params.value_map, class_name, progress)
+    reference_mapping = (_class_mapping(_distinct_values(params.reference_path, reference_name, progress), card,
+                                        params.value_map, reference_name, Progress(), "Reference")
+                         if params.reference_path else None)
     nodata = _output_nodata(class_info, found, class_name, progress)
     if class_info.crs_wkt is None:
         progress.warning(f"Layer '{class_name}' has no coordinate reference system: the refined raster "
@@ -129,15 +149,23 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
                   f"{guidance_scale:g}) with '{card.name}' on {describe_device(device)}.")
 
     with staged_outputs(outputs) as staged:
-        changed_fraction = _refine_tiles(params, staged[params.output_path], staged[params.uncertainty_path], card,
-                                         mapping, class_info, nodata, bands, grid, runner, steps, guidance_scale,
-                                         progress)
+        valid_by_class, changed_by_class = _refine_tiles(
+            params, staged[params.output_path], staged[params.uncertainty_path], card, mapping, class_info, nodata,
+            bands, grid, runner, steps, guidance_scale, progress)
+        scores = (_reference_scores(params.reference_path, params.classification_path, staged[params.output_path],
+                                    reference_mapping, mapping, card, progress) if reference_mapping else None)
     seconds = time.perf_counter() - started
+    changed_fraction = float(changed_by_class.sum() / max(valid_by_class.sum(), 1))
+    by_class = {c.name: float(changed / valid) for c, valid, changed in zip(card.classes, valid_by_class,
+                                                                           changed_by_class) if valid}
     progress.info(f"Done in {seconds:.1f} s on {runner.device.type}: the class of {100 * changed_fraction:.1f}% "
-                  "of the pixels changed.")
+                  "of the valid pixels changed (" + ", ".join(f"{name} {100 * share:.1f}%"
+                                                          for name, share in by_class.items()) + ").")
+    if scores:
+        _report_scores(scores, reference_name, progress)
     progress.set_fraction(1.0)
     return RefineResult(params.output_path, params.uncertainty_path, describe_device(runner.device), seconds,
-                        len(grid), changed_fraction, [asdict(c) for c in card.classes])
+                        len(grid), changed_fraction, [asdict(c) for c in card.classes], by_class, scores)
 
 
 def parse_value_map(text: str) -> dict[int, int] | None:
@@ -159,14 +187,14 @@ def parse_value_map(text: str) -> dict[int, int] | None:
 
 # --- checks, all before the model runs or anything is written ----------------------------------------
 def _check_same_grid(image: RasterInfo, classification: RasterInfo, image_name: str, class_name: str,
-                     progress: Progress) -> None:
+                     progress: Progress, kind: str = "Image") -> None:
     """Pixels are matched by position, so both rasters must have the same size."""
     if (image.width, image.height) != (classification.width, classification.height):
-        raise RasterError(f"Image '{image_name}' is {image.width} x {image.height} px but classification "
+        raise RasterError(f"{kind} '{image_name}' is {image.width} x {image.height} px but classification "
                           f"'{class_name}' is {classification.width} x {classification.height} px; they must "
                           "have the same pixel grid (resample one onto the other first).")
     if image.crs_wkt != classification.crs_wkt or not np.allclose(image.transform, classification.transform):
-        progress.warning(f"Image '{image_name}' and classification '{class_name}' have the same size but a "
+        progress.warning(f"{kind} '{image_name}' and classification '{class_name}' have the same size but a "
                          "different coordinate reference system or georeferencing: pixels are matched by "
                          "position.")
 
@@ -194,7 +222,7 @@ def _class_names(card: ModelCard) -> str:
 
 
 def _class_mapping(found: list[int], card: ModelCard, value_map: dict[int, int] | None, name: str,
-                   progress: Progress) -> ClassMapping:
+                   progress: Progress, kind: str = "Classification") -> ClassMapping:
     """Each raster value -> a model class: through the value map if it lists the value, else the class with
     that value. A value with neither is an error naming it and the model's classes."""
     index_of = {c.value: i for i, c in enumerate(card.classes)}
@@ -207,7 +235,7 @@ def _class_mapping(found: list[int], card: ModelCard, value_map: dict[int, int] 
     unknown = [v for v, c in zip(found, class_values) if c not in index_of]
     if unknown:
         listed = ", ".join(str(v) for v in unknown)
-        raise ValueError(f"Classification layer '{name}' has value(s) {listed}, which the model '{card.name}' "
+        raise ValueError(f"{kind} layer '{name}' has value(s) {listed}, which the model '{card.name}' "
                          f"does not know (its classes are {_class_names(card)}). Give a value map from the "
                          f"layer's values to the model's, e.g. '{unknown[0]}:{card.classes[0].value}'.")
     class_of_value = np.asarray([index_of[c] for c in class_values])
@@ -240,8 +268,9 @@ def _output_nodata(info: RasterInfo, found: list[int], name: str, progress: Prog
 # --- the tile loop -------------------------------------------------------------------------------------
 def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str, card: ModelCard,
                   mapping: ClassMapping, info: RasterInfo, nodata: float, bands: list[int], grid: TileGrid,
-                  runner: BatchRunner, steps: int, guidance_scale: float, progress: Progress) -> float:
-    """Refine and write every tile; returns the share of valid pixels whose class changed.
+                  runner: BatchRunner, steps: int, guidance_scale: float,
+                  progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """Refine and write every tile; returns per model class its valid coarse pixels and how many of them changed.
 
     Blended channels: the mean class probabilities of the samples (K) and, for the uncertainty raster,
     each class's share of the samples' argmaxes (K).
@@ -249,7 +278,7 @@ def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str,
     n_classes, samples = len(card.classes), params.samples
     with_votes = bool(uncertainty_path)
     common = dict(width=info.width, height=info.height, crs_wkt=info.crs_wkt, transform=info.transform)
-    counts = {"valid": 0, "changed": 0}
+    valid_by_class, changed_by_class = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
 
     def read_tile(tile: Tile):
         window = Window(tile.col, tile.row, tile.width, tile.height)
@@ -289,8 +318,9 @@ def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str,
         labels = np.where(valid, mapping.output_values[best], nodata)
         class_out.write(labels, row=row, col=col)
         values, class_valid = read_window(class_check_src, Window(col, row, labels.shape[1], labels.shape[0]), [1])
-        counts["valid"] += int(valid.sum())
-        counts["changed"] += int((valid & (mapping.class_indices(values[0], class_valid) != best)).sum())
+        coarse = mapping.class_indices(values[0], class_valid)
+        valid_by_class[:] += np.bincount(coarse[valid], minlength=n_classes)
+        changed_by_class[:] += np.bincount(coarse[valid & (coarse != best)], minlength=n_classes)
         if with_votes:
             p = np.clip(probabilities, 1e-12, 1.0)
             entropy = np.clip(-(p * np.log(p)).sum(axis=0) / math.log(n_classes), 0.0, 1.0)
@@ -311,7 +341,42 @@ def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str,
                 band_names=UNCERTAINTY_BANDS, **common))
         channels = 2 * n_classes if with_votes else n_classes
         run_tiles(grid, channels, read_tile, predict, write_block, params.batch_size, progress)
-    return counts["changed"] / counts["valid"] if counts["valid"] else 0.0
+    return valid_by_class, changed_by_class
+
+
+# --- scores against a reference ----------------------------------------------------------------------------
+def _reference_scores(reference_path: str, coarse_path: str, refined_path: str, reference: ClassMapping,
+                      mapping: ClassMapping, card: ModelCard, progress: Progress) -> dict[str, dict[str, float]]:
+    """Coarse and refined maps against the reference, block by block (memory does not grow with the raster);
+    both count the same pixels: valid in the reference and in the refined map."""
+    names = [c.name for c in card.classes]
+    metrics = {"coarse": BoundaryMetrics(names, ignore=-1), "refined": BoundaryMetrics(names, ignore=-1)}
+    with open_raster(reference_path) as ref_src, open_raster(coarse_path) as coarse_src, \
+            open_raster(refined_path) as refined_src:
+        for top in range(0, ref_src.height, SCORE_BLOCK):
+            for left in range(0, ref_src.width, SCORE_BLOCK):
+                window = Window(left, top, min(SCORE_BLOCK, ref_src.width - left),
+                                min(SCORE_BLOCK, ref_src.height - top))
+                (truth, truth_valid), (coarse, coarse_valid), (refined, refined_valid) = (
+                    read_window(src, window, [1]) for src in (ref_src, coarse_src, refined_src))
+                counted = truth_valid & coarse_valid & refined_valid
+                truth_ids = np.where(counted, reference.class_indices(truth[0], counted), -1)
+                for source, values in (("coarse", coarse), ("refined", refined)):
+                    metrics[source].add(mapping.class_indices(values[0], counted), truth_ids)
+                progress.check()
+    return {source: {m: float(result[m]) for m in SCORED_METRICS}
+            for source, result in ((s, m.result()) for s, m in metrics.items())}
+
+
+def _report_scores(scores: dict[str, dict[str, float]], reference_name: str, progress: Progress) -> None:
+    coarse, refined = scores["coarse"], scores["refined"]
+    progress.info(f"Against the reference '{reference_name}': " + ", ".join(
+        f"{m} {coarse[m]:.4f} -> {refined[m]:.4f} ({refined[m] - coarse[m]:+.4f})" for m in SCORED_METRICS) + ".")
+    worse = [m for m in SCORED_METRICS if refined[m] < coarse[m]]
+    if worse:
+        progress.warning(f"The refined map scores lower than the classification against the reference "
+                         f"'{reference_name}' ({', '.join(worse)}): on this data the coarse classification is the "
+                         "better map.")
 
 
 def _colormap(src) -> dict[int, tuple[int, int, int, int]] | None:

@@ -30,7 +30,13 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             "averages the class probabilities (steadier, slower). The optional uncertainty raster has two "
             "bands in 0..1: 'entropy' (how undecided the averaged probabilities are) and 'disagreement' "
             "(the share of samples whose class differs from the final one; needs SAMPLES > 1). "
-            "CHANGED_FRACTION is the share of valid pixels whose class changed.\n\n"
+            "CHANGED_FRACTION is the share of valid pixels whose class changed; the log also gives it per "
+            "class.\n\n"
+            "Reference (optional): a class raster on the same grid with the true classes (same values as the "
+            "classification, or mapped by VALUE_MAP). The log then scores the classification and the refined "
+            "map against it (mIoU, bIoU@3, WFm@3: boundary scores within 3 px) and warns when the refined map "
+            "scores lower; COARSE_WFM3 and REFINED_WFM3 hold the WFm@3 of both. A refiner trained on other "
+            "data can make a map worse: check it on a labelled area first.\n\n"
             "STEPS and GUIDANCE 0 use the model's own settings. Default model: the shipped starter.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -38,6 +44,8 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(
             "CLASSIFICATION", self.tr("Classification to refine (class values, same grid as the image)")))
         self.add_model_parameter(str(starter_model_dir(TASK)), "IDGBR model directory (empty: starter model)")
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "REFERENCE", self.tr("Reference classes to score against (optional, same grid)"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             "SAMPLES", self.tr("Samples per tile (averaged)"), INTEGER_NUMBER,
             defaultValue=1, minValue=1, maxValue=64))
@@ -64,6 +72,8 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             "OUTPUT_UNCERTAINTY", self.tr("Uncertainty (entropy, disagreement)"), optional=True,
             createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", self.tr("Share of pixels that changed class")))
+        self.addOutput(QgsProcessingOutputNumber("COARSE_WFM3", self.tr("WFm@3 of the classification (reference)")))
+        self.addOutput(QgsProcessingOutputNumber("REFINED_WFM3", self.tr("WFm@3 of the refined map (reference)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         # torch & co. load on first use, not while QGIS starts
@@ -71,6 +81,7 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
         from rs_diffusion_plugin.layers import raster_source
         image = self.parameterAsRasterLayer(parameters, "INPUT", context)
         classification = self.parameterAsRasterLayer(parameters, "CLASSIFICATION", context)
+        reference = self.parameterAsRasterLayer(parameters, "REFERENCE", context)
 
         def run(progress):
             params = RefineParams(
@@ -87,8 +98,10 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
                 seed=self.parameterAsInt(parameters, "SEED", context),
                 batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
                 device=self.device(parameters, context),
+                reference_path=raster_source(reference) if reference is not None else "",
                 image_layer_name=image.name(),
-                classification_layer_name=classification.name())
+                classification_layer_name=classification.name(),
+                reference_layer_name=reference.name() if reference is not None else "")
             return refine_raster(params, progress)
 
         result = self.run_core(run, feedback)
@@ -97,6 +110,8 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
         style = class_style(classification)
         self.style_on_load(context, result.output_path, lambda layer: apply_class_style(layer, style))
         outputs = {"OUTPUT": result.output_path, "CHANGED_FRACTION": result.changed_fraction}
+        if result.scores:
+            outputs.update(COARSE_WFM3=result.scores["coarse"]["WFm@3"], REFINED_WFM3=result.scores["refined"]["WFm@3"])
         if result.uncertainty_path:
             self.style_on_load(context, result.uncertainty_path, style_unit_gray)
             outputs["OUTPUT_UNCERTAINTY"] = result.uncertainty_path
