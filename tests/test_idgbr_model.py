@@ -293,6 +293,32 @@ def test_refine_returns_probabilities_reports_progress_and_cancels():
         refine(model, image[..., :15], coarse[..., :15])
 
 
+def test_strength_runs_the_last_share_of_the_chain_from_the_noised_coarse_map():
+    """SDEdit start: strength s runs round(s * steps) DDIM steps from the coarse map's latent noised to that level,
+    so a short chain ends near the coarse map's own decoding, a full one (the paper's) does not."""
+    model = make_model().eval()
+    image, _, coarse = make_batch()
+
+    class Counter(Progress):
+        def __init__(self):
+            self.calls = 0
+
+        def set_fraction(self, fraction):
+            self.calls += 1
+
+    counter = Counter()
+    refine(model, image, coarse, steps=20, strength=0.3, progress=counter)
+    assert counter.calls == 6
+    with torch.no_grad():
+        own = model.decode_logits(model.encode_labels(coarse)).argmax(1)
+    near = refine(model, image, coarse, steps=20, strength=0.05).argmax(1)
+    far = refine(model, image, coarse, steps=20, strength=1.0).argmax(1)
+    assert (near == own).float().mean() > 0.85   # an untrained tiny decoder: its logits are close to each other
+    assert (far == own).float().mean() < (near == own).float().mean() - 0.2
+    with pytest.raises(ValueError, match="Strength"):
+        refine(model, image, coarse, strength=0.0)
+
+
 def test_repa_projector_and_loss():
     model = make_model(repa_dim=12)
     hidden = torch.randn(2, 16, 2, 2)

@@ -308,16 +308,16 @@ def _write_degraded(source: Path, target: Path, max_shift: int, rng: np.random.G
 # --- evaluate-refinement ---------------------------------------------------------------------------------
 def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: int = 1, steps: int = 0,
                         limit: int = 0, seed: int = 0, device: str = "auto",
-                        progress: Progress | None = None, tile_size: int = 0, guidance_scale: float = 0.0) -> str:
+                        progress: Progress | None = None, tile_size: int = 0, guidance_scale: float = 0.0,
+                        strength: float = 0.0) -> str:
     """Refine every coarse map into <output>/refined/, score coarse and refined maps against the masks.
 
     Writes metrics.csv (one row per source, every metric incl. per class) and metrics.md (which model, data
     and settings; coarse vs refined vs gain); returns the markdown. Both rows count the same pixels: those
     valid in mask, coarse and refined map.
     """
-    from core.refinement.model import GUIDANCE_SCALE, SAMPLING_STEPS
     from core.refinement.model import TASK as REFINEMENT_TASK
-    from core.refinement.pipeline import RefineParams, refine_raster
+    from core.refinement.pipeline import RefineParams, refine_raster, sampling_settings
     progress = progress or Progress()
     model_dir = model_dir or str(starter_model_dir(REFINEMENT_TASK))
     card = load_card(model_dir, task=REFINEMENT_TASK)
@@ -331,12 +331,12 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
         (tmp / "refined").mkdir()
         for index, (image, mask, coarse) in enumerate(triplets):
             refined = tmp / "refined" / f"{mask.stem}.tif"
-            result = refine_raster(RefineParams(
+            params = RefineParams(
                 image_path=str(image), classification_path=str(coarse), output_path=str(refined),
-                model_dir=model_dir, samples=samples, steps=steps, guidance_scale=guidance_scale, seed=seed,
-                device=device, tile_size=tile_size, image_layer_name=image.name,
-                classification_layer_name=f"{COARSE_DIR}/{coarse.name}"),
-                SubProgress(progress, index / n, (index + 1) / n))
+                model_dir=model_dir, samples=samples, steps=steps, guidance_scale=guidance_scale, strength=strength,
+                seed=seed, device=device, tile_size=tile_size, image_layer_name=image.name,
+                classification_layer_name=f"{COARSE_DIR}/{coarse.name}")
+            result = refine_raster(params, SubProgress(progress, index / n, (index + 1) / n))
             changed.append(result.changed_fraction)
             truth, coarse_ids, refined_ids = (read_class_indices(p, classes) for p in (mask, coarse, refined))
             counted = (truth >= 0) & (coarse_ids >= 0) & (refined_ids >= 0)
@@ -345,11 +345,12 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
             metrics["refined"].add(np.where(counted, refined_ids, 0), truth)
         results = {source: m.result() for source, m in metrics.items()}
         _write_csv(tmp / "metrics.csv", results)
-        steps = steps or card.extra.get("sampling_steps", SAMPLING_STEPS)
-        guidance_scale = guidance_scale or card.extra.get("guidance_scale", GUIDANCE_SCALE)
+        sampling = sampling_settings(RefineParams("", "", "", steps=steps, guidance_scale=guidance_scale,
+                                                  strength=strength), card)
         settings = {"model": f"'{card.name}' ({Path(model_dir).resolve()})",
                     "data": f"{Path(data).resolve()}: {n} images, coarse maps: {coarse_source(data) or _NO_SOURCE}",
-                    "sampling": f"{samples} sample(s) per tile, {steps} DDIM steps, guidance {guidance_scale:g}, "
+                    "sampling": f"{samples} sample(s) per tile, {sampling['steps']} DDIM steps, guidance "
+                                f"{sampling['guidance_scale']:g}, strength {sampling['strength']:g}, "
                                 f"tiles of {tile_size or card.tile_size} px, seed {seed}"}
         table = _markdown(results, settings, float(np.mean(changed)))
         (tmp / "metrics.md").write_text(table, encoding="utf-8")
@@ -420,6 +421,9 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--samples", type=int, default=1, help="sampler runs per tile, probabilities averaged")
     parser.add_argument("--steps", type=int, default=0, help="DDIM steps (0: the model card's, 25)")
     parser.add_argument("--guidance", type=float, default=0.0, help="CFG weight (0: the model card's)")
+    parser.add_argument("--strength", type=float, default=0.0,
+                        help="share of the DDIM chain run from the noised coarse map, in (0, 1]; 1 = from pure noise "
+                             "as in the paper (0: the model card's)")
     parser.add_argument("--tile-size", type=int, default=0, help="tile size in px (0: the model card's)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -429,6 +433,6 @@ def add_evaluate_arguments(parser) -> None:
 def main_evaluate(args) -> None:
     progress = TqdmProgress("evaluate-refinement")
     table = evaluate_refinement(args.data, args.output, args.model, args.samples, args.steps, args.limit,
-                                args.seed, args.device, progress, args.tile_size, args.guidance)
+                                args.seed, args.device, progress, args.tile_size, args.guidance, args.strength)
     progress.close()
     print(table)

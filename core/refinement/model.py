@@ -38,6 +38,7 @@ CONDITION_TIMESTEP = 1   # [code]: the siamese encoder sees its clean latents at
 DROP_PROB = 0.2          # condition dropout, so that the unconditional branch of CFG is trained
 GUIDANCE_SCALE = 3.0
 SAMPLING_STEPS = 25
+STRENGTH = 1.0           # the paper: every DDIM step, from pure noise
 REPA_WEIGHT = 0.5
 CLIP_TOKENS = 77
 ENCODER_PARTS = ("time_proj", "time_embedding", "conv_in", "down_blocks", "mid_block")
@@ -436,12 +437,18 @@ def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) 
 
 @torch.inference_mode()
 def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int = SAMPLING_STEPS,
-           guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, progress: Progress | None = None) -> torch.Tensor:
+           guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, progress: Progress | None = None,
+           strength: float = STRENGTH) -> torch.Tensor:
     """Refined class probabilities (B, K, H, W) from images (B, 3, H, W) in [-1, 1] and coarse maps (B, H, W).
 
-    DDIM from z_T ~ N(0, I); with CFG the unconditional and conditional passes run as one forward
-    (IDGBR.predict_cfg). Probabilities, not labels, so that tiles can be blended.
+    DDIM from z_T ~ N(0, I) (strength 1, the paper); with CFG the unconditional and conditional passes run as
+    one forward (IDGBR.predict_cfg). Strength s < 1 runs only the last s of the DDIM steps, from the coarse map's
+    latent noised to that level (SDEdit): the refiner redraws what the noise hides (boundaries) and keeps the
+    layout, which a small refiner cannot redraw as well as the coarse map has it. Probabilities, not labels,
+    so that tiles can be blended.
     """
+    if not 0 < strength <= 1:
+        raise ValueError(f"Strength must be in (0, 1], got {strength}.")
     factor = model.latent_factor
     if image.shape[-1] % factor or image.shape[-2] % factor:
         raise ValueError(f"Tile size {tuple(image.shape[-2:])} must be a multiple of {factor} (the VAE's factor).")
@@ -451,10 +458,13 @@ def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int =
     try:
         scheduler = noise_scheduler()
         scheduler.set_timesteps(steps)
-        c_image = model.encode_image(image.to(device))
-        conditions = model.condition_features(c_image, model.encode_labels(coarse.to(device)))
+        c_image, c_coarse = model.encode_image(image.to(device)), model.encode_labels(coarse.to(device))
+        conditions = model.condition_features(c_image, c_coarse)
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn(c_image.shape, generator=generator).to(device)
+        if strength < 1:
+            scheduler.timesteps = scheduler.timesteps[-max(1, round(strength * steps)):]
+            z = scheduler.add_noise(c_coarse, z, scheduler.timesteps[:1])
 
         def predict(z_t: torch.Tensor, t) -> torch.Tensor:
             if guidance_scale != 1:

@@ -33,7 +33,7 @@ from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs,
 from core.metrics.boundary import BoundaryMetrics
 from core.progress import Progress, SubProgress
 from core.raster import GeoTiffWriter, RasterError, RasterInfo, open_raster, read_window
-from core.refinement.model import GUIDANCE_SCALE, SAMPLING_STEPS, TASK, load_refiner, refine, scale_image
+from core.refinement.model import GUIDANCE_SCALE, SAMPLING_STEPS, STRENGTH, TASK, load_refiner, refine, scale_image
 from core.tiling import Tile, TileGrid, pad_tile, run_tiles
 
 UNCERTAINTY_BANDS = ["entropy", "disagreement"]
@@ -52,6 +52,7 @@ class RefineParams:
     samples: int = 1                    # sampler runs per tile (different seeds), probabilities averaged
     steps: int = 0                      # DDIM steps; 0: the card's sampling_steps
     guidance_scale: float = 0.0         # 0: the card's guidance_scale
+    strength: float = 0.0               # share of the DDIM chain, from the noised coarse map; 0: the card's
     uncertainty_path: str = ""          # optional float32 raster: entropy and disagreement bands
     value_map: dict[int, int] | None = None   # classification raster value -> model class value; None: by value
     bands: list[int] | None = None      # 1-based image bands; None: the first bands, in the card's order
@@ -141,17 +142,17 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
         raise ValueError(f"Tile size {tile} px is not a multiple of {model.latent_factor} (the model's latent "
                          f"factor); use e.g. {max(1, round(tile / model.latent_factor)) * model.latent_factor}.")
     grid = TileGrid(class_info.height, class_info.width, tile, overlap)
-    steps = params.steps or int(card.extra.get("sampling_steps", SAMPLING_STEPS))
-    guidance_scale = params.guidance_scale or float(card.extra.get("guidance_scale", GUIDANCE_SCALE))
+    sampling = sampling_settings(params, card)
     runner = BatchRunner(model, device, progress)
     progress.info(f"Refining '{class_name}' with image '{image_name}' ({class_info.width} x {class_info.height} px, "
-                  f"{len(grid)} tiles of {tile} px, {params.samples} sample(s) of {steps} steps, guidance "
-                  f"{guidance_scale:g}) with '{card.name}' on {describe_device(device)}.")
+                  f"{len(grid)} tiles of {tile} px, {params.samples} sample(s) of {sampling['steps']} steps, "
+                  f"guidance {sampling['guidance_scale']:g}, strength {sampling['strength']:g}) with '{card.name}' "
+                  f"on {describe_device(device)}.")
 
     with staged_outputs(outputs) as staged:
         valid_by_class, changed_by_class = _refine_tiles(
             params, staged[params.output_path], staged[params.uncertainty_path], card, mapping, class_info, nodata,
-            bands, grid, runner, steps, guidance_scale, progress)
+            bands, grid, runner, sampling, progress)
         scores = (_reference_scores(params.reference_path, params.classification_path, staged[params.output_path],
                                     reference_mapping, mapping, card, progress) if reference_mapping else None)
     seconds = time.perf_counter() - started
@@ -166,6 +167,13 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
     progress.set_fraction(1.0)
     return RefineResult(params.output_path, params.uncertainty_path, describe_device(runner.device), seconds,
                         len(grid), changed_fraction, [asdict(c) for c in card.classes], by_class, scores)
+
+
+def sampling_settings(params: RefineParams, card: ModelCard) -> dict:
+    """refine()'s steps, guidance_scale and strength: the run's where set, else the card's, else the paper's."""
+    return {"steps": params.steps or int(card.extra.get("sampling_steps", SAMPLING_STEPS)),
+            "guidance_scale": params.guidance_scale or float(card.extra.get("guidance_scale", GUIDANCE_SCALE)),
+            "strength": params.strength or float(card.extra.get("strength", STRENGTH))}
 
 
 def parse_value_map(text: str) -> dict[int, int] | None:
@@ -268,8 +276,7 @@ def _output_nodata(info: RasterInfo, found: list[int], name: str, progress: Prog
 # --- the tile loop -------------------------------------------------------------------------------------
 def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str, card: ModelCard,
                   mapping: ClassMapping, info: RasterInfo, nodata: float, bands: list[int], grid: TileGrid,
-                  runner: BatchRunner, steps: int, guidance_scale: float,
-                  progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+                  runner: BatchRunner, sampling: dict, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
     """Refine and write every tile; returns per model class its valid coarse pixels and how many of them changed.
 
     Blended channels: the mean class probabilities of the samples (K) and, for the uncertainty raster,
@@ -302,8 +309,8 @@ def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str,
             seed = params.seed + (first + int(rows[0])) * samples
             probabilities, votes = 0.0, 0.0
             for s in range(samples):
-                p = refine(model, images[rows], coarse[rows], steps, guidance_scale, seed=seed + s,
-                           progress=SubProgress(batch_progress, s / samples, (s + 1) / samples)).cpu()
+                p = refine(model, images[rows], coarse[rows], seed=seed + s,
+                           progress=SubProgress(batch_progress, s / samples, (s + 1) / samples), **sampling).cpu()
                 probabilities = probabilities + p / samples
                 if with_votes:
                     best = torch.from_numpy(mapping.best_classes(p.numpy().transpose(1, 0, 2, 3)))

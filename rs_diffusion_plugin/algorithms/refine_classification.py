@@ -37,7 +37,9 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             "map against it (mIoU, bIoU@3, WFm@3: boundary scores within 3 px) and warns when the refined map "
             "scores lower; COARSE_WFM3 and REFINED_WFM3 hold the WFm@3 of both. A refiner trained on other "
             "data can make a map worse: check it on a labelled area first.\n\n"
-            "STEPS and GUIDANCE 0 use the model's own settings. Default model: the shipped starter.")
+            "STEPS, GUIDANCE and STRENGTH 0 use the model's own settings. STRENGTH is the share of the sampling "
+            "chain run from the classification's own (noised) encoding: 1 redraws the map from noise (the paper), "
+            "lower values keep more of it. Default model: the shipped starter.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Image")))
@@ -59,6 +61,9 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
         self.add_advanced(QgsProcessingParameterNumber(
             "GUIDANCE", self.tr("Guidance scale (0: the model's)"), DOUBLE_NUMBER,
             defaultValue=0.0, minValue=0.0, maxValue=50.0))
+        self.add_advanced(QgsProcessingParameterNumber(
+            "STRENGTH", self.tr("Strength: share of the chain run from the noised classification (0: the model's)"),
+            DOUBLE_NUMBER, defaultValue=0.0, minValue=0.0, maxValue=1.0))
         self.add_advanced(QgsProcessingParameterBand(
             "BANDS", self.tr("Image bands, in the model's order (empty: the first bands)"),
             parentLayerParameterName="INPUT", allowMultiple=True, optional=True))
@@ -92,6 +97,7 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
                 samples=self.parameterAsInt(parameters, "SAMPLES", context),
                 steps=self.parameterAsInt(parameters, "STEPS", context),
                 guidance_scale=self.parameterAsDouble(parameters, "GUIDANCE", context),
+                strength=self.parameterAsDouble(parameters, "STRENGTH", context),
                 uncertainty_path=self.parameterAsOutputLayer(parameters, "OUTPUT_UNCERTAINTY", context) or "",
                 value_map=parse_value_map(self.parameterAsString(parameters, "VALUE_MAP", context)),
                 bands=self.parameterAsInts(parameters, "BANDS", context) or None,
