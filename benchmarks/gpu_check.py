@@ -1,7 +1,7 @@
 """`make gpu-check`: everything that only runs on CUDA, run once on a small input -> benchmarks/results/gpu.json.
 
-- every trainer for a few steps through `python -m training` (the Trainer's AMP path: float16 autocast +
-  GradScaler on CUDA), on small procedural datasets written first;
+- every trainer for a few steps through `python -m training` (the Trainer's AMP path on CUDA: bfloat16 autocast
+  where the GPU has it, float16 autocast + GradScaler otherwise), on small procedural datasets written first;
 - every raster pipeline and sampler on a small input (the `roofline` section's runs, device cuda);
 - BatchRunner's out-of-memory fallback (halve the batch, then the CPU) on the GPU;
 - SAROSS-Net's paper preset (ResNet-34 UNet++ with CAFT nodes), one 512 x 512 forward at batch 1, timed in
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "bf16_supported": torch.cuda.is_bf16_supported(),
-              "trainer_amp": "float16 autocast + GradScaler (training/trainer.py)"}
+              "trainer_amp": ("bfloat16 autocast (no GradScaler)" if torch.cuda.is_bf16_supported()
+                              else "float16 autocast + GradScaler") + " (training/trainer.py)"}
     with tempfile.TemporaryDirectory(prefix="rsd-gpu-check-") as tmp:
         report["training"] = {name: checked(train, name, arguments, Path(tmp))
                               for name, arguments in TRAINING_RUNS}

@@ -62,6 +62,16 @@ def requested_cpu_path() -> str:
     return name
 
 
+def training_autocast_dtype(device: torch.device, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The trainers' mixed-precision dtype: bfloat16 on GPUs that have it (float32's range, so no loss scaling),
+    float16 with a GradScaler on older GPUs, None (float32) on the CPU."""
+    if device.type != "cuda":
+        return None
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if bf16_supported else torch.float16
+
+
 def native_bf16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles), read from /proc/cpuinfo."""
     try:

@@ -10,7 +10,8 @@ from core.change.pipeline import load_changedet
 from core.checkpoint import ModelError
 from core.data.change import make_change_pair
 from core.data.scenes import make_scene
-from core.device import ARGMAX_AGREEMENT, CPU_PATH_ENV, BatchRunner, native_bf16, requested_cpu_path
+from core.device import (ARGMAX_AGREEMENT, CPU_PATH_ENV, BatchRunner, native_bf16, requested_cpu_path,
+                         training_autocast_dtype)
 from core.oilspill.pipeline import load_saross
 from core.progress import Progress
 from core.segmentation.model import load_segmenter
@@ -141,3 +142,13 @@ def test_tiny_tiles_and_non_image_batches_stay_on_plain_torch(monkeypatch):
     rows = BatchRunner(model, CPU, progress)
     rows(torch.arange(3), lambda m, r: r.float()[:, None] * 2)   # the refiner hands over row indices
     assert rows.cpu_path.name == "torch"
+
+
+def test_trainers_mixed_precision_is_bf16_on_gpus_that_have_it_float16_with_scaler_elsewhere_none_on_cpu(tmp_path):
+    from training.trainer import Trainer, TrainSettings
+    cuda = torch.device("cuda", 0)
+    assert training_autocast_dtype(cuda, bf16_supported=True) == torch.bfloat16
+    assert training_autocast_dtype(cuda, bf16_supported=False) == torch.float16
+    assert training_autocast_dtype(torch.device("cpu")) is None
+    trainer = Trainer(torch.nn.Linear(2, 1), TrainSettings(run_dir=str(tmp_path), device="cpu", ema_decay=0))
+    assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()

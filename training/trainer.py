@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from core.device import resolve_device
+from core.device import resolve_device, training_autocast_dtype
 
 STATE_NAME = "training_state.pt"
 log = logging.getLogger("rs_diffusion")
@@ -148,8 +148,8 @@ class Trainer:
         params = [p for p in (parameters or self.model.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.amp = device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp_dtype = training_autocast_dtype(device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.position: tuple[int, int] | None = None    # (epoch, batches of it consumed) at self.step
         self.saved_rng: dict[str, Any] | None = None     # RNG states to restore when fit starts
@@ -263,7 +263,7 @@ class Trainer:
     def _train_step(self, batch, loss_fn) -> float:
         self.wrapped.train()
         batch = _to_device(batch, self.device)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
             loss = loss_fn(self.wrapped, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
