@@ -28,6 +28,7 @@ from core.catalog import RESOURCES_DIR, starter_model_dir
 from core.device import CPU_PATH_ENV, describe_device, resolve_device
 
 LOW_FRACTION = 0.3
+REFINE_PX = 256   # IDGBR samples every 64 px tile with CFG: a 1024 px raster would take ~20 min per run here
 THIN_CHANNELS = 32
 
 
@@ -171,6 +172,7 @@ def probes(cfg: argparse.Namespace) -> dict[str, Probe]:
     from segmentation_models_pytorch.base import SegmentationModel
 
     size = 384 if cfg.quick else 1024
+    refine_size = 128 if cfg.quick else REFINE_PX
     count = 4 if cfg.quick else 8
     device = cfg.device
 
@@ -192,7 +194,8 @@ def probes(cfg: argparse.Namespace) -> dict[str, Probe]:
         detect_changes(ChangeParams(str(tmp / "a.tif"), str(tmp / "b.tif"), str(tmp / "change.tif"), device=device))
 
     def refine(tmp):
-        once(tmp, "scene.tif", lambda: write_scene(tmp / "scene.tif", tmp / "labels.tif", size, size, seed=11))
+        once(tmp, "scene.tif", lambda: write_scene(tmp / "scene.tif", tmp / "labels.tif", refine_size, refine_size,
+                                                   seed=11))
         refine_raster(RefineParams(str(tmp / "scene.tif"), str(tmp / "labels.tif"), str(tmp / "refined.tif"),
                                    steps=5 if cfg.quick else 0, device=device))
 
@@ -241,6 +244,7 @@ def bench(cfg: argparse.Namespace) -> dict:
             rows[name] = measure_pipeline(name, probe, folder, peak["peak_gflops"], repeats)
     return {"peak": peak, **rows,
             "settings": {"device": describe_device(resolve_device(cfg.device)), "repeats": repeats,
-                         "raster_px": 384 if cfg.quick else 1024, "fusion_pair_px": 256,
+                         "raster_px": 384 if cfg.quick else 1024, "refine_raster_px": 128 if cfg.quick else REFINE_PX,
+                         "fusion_pair_px": 256,
                          "generated_pairs": 4 if cfg.quick else 8, "starters": str(RESOURCES_DIR / "models"),
                          "low_fraction": LOW_FRACTION, "segmenter": str(starter_model_dir("segmentation"))}}

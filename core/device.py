@@ -3,9 +3,9 @@
 On a CPU the same model runs several times faster in another form on some machines and slower on others:
 channels_last convolutions, bfloat16 autocast (only fast where the CPU has native bf16: AVX512-BF16 or AMX;
 elsewhere it is emulated) or ONNX Runtime (optional dependency). `BatchRunner` therefore tries them on the
-first image tile it runs, keeps those whose outputs agree with plain torch (class argmax on >= 99.5% of the
+first batch of image tiles it runs, keeps those whose outputs agree with plain torch (class argmax on >= 99.5% of the
 pixels; relative error <= 1% for outputs without a class axis) and runs everything with the fastest (the choice
-is remembered for the same model, tile shape and thread count for the rest of the process).
+is remembered for the same model, batch shape and thread count for the rest of the process).
 RS_DIFFUSION_CPU_PATH=torch|channels_last|bf16|onnxruntime forces one; the choice is logged. Tiny tiles
 (under 128 x 128 px) and batches that are not images (the refiner's row indices) stay on plain torch: there the
 trial costs more than any gain.
@@ -32,6 +32,8 @@ TRIAL_MIN_PIXELS = 128 * 128       # per tile; below, plain torch
 ARGMAX_AGREEMENT = 0.995           # share of pixels whose class must not change
 RELATIVE_ERROR = 0.01              # for outputs without a class axis
 MIN_SPEEDUP = 1.1                  # leave plain torch only for a clear gain (timings are noisy)
+MIN_SAMPLER_CALLS = 20             # shorter sampling chains stay on plain torch (FastForward)
+TRIAL_CALLS = 2                    # FastForward's timed calls of both forms before it chooses
 Forward = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 _CHOSEN: dict[tuple, str] = {}     # (model, tile shape, threads) -> path, for later runners in this process
 
@@ -104,17 +106,28 @@ class CpuPath:
         return forward(self.model, x)
 
     def run_onnx(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
-        """forward traced for one tile and run by ONNX Runtime tile by tile; traced again when a call brings
-        another forward (other code, or a closure over other values), since the trace freezes them."""
-        signature = (forward.__code__, tuple(id(c.cell_contents) for c in forward.__closure__ or ()),
-                     tuple(x.shape[1:]))
+        """forward traced once with a dynamic batch axis and run by ONNX Runtime over the whole batch; traced again
+        when a call brings another forward (other code, or a closure over other values), since the trace freezes
+        them."""
+        signature = (forward_signature(forward), tuple(x.shape[1:]))
         if signature != self.traced_for:
-            self.session, self.traced_for = onnx_session(self.model, forward, x[:1]), signature
-        return torch.cat([torch.from_numpy(self.session.run(None, {"input": tile.float().numpy()})[0])
-                          for tile in x.split(1)])
+            self.session, self.traced_for = onnx_session(self.model, forward, (x[:1],)), signature
+        return ort_run(self.session, (x,))
 
 
-def onnx_session(model: torch.nn.Module, forward: Forward, example: torch.Tensor):
+def model_fingerprint(model: torch.nn.Module) -> tuple:
+    """This model, not its class: its type and the sum of its weights."""
+    return type(model).__name__, sum(float(p.detach().double().sum()) for p in model.parameters())
+
+
+def forward_signature(forward: Callable) -> tuple:
+    """What a trace of `forward` freezes: its code and the objects its closure holds."""
+    return forward.__code__, tuple(id(c.cell_contents) for c in forward.__closure__ or ())
+
+
+def onnx_session(model: torch.nn.Module, forward: Callable, examples: tuple[torch.Tensor, ...]):
+    """ONNX Runtime session of forward(model, *inputs): inputs input0.., every axis 0 of a tensor with axes
+    dynamic (the batch), so one export serves every batch size."""
     from core.onnx_export import ort_session
 
     class Closure(torch.nn.Module):
@@ -122,15 +135,22 @@ def onnx_session(model: torch.nn.Module, forward: Forward, example: torch.Tensor
             super().__init__()
             self.model = model
 
-        def forward(self, x):
-            return forward(self.model, x)
+        def forward(self, *inputs):
+            return forward(self.model, *inputs)
 
+    names = [f"input{i}" for i in range(len(examples))]
+    dynamic = {name: {0: "batch"} for name, x in zip(names, examples) if x.dim() > 0}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(Closure().eval(), (example,), buffer, dynamo=False, opset_version=17,
-                          input_names=["input"])
+        torch.onnx.export(Closure().eval(), tuple(examples), buffer, dynamo=False, opset_version=17,
+                          input_names=names, output_names=["output"], dynamic_axes={**dynamic, "output": {0: "batch"}})
     return ort_session(buffer.getvalue())
+
+
+def ort_run(session, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    feed = {f"input{i}": x.detach().cpu().numpy() for i, x in enumerate(inputs)}
+    return torch.from_numpy(session.run(None, feed)[0])
 
 
 def outputs_agree(reference: torch.Tensor, other: torch.Tensor) -> bool:
@@ -193,12 +213,12 @@ class BatchRunner:
 
     def run_on_cpu(self, chunk: torch.Tensor, forward: Forward) -> torch.Tensor:
         if self.cpu_path is None:
-            self.cpu_path = self.choose_cpu_path(chunk[:1], forward)
+            self.cpu_path = self.choose_cpu_path(chunk, forward)
         return self.cpu_path.run(forward, chunk)
 
     def choose_cpu_path(self, tile: torch.Tensor, forward: Forward) -> CpuPath:
-        """The requested path, or on 'auto' the fastest one that agrees with plain torch on the first tile (one
-        tile keeps the trial short; ONNX Runtime is then traced for batches of one)."""
+        """The requested path, or on 'auto' the fastest one that agrees with plain torch on the first batch (how
+        each form scales with the batch differs, so the trial runs a whole one)."""
         if self.requested != "auto":
             if self.requested == "bf16" and not native_bf16():
                 self.progress.warning("bfloat16 was requested but this CPU has no native bf16 (AVX512-BF16 or AMX): "
@@ -211,8 +231,7 @@ class BatchRunner:
         plain = CpuPath("torch", self.model)
         if tile.dim() != 4 or tile.shape[-1] * tile.shape[-2] < TRIAL_MIN_PIXELS:
             return plain
-        weights = sum(float(p.detach().double().sum()) for p in self.model.parameters())   # this model, not its class
-        key = (type(self.model).__name__, weights, tuple(tile.shape), torch.get_num_threads())
+        key = (model_fingerprint(self.model), tuple(tile.shape), torch.get_num_threads())
         if key in _CHOSEN:
             return CpuPath(_CHOSEN[key], self.model)
         chosen, note = self.trial(plain, tile, forward)
@@ -234,8 +253,8 @@ class BatchRunner:
             try:
                 path = CpuPath(name, self.model)
                 agrees = outputs_agree(reference, path.run(forward, tile))
-                if agrees and name == "onnxruntime":   # a trace that froze an input-dependent value shows here
-                    mirrored = tile.flip(-1)
+                if agrees and name == "onnxruntime":   # a frozen input-dependent value or batch size shows here
+                    mirrored = torch.cat([tile, tile.flip(-1)])   # another batch size, other values
                     agrees = outputs_agree(plain.run(forward, mirrored), path.run(forward, mirrored))
             except Exception as exc:   # a form this model cannot take (an operator, a layout): keep the others
                 rejected.append(f"{name}: {type(exc).__name__}")
@@ -247,5 +266,82 @@ class BatchRunner:
             timings.append(f"{name} {seconds:.2f} s")
             if seconds * MIN_SPEEDUP < best_s:
                 best, best_s = path, seconds
-        note = f"{plain_s / best_s:.2f}x plain torch on the first tile: {', '.join(timings)}"
+        note = f"{plain_s / best_s:.2f}x plain torch on the first batch: {', '.join(timings)}"
         return best, note + (f"; not used: {', '.join(rejected)}" if rejected else "")
+
+
+class FastForward:
+    """A sampler's denoiser call, forward(model, *tensors) -> tensor, on the fastest CPU form that agrees with plain
+    torch: plain torch or ONNX Runtime (when installed), exported once per model and input shapes with every tensor
+    an input (time steps and conditions change each call, so none may be frozen into the trace). The first call
+    runs torch and exports; the next TRIAL_CALLS, with other time steps, run both, compare (relative error <= 1%)
+    and time them; the rest use the faster. `forward` must use only its arguments (no closure over changing values).
+    Elsewhere than on the CPU, with RS_DIFFUSION_CPU_PATH=torch, or for chains of fewer than MIN_SAMPLER_CALLS
+    calls (the export costs about as much as that many calls) it is plain torch."""
+
+    def __init__(self, model: torch.nn.Module, forward: Callable[..., torch.Tensor], calls: int,
+                 progress: Progress | None = None):
+        self.model, self.forward = model, forward
+        self.progress = progress or Progress()
+        self.session = None
+        self.choice: str | None = None
+        self.timings: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
+        device = next(model.parameters()).device
+        requested = requested_cpu_path()
+        self.forced = requested == "onnxruntime"
+        if device.type != "cpu" or requested not in ("auto", "onnxruntime") or (
+                requested == "auto" and calls < MIN_SAMPLER_CALLS):
+            self.choice = "torch"
+        elif requested == "auto":
+            try:
+                import onnxruntime  # noqa: F401  (optional: tried only when installed)
+            except ImportError:
+                self.choice = "torch"
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.choice == "torch":
+            return self.forward(self.model, *inputs)
+        if self.choice == "onnxruntime":
+            return ort_run(self.session, inputs).to(inputs[0].dtype)
+        key = (model_fingerprint(self.model), forward_signature(self.forward),
+               tuple((tuple(x.shape[1:]), x.dtype) for x in inputs), torch.get_num_threads())
+        cached = _FAST_SESSIONS.get(key)
+        if cached and (cached[0] == "onnxruntime" or not self.forced):
+            self.choice, self.session = cached
+            return self(*inputs)
+        if self.session is None:   # first call: torch, and the export
+            output = self.forward(self.model, *inputs)
+            try:
+                self.session = onnx_session(self.model, self.forward, inputs)
+                ort_run(self.session, inputs)   # its first run sets up its memory: not timed
+            except Exception as exc:   # an operator the exporter cannot take: stay on torch
+                if self.forced:
+                    raise
+                self.decide("torch", key, f"the ONNX export failed ({type(exc).__name__})")
+            if self.forced:
+                self.decide("onnxruntime", key, f"set by {CPU_PATH_ENV}")
+            return output
+        start = time.perf_counter()   # trial calls (other time steps than the export's): both, compared and timed
+        output = self.forward(self.model, *inputs)
+        self.timings["torch"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        other = ort_run(self.session, inputs).to(output.dtype)
+        self.timings["onnxruntime"].append(time.perf_counter() - start)
+        error = ((other - output).norm() / output.norm().clamp_min(1e-12)).item()
+        if error > RELATIVE_ERROR:
+            self.decide("torch", key, f"ONNX Runtime's output differs by {error:.1%}")
+        elif len(self.timings["torch"]) == TRIAL_CALLS:
+            torch_s, ort_s = min(self.timings["torch"]), min(self.timings["onnxruntime"])
+            self.decide("onnxruntime" if ort_s * MIN_SPEEDUP < torch_s else "torch", key,
+                        f"ONNX Runtime {ort_s:.3f} s, torch {torch_s:.3f} s per call, outputs within {error:.2%}")
+        return output
+
+    def decide(self, choice: str, key: tuple, note: str) -> None:
+        self.choice = choice
+        if choice == "torch":
+            self.session = None
+        _FAST_SESSIONS[key] = (choice, self.session)
+        self.progress.info(f"Sampler CPU path: {choice} ({note}; {CPU_PATH_ENV}=torch turns it off).")
+
+
+_FAST_SESSIONS: dict[tuple, tuple] = {}   # (model, forward, input shapes) -> (choice, session) for this process

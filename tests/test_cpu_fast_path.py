@@ -95,10 +95,10 @@ def test_auto_picks_an_agreeing_path_logs_it_and_remembers_it(monkeypatch):
     got = runner(x, forward)
     assert (got.argmax(1) == expected.argmax(1)).float().mean() >= ARGMAX_AGREEMENT
     [line] = [m for m in progress.messages if m.startswith("CPU path: ")]
-    assert runner.cpu_path.name in line and "plain torch on the first tile" in line and CPU_PATH_ENV in line
+    assert runner.cpu_path.name in line and "plain torch on the first batch" in line and CPU_PATH_ENV in line
     again = Recorder()
-    BatchRunner(model, CPU, again)(x[:1], forward)   # same model and tile shape: no second trial
-    assert not any("first tile" in m for m in again.messages)
+    BatchRunner(model, CPU, again)(x, forward)   # same model and batch shape: no second trial
+    assert not any("first batch" in m for m in again.messages)
 
 
 def test_override_is_logged_and_a_bad_value_is_refused(monkeypatch):
@@ -152,3 +152,38 @@ def test_trainers_mixed_precision_is_bf16_on_gpus_that_have_it_float16_with_scal
     assert training_autocast_dtype(torch.device("cpu")) is None
     trainer = Trainer(torch.nn.Linear(2, 1), TrainSettings(run_dir=str(tmp_path), device="cpu", ema_decay=0))
     assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()
+
+
+def satsynth_samples(monkeypatch, path, steps, progress=None):
+    from core.synthesis.generate import load_denoiser
+    from core.synthesis.satsynth import sample
+    monkeypatch.setenv(CPU_PATH_ENV, path)
+    model = load_denoiser(str(starter_model_dir("satsynth")), "satsynth", CPU)[0]
+    return sample(model, 2, steps=steps, seed=3, progress=progress)
+
+
+@pytest.mark.parametrize("path", ["auto", "onnxruntime"])
+def test_samplers_fast_path_gives_torchs_samples(monkeypatch, path):
+    """FastForward (the samplers' denoiser calls) under ONNX Runtime, with the time step an input of the export:
+    the SatSynth starter's DDIM-25 pairs match plain torch's (images within 1%, labels on >= 99.5% of pixels)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr("core.device._FAST_SESSIONS", {})   # no choice remembered from another test
+    reference = satsynth_samples(monkeypatch, "torch", 25)
+    progress = Recorder()
+    fast = satsynth_samples(monkeypatch, path, 25, progress)
+    [line] = [m for m in progress.messages if m.startswith("Sampler CPU path: ")]
+    assert path == "auto" or line.startswith("Sampler CPU path: onnxruntime")
+    error = ((fast.images - reference.images).norm() / reference.images.norm()).item()
+    assert error <= 0.01
+    assert (fast.labels == reference.labels).float().mean() >= ARGMAX_AGREEMENT
+
+
+def test_short_chains_and_the_torch_override_stay_on_plain_torch(monkeypatch):
+    from core.device import FastForward
+    model = torch.nn.Conv2d(1, 1, 3)
+    assert FastForward(model, lambda m, x: m(x), calls=5).choice == "torch"
+    monkeypatch.setenv(CPU_PATH_ENV, "torch")
+    assert FastForward(model, lambda m, x: m(x), calls=500).choice == "torch"
+    monkeypatch.setenv(CPU_PATH_ENV, "auto")
+    if __import__("importlib").util.find_spec("onnxruntime"):
+        assert FastForward(model, lambda m, x: m(x), calls=500).choice is None   # decided by its first two calls

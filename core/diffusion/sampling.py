@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from core.device import FastForward
 from core.diffusion.schedules import TIMESTEPS, schedule_config
 from core.progress import Progress
 
@@ -114,6 +115,11 @@ def _ddim_step(scheduler: DDIMScheduler, output: torch.Tensor, x: torch.Tensor, 
     return x_next
 
 
+def unet_sample(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A diffusers UNet's prediction as a plain tensor (what FastForward runs)."""
+    return model(x, t).sample
+
+
 @torch.inference_mode()
 def denoise(model: torch.nn.Module, shape: tuple[int, ...], sampler: str = "ddim", steps: int = 50, seed: int = 0,
             progress: Progress | None = None, eta: float = DDIM_ETA, clip: bool = True) -> torch.Tensor:
@@ -125,5 +131,6 @@ def denoise(model: torch.nn.Module, shape: tuple[int, ...], sampler: str = "ddim
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(*shape, generator=generator).to(device)
     model.eval()
-    x = reverse_diffusion(lambda x_t, t: model(x_t, t).sample, x, scheduler, eta, generator, progress=progress)
+    net = FastForward(model, unet_sample, len(scheduler.timesteps), progress)
+    x = reverse_diffusion(net, x, scheduler, eta, generator, progress=progress)
     return (x.clamp(-1, 1) if clip else x).cpu()

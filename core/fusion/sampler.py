@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from core.device import FastForward
 from core.fusion.em import EM_MODES, EmState, em_step
 from core.fusion.prior import FusionPrior
 from core.diffusion.sampling import reverse_diffusion, sampling_scheduler
@@ -160,12 +161,18 @@ def _synchronize(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def prior_eps(prior: FusionPrior, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The prior's epsilon (what FastForward runs)."""
+    return prior(x, t)
+
+
 class _DigEstimator:
     """l(c^_k^t, c_k) of each source at each noise level (Eqs. 8-10), one prior evaluation per level, cached."""
 
     def __init__(self, prior: FusionPrior, sources: torch.Tensor, alphas: torch.Tensor, settings: FusionSettings,
                  trace: FusionTrace):
         self.prior, self.alphas, self.settings, self.trace = prior, alphas, settings, trace
+        self.eps = FastForward(prior, prior_eps, len(trace.timesteps) // settings.dig_interval)
         self.sources = sources                                  # (B, 2, H, W): infrared, visible
         b, k, h, w = sources.shape
         generator = torch.Generator().manual_seed(settings.seed + 1)
@@ -191,7 +198,7 @@ class _DigEstimator:
             clean = self.sources[:, :, None].expand(b, k, self.prior.channels, h, w)
             a = self.alphas[t]
             noised = (a.sqrt() * clean + (1 - a).sqrt() * self.noise).reshape(b * k, -1, h, w)
-            eps = self.prior(noised, torch.full((b * k,), t, device=noised.device))
+            eps = self.eps(noised, torch.full((b * k,), t, device=noised.device))
             self.trace.forward_batches.append(b * k)
             estimate = ((noised - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1).reshape(b, k, -1, h, w)
             # the gray source fills every channel of the prior: count it once, whatever the prior's channels
@@ -257,6 +264,7 @@ class _Rectification:
     def __init__(self, prior: FusionPrior, infrared: torch.Tensor, visible: torch.Tensor, settings: FusionSettings,
                  trace: FusionTrace):
         self.prior, self.infrared, self.visible, self.settings, self.trace = prior, infrared, visible, settings, trace
+        self.eps = FastForward(prior, prior_eps, len(trace.timesteps))
         self.device = infrared.device
         self.state = EmState.initial(infrared)
         self.weights = torch.ones(infrared.shape[0], 2, 1, 1, device=self.device)   # DDFM: both terms at full strength
@@ -274,7 +282,7 @@ class _Rectification:
             self.trace.dig_steps.append(i)
             self._tick("dig")
         self.trace.weights.append(self.weights / 2)
-        eps = self.prior(x, torch.full((x.shape[0],), int(t), device=self.device))
+        eps = self.eps(x, torch.full((x.shape[0],), int(t), device=self.device))
         self.trace.forward_batches.append(x.shape[0])
         self._tick("prior")
         return eps

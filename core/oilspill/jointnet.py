@@ -17,6 +17,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from core.data.folder import IGNORE_INDEX
+from core.device import FastForward
 from core.diffusion import schedules
 from core.diffusion.losses import diffusion_target
 from core.diffusion.sampling import reverse_diffusion, sampling_scheduler
@@ -292,6 +293,11 @@ class SarPairs:
     logits: torch.Tensor         # (B, C, H, W)
 
 
+def joint_prediction(model: SarJointNet, joint: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Both branches' x0 predictions as one (B, 1 + K, H, W) tensor, from the stacked image and label."""
+    return torch.cat(model(joint[:, :1], joint[:, 1:], t), dim=1)
+
+
 @torch.inference_mode()
 def sample_pairs(model: SarJointNet, count: int, steps: int = DEFAULT_SAMPLING_STEPS, seed: int = 0,
                  size: int | None = None, progress: Progress | None = None) -> SarPairs:
@@ -308,15 +314,13 @@ def sample_pairs(model: SarJointNet, count: int, steps: int = DEFAULT_SAMPLING_S
     y = torch.randn(count, classes, size, size, generator=generator).to(device)
     last_logits = []
 
-    def predict(joint: torch.Tensor, t) -> torch.Tensor:
-        return torch.cat(model(joint[:, :1], joint[:, 1:], t), dim=1)
-
     def label_feedback(x0: torch.Tensor, t, i: int) -> torch.Tensor:
         last_logits[:] = [x0[:, 1:]]
         return torch.cat([x0[:, :1].clamp(-1, 1), (x0[:, 1:].softmax(dim=1) * 2 - 1) * balance], dim=1)
 
     model.eval()
     scheduler = sampling_scheduler("ddim", steps, "sample", "squared-cosine", clip=False)
+    predict = FastForward(model, joint_prediction, len(scheduler.timesteps), progress)
     joint = reverse_diffusion(predict, torch.cat([x, y], dim=1), scheduler, x0_hook=label_feedback, progress=progress)
     x, logits = joint[:, :1], last_logits[0].float().cpu()
     return SarPairs(images=x.clamp(-1, 1).float().cpu(), labels=logits.argmax(dim=1),

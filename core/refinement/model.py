@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
 from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.device import FastForward
 from core.diffusion.losses import diffusion_target
 from core.diffusion.sampling import reverse_diffusion
 from core.diffusion.schedules import TIMESTEPS, schedule_config
@@ -435,17 +436,33 @@ def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) 
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
+def guided_eps(model: IDGBR, z_t: torch.Tensor, t: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+    """(eps_uncond | eps_cond) stacked on the channel axis, from the condition features as plain tensors (image
+    maps, then coarse-map maps): what core.device.FastForward runs."""
+    return torch.cat(model.predict_cfg(z_t, t, _conditions(features)), dim=1)
+
+
+def conditional_eps(model: IDGBR, z_t: torch.Tensor, t: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+    return model.predict(z_t, t, _conditions(features))
+
+
+def _conditions(features: tuple[torch.Tensor, ...]) -> ConditionFeatures:
+    half = len(features) // 2
+    return ConditionFeatures(list(features[:half]), list(features[half:]))
+
+
 @torch.inference_mode()
 def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int = SAMPLING_STEPS,
            guidance_scale: float = GUIDANCE_SCALE, seed: int = 0, progress: Progress | None = None,
-           strength: float = STRENGTH) -> torch.Tensor:
+           strength: float = STRENGTH, calls: int = 0) -> torch.Tensor:
     """Refined class probabilities (B, K, H, W) from images (B, 3, H, W) in [-1, 1] and coarse maps (B, H, W).
 
     DDIM from z_T ~ N(0, I) (strength 1, the paper); with CFG the unconditional and conditional passes run as
     one forward (IDGBR.predict_cfg). Strength s < 1 runs only the last s of the DDIM steps, from the coarse map's
     latent noised to that level (SDEdit): the refiner redraws what the noise hides (boundaries) and keeps the
     layout, which a small refiner cannot redraw as well as the coarse map has it. Probabilities, not labels,
-    so that tiles can be blended.
+    so that tiles can be blended. `calls`: how many denoiser calls the caller makes in all with this model (a
+    pipeline refines tile batch after tile batch; 0: this chain's), for core.device.FastForward.
     """
     if not 0 < strength <= 1:
         raise ValueError(f"Strength must be in (0, 1], got {strength}.")
@@ -466,10 +483,13 @@ def refine(model: IDGBR, image: torch.Tensor, coarse: torch.Tensor, steps: int =
             scheduler.timesteps = scheduler.timesteps[-max(1, round(strength * steps)):]
             z = scheduler.add_noise(c_coarse, z, scheduler.timesteps[:1])
 
+        net = FastForward(model, guided_eps if guidance_scale != 1 else conditional_eps,
+                          calls or len(scheduler.timesteps), progress)
+        features = (*conditions.image, *conditions.coarse)
+
         def predict(z_t: torch.Tensor, t) -> torch.Tensor:
-            if guidance_scale != 1:
-                return cfg_combine(*model.predict_cfg(z_t, t, conditions), guidance_scale)
-            return model.predict(z_t, t, conditions)
+            eps = net(z_t, t, *features)
+            return cfg_combine(*eps.chunk(2, dim=1), guidance_scale) if guidance_scale != 1 else eps
 
         z = reverse_diffusion(predict, z, scheduler, progress=progress)
         return model.decode_logits(z).softmax(dim=1)

@@ -283,6 +283,8 @@ def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str,
     each class's share of the samples' argmaxes (K).
     """
     n_classes, samples = len(card.classes), params.samples
+    chain = max(1, round(sampling["strength"] * sampling["steps"]))
+    calls = math.ceil(len(grid) / params.batch_size) * samples * chain   # the whole run's, for the CPU fast path
     with_votes = bool(uncertainty_path)
     common = dict(width=info.width, height=info.height, crs_wkt=info.crs_wkt, transform=info.transform)
     valid_by_class, changed_by_class = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
@@ -309,7 +311,7 @@ def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str,
             seed = params.seed + (first + int(rows[0])) * samples
             probabilities, votes = 0.0, 0.0
             for s in range(samples):
-                p = refine(model, images[rows], coarse[rows], seed=seed + s,
+                p = refine(model, images[rows], coarse[rows], seed=seed + s, calls=calls,
                            progress=SubProgress(batch_progress, s / samples, (s + 1) / samples), **sampling).cpu()
                 probabilities = probabilities + p / samples
                 if with_votes:

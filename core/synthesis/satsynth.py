@@ -17,7 +17,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from core.data.generated import GeneratedPairs
 from core.diffusion.losses import diffusion_target
 from core.diffusion.presets import PIXEL_UNET_PRESETS
-from core.diffusion.sampling import DDIM_ETA, denoise, reverse_diffusion, sampling_scheduler
+from core.device import FastForward
+from core.diffusion.sampling import DDIM_ETA, denoise, reverse_diffusion, sampling_scheduler, unet_sample
 from core.diffusion.schedules import training_scheduler
 from core.encodings import bit_class_probabilities, decode_bits, encode_bits, n_bits
 from core.progress import Progress
@@ -143,8 +144,8 @@ def super_resolve(model: JointDenoiser, low: GeneratedPairs, steps: int = 50, se
     x = torch.randn(condition.shape[0], architecture["unet"]["out_channels"], *condition.shape[-2:],
                     generator=generator).to(device)
     model.eval()
-    x = reverse_diffusion(lambda x_t, t: model(torch.cat([x_t, condition], dim=1), t).sample, x, scheduler,
-                          progress=progress)
+    net = FastForward(model, unet_sample, len(scheduler.timesteps), progress)
+    x = reverse_diffusion(lambda x_t, t: net(torch.cat([x_t, condition], dim=1), t), x, scheduler, progress=progress)
     x = x.clamp(-1, 1).cpu()
     bits = x[:, bands:]
     return GeneratedPairs(images=(x[:, :bands] + 1) / 2, labels=decode_bits(bits, k),
