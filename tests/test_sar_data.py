@@ -53,7 +53,8 @@ def test_every_class_appears_and_classes_have_their_radiometry(scenes):
                 means[k].append(db[labels == k].mean() - db[labels == 0].mean())
         if (labels == 1).any():
             assert db[labels == 1].mean() < db[labels == 0].mean() - 2  # oil damps the sea
-        assert db[labels == 3].mean() > db[labels == 0].mean() + 10  # ships are bright
+        if (labels == 3).any():
+            assert db[labels == 3].mean() > db[labels == 0].mean() + 10  # ships are bright
     assert present == {0, 1, 2, 3, 4}
     oil, look_alike, land = (np.mean(means[k]) for k in (1, 2, 4))
     assert oil < look_alike < 0 < land  # look-alikes are darker than the sea but less than oil
@@ -222,7 +223,7 @@ def test_crop_dataset_items(tmp_path):
     x, labels, soft = train[0]
     assert x.shape == (1, 32, 32) and x.dtype.is_floating_point and labels.shape == (32, 32)
     assert soft.shape == (5, 32, 32) and not soft.any()
-    assert -1 <= x.min() < -0.9 and 0.9 < x.max() <= 1
+    assert -1 <= x.min() < -0.8 and 0.8 < x.max() <= 1   # the scene's stretch, not the crop's
     evaluation = SarCropDataset(dataset, SarScaling(), crop=48, train=False)
     assert len(evaluation) == 2
     x, labels, soft = evaluation[1]

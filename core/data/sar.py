@@ -16,6 +16,7 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
+from scipy import ndimage
 
 from core.checkpoint import ClassInfo
 from core.data.folder import (IGNORE_INDEX, IMAGE_SUFFIXES, check_labelled, list_pairs, read_class_indices,
@@ -34,6 +35,11 @@ LABEL_NODATA = 255
 SAR_KINDS = ("linear", "db", "amplitude")
 # 8-bit amplitude products: DN 1..255 spans this dB range linearly, 0 stays free for nodata.
 AMPLITUDE_DB_RANGE = (-35.0, 5.0)
+# Mean VV sea backscatter of a scene: C-band (CMOD5.N) sigma0 for 3-10 m/s wind, the window in which oil
+# slicks show, at 20-45 degrees incidence spans about -25 dB (light wind, far range) to -8 dB (near range).
+SEA_MEAN_DB = (-25.0, -8.0)
+SEA_TREND_DB = 10.0             # at most this many dB between the darkest and brightest side of a scene's sea
+SMOOTHED_SPECKLE_SHARE = 0.75   # scenes whose speckle is spatially correlated (resampled products)
 
 
 # --- procedural scenes ---------------------------------------------------------------------------
@@ -56,7 +62,7 @@ def make_sar_scene(height: int, width: int, seed: int, land: bool = True) -> tup
     ship_contrast, ship, sidelobes = _ships(rng, shape, area, heads)
     land_rng = np.random.default_rng([seed, LAND])
     has_land = land and land_rng.random() < 0.5
-    land_mask, land_db = _land(land_rng, shape) if has_land else (np.zeros(shape, bool), None)
+    land_mask, land_db = _land(land_rng, shape, float(sea_db.mean())) if has_land else (np.zeros(shape, bool), None)
 
     labels = np.full(shape, SEA, np.uint8)
     db = sea_db - np.maximum(oil_damping, look_alike_damping)
@@ -68,23 +74,37 @@ def make_sar_scene(height: int, width: int, seed: int, land: bool = True) -> tup
         labels[land_mask] = LAND
         power = np.where(land_mask, 10 ** (land_db / 10), power)
     noise_floor = 10 ** (rng.uniform(-32, -27) / 10)  # thermal noise (NESZ) fills the darkest slicks
+    return ((power + noise_floor) * _speckle(rng, shape)).astype(np.float32), labels
+
+
+def _speckle(rng, shape):
+    """Multi-look intensity speckle, unit mean. Most products people detect oil on are resampled
+    (GRD medium resolution, quick-look JPEGs such as the public oil-spill crops), where speckle is
+    spatially correlated and the sea looks smooth; without that, smoothness alone would tell land
+    (textured but correlated) from sea, and real smooth sea would be called land."""
     looks = rng.uniform(3, 5)
-    speckle = rng.gamma(looks, 1 / looks, shape)  # multi-look intensity speckle, unit mean
-    return ((power + noise_floor) * speckle).astype(np.float32), labels
+    speckle = rng.gamma(looks, 1 / looks, shape)
+    if rng.random() < SMOOTHED_SPECKLE_SHARE:
+        speckle = ndimage.gaussian_filter(speckle, rng.uniform(0.6, 2.5))  # correlation length in px
+    return speckle
 
 
 def _sea_surface(rng, shape):
     """Sea clutter in dB: a mean set by the wind speed, modulated by wind cells and wind streaks,
-    with a gentle trend across range (incidence angle)."""
+    with a trend of up to +-5 dB across the scene in any direction: incidence angle across range and wind
+    fronts in coarse products (the real crops in ../shared/data/sar_oilspill brighten by several dB from one
+    side to the other; with a gentle trend the model called their bright side land)."""
     height, width = shape
     yy, xx = np.indices(shape, dtype=np.float32)
-    mean = rng.uniform(-24, -14)
-    cells = rng.uniform(0.8, 2.0) * fractal_field(rng, shape, rng.uniform(60, 150), 3)
+    mean = rng.uniform(*SEA_MEAN_DB)
+    cells = rng.uniform(0.8, 3.0) * fractal_field(rng, shape, rng.uniform(60, 150), 3)
     direction = rng.uniform(0, np.pi)
     across = xx * np.cos(direction) + yy * np.sin(direction)
     streaks = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * across / rng.uniform(15, 40)
                                              + 2 * noise_field(rng, shape, 30))
-    ramp = rng.uniform(-1.5, 1.5) * (xx / max(width - 1, 1) - 0.5)
+    heading = rng.uniform(0, 2 * np.pi)
+    along = (xx * np.cos(heading) + yy * np.sin(heading)) / max(height, width)
+    ramp = rng.uniform(0, SEA_TREND_DB) * (along - along.mean())
     return (mean + cells + streaks + ramp).astype(np.float32)
 
 
@@ -180,9 +200,10 @@ def _ships(rng, shape, area, heads):
     return contrast, ship, sidelobes
 
 
-def _land(rng, shape):
-    """A coast along one edge with a fractal shoreline (and the odd island); land is bright and
-    textured: fields, relief lit from the radar side, built-up bright spots."""
+def _land(rng, shape, sea_mean_db):
+    """A coast along one edge with a fractal shoreline (and the odd island); land is brighter than
+    the sea beside it (by 1-6 dB at least) and textured: fields, relief lit from the radar side,
+    built-up bright spots."""
     height, width = shape
     yy, xx = np.indices(shape, dtype=np.float32)
     edge = rng.integers(0, 4)
@@ -193,7 +214,7 @@ def _land(rng, shape):
     relief = fractal_field(rng, shape, 40, 4)
     facing = np.clip(np.gradient(relief, axis=1) * 8, -4, 4)  # slopes towards the radar are brighter
     built = (fractal_field(rng, shape, 12, 2) > 1.8) * rng.uniform(6, 10)
-    land_db = (rng.uniform(-11, -5) + 2.5 * fractal_field(rng, shape, 30, 3) + 1.5 * noise_field(rng, shape, 1.5)
+    land_db = (max(rng.uniform(-11, -5), sea_mean_db + rng.uniform(1, 6)) + 2.5 * fractal_field(rng, shape, 30, 3) + 1.5 * noise_field(rng, shape, 1.5)
                + facing + built)
     return land, land_db.astype(np.float32)
 
