@@ -39,7 +39,8 @@ AMPLITUDE_DB_RANGE = (-35.0, 5.0)
 # slicks show, at 20-45 degrees incidence spans about -25 dB (light wind, far range) to -8 dB (near range).
 SEA_MEAN_DB = (-25.0, -8.0)
 SEA_TREND_DB = 10.0             # at most this many dB between the darkest and brightest side of a scene's sea
-SMOOTHED_SPECKLE_SHARE = 0.75   # scenes whose speckle is spatially correlated (resampled products)
+SMOOTHED_SPECKLE_SHARE = 0.4    # scenes with multi-looked (smoothed) speckle
+UPSAMPLED_SPECKLE_SHARE = 0.35  # scenes with few-look speckle upsampled from a coarser grid; the rest: independent
 
 
 # --- procedural scenes ---------------------------------------------------------------------------
@@ -78,14 +79,20 @@ def make_sar_scene(height: int, width: int, seed: int, land: bool = True) -> tup
 
 
 def _speckle(rng, shape):
-    """Multi-look intensity speckle, unit mean. Most products people detect oil on are resampled
-    (GRD medium resolution, quick-look JPEGs such as the public oil-spill crops), where speckle is
-    spatially correlated and the sea looks smooth; without that, smoothness alone would tell land
-    (textured but correlated) from sea, and real smooth sea would be called land."""
+    """Intensity speckle, unit mean, in one of three forms. Most products people detect oil on are resampled
+    (GRD medium resolution, quick-look JPEGs such as the public oil-spill crops), so speckle is often spatially
+    correlated: multi-looked (smooth sea) or upsampled from few looks (blotchy, high-contrast sea). Without
+    those, smoothness or blotchiness alone would tell land from sea, and real sea would be called land."""
+    form = rng.random()
+    if form < UPSAMPLED_SPECKLE_SHARE:   # few looks at a coarser pixel, interpolated to this grid
+        factor = rng.uniform(1.5, 3.0)
+        looks = rng.uniform(1, 3)
+        coarse = rng.gamma(looks, 1 / looks, (int(shape[0] / factor) + 2, int(shape[1] / factor) + 2))
+        return ndimage.zoom(coarse, factor, order=1)[:shape[0], :shape[1]]
     looks = rng.uniform(3, 5)
     speckle = rng.gamma(looks, 1 / looks, shape)
-    if rng.random() < SMOOTHED_SPECKLE_SHARE:
-        speckle = ndimage.gaussian_filter(speckle, rng.uniform(0.6, 2.5))  # correlation length in px
+    if form < UPSAMPLED_SPECKLE_SHARE + SMOOTHED_SPECKLE_SHARE:   # multi-looked: correlation length in px
+        speckle = ndimage.gaussian_filter(speckle, rng.uniform(0.6, 2.5))
     return speckle
 
 
