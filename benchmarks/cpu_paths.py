@@ -16,8 +16,8 @@ import torch
 
 from benchmarks.harness import step, timed
 from core.catalog import starter_model_dir
-from core.device import (CPU_PATH_ENV, TRIAL_CALLS, BatchRunner, FastForward, describe_device, native_bf16,
-                         onnx_session, ort_run, requested_cpu_path)
+from core.device import (CPU_PATH_ENV, BatchRunner, FastForward, describe_device, native_bf16, onnx_session,
+                         ort_run, requested_cpu_path)
 
 Case = tuple[torch.nn.Module, tuple[torch.Tensor, ...], Callable]
 
@@ -95,8 +95,7 @@ def compare(name: str, model: torch.nn.Module, inputs: tuple, forward: Callable,
         ours, chosen = (lambda: runner(inputs[0], forward)), runner.cpu_path.name
     else:
         fast = FastForward(model, forward, calls=1000)   # a whole sampling run's
-        for _ in range(1 + TRIAL_CALLS):   # the export, then the trial calls
-            fast(*inputs)
+        fast(*inputs)   # the first call exports, tries and chooses
         ours, chosen = (lambda: fast(*inputs)), fast.choice
     session = onnx_session(model, forward, inputs)
     onnx_run = lambda: ort_run(session, inputs)   # noqa: E731

@@ -33,7 +33,6 @@ ARGMAX_AGREEMENT = 0.995           # share of pixels whose class must not change
 RELATIVE_ERROR = 0.01              # for outputs without a class axis
 MIN_SPEEDUP = 1.1                  # leave plain torch only for a clear gain (timings are noisy)
 MIN_SAMPLER_CALLS = 20             # shorter sampling chains stay on plain torch (FastForward)
-TRIAL_CALLS = 2                    # FastForward's timed calls of both forms before it chooses
 Forward = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 _CHOSEN: dict[tuple, str] = {}     # (model, tile shape, threads) -> path, for later runners in this process
 
@@ -274,10 +273,12 @@ class FastForward:
     """A sampler's denoiser call, forward(model, *tensors) -> tensor, on the fastest CPU form that agrees with plain
     torch: plain torch or ONNX Runtime (when installed), exported once per model and input shapes with every tensor
     an input (time steps and conditions change each call, so none may be frozen into the trace). The first call
-    runs torch and exports; the next TRIAL_CALLS, with other time steps, run both, compare (relative error <= 1%)
-    and time them; the rest use the faster. `forward` must use only its arguments (no closure over changing values).
-    Elsewhere than on the CPU, with RS_DIFFUSION_CPU_PATH=torch, or for chains of fewer than MIN_SAMPLER_CALLS
-    calls (the export costs about as much as that many calls) it is plain torch."""
+    decides: it exports, runs both forms on its inputs and on the same inputs one time step later (integer
+    tensors + 1: a value frozen into the trace shows there), refuses ONNX Runtime if it differs by more than 1%
+    (relative), keeps it only when faster, and returns the chosen form's output, so that a run and its repeat
+    with the same seed give the same result. `forward` must use only its arguments. Elsewhere than on the CPU,
+    with RS_DIFFUSION_CPU_PATH=torch, or for chains of fewer than MIN_SAMPLER_CALLS calls (the trial costs about
+    as much as that many calls) it is plain torch."""
 
     def __init__(self, model: torch.nn.Module, forward: Callable[..., torch.Tensor], calls: int,
                  progress: Progress | None = None):
@@ -285,7 +286,6 @@ class FastForward:
         self.progress = progress or Progress()
         self.session = None
         self.choice: str | None = None
-        self.timings: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
         device = next(model.parameters()).device
         requested = requested_cpu_path()
         self.forced = requested == "onnxruntime"
@@ -299,42 +299,43 @@ class FastForward:
                 self.choice = "torch"
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        if self.choice == "torch":
-            return self.forward(self.model, *inputs)
+        if self.choice is None:
+            key = (model_fingerprint(self.model), forward_signature(self.forward),
+                   tuple((tuple(x.shape[1:]), x.dtype) for x in inputs), torch.get_num_threads())
+            cached = _FAST_SESSIONS.get(key)
+            if cached and (cached[0] == "onnxruntime" or not self.forced):
+                self.choice, self.session = cached
+            else:
+                self.choose(inputs, key)
         if self.choice == "onnxruntime":
             return ort_run(self.session, inputs).to(inputs[0].dtype)
-        key = (model_fingerprint(self.model), forward_signature(self.forward),
-               tuple((tuple(x.shape[1:]), x.dtype) for x in inputs), torch.get_num_threads())
-        cached = _FAST_SESSIONS.get(key)
-        if cached and (cached[0] == "onnxruntime" or not self.forced):
-            self.choice, self.session = cached
-            return self(*inputs)
-        if self.session is None:   # first call: torch, and the export
-            output = self.forward(self.model, *inputs)
-            try:
-                self.session = onnx_session(self.model, self.forward, inputs)
-                ort_run(self.session, inputs)   # its first run sets up its memory: not timed
-            except Exception as exc:   # an operator the exporter cannot take: stay on torch
-                if self.forced:
-                    raise
-                self.decide("torch", key, f"the ONNX export failed ({type(exc).__name__})")
+        return self.forward(self.model, *inputs)
+
+    def choose(self, inputs: tuple[torch.Tensor, ...], key: tuple) -> None:
+        try:
+            self.session = onnx_session(self.model, self.forward, inputs)
+        except Exception as exc:   # an operator the exporter cannot take: stay on torch
             if self.forced:
-                self.decide("onnxruntime", key, f"set by {CPU_PATH_ENV}")
-            return output
-        start = time.perf_counter()   # trial calls (other time steps than the export's): both, compared and timed
-        output = self.forward(self.model, *inputs)
-        self.timings["torch"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        other = ort_run(self.session, inputs).to(output.dtype)
-        self.timings["onnxruntime"].append(time.perf_counter() - start)
-        error = ((other - output).norm() / output.norm().clamp_min(1e-12)).item()
+                raise
+            return self.decide("torch", key, f"the ONNX export failed ({type(exc).__name__})")
+        if self.forced:
+            return self.decide("onnxruntime", key, f"set by {CPU_PATH_ENV}")
+        later = tuple(x + 1 if not x.is_floating_point() else x for x in inputs)
+        ort_run(self.session, inputs)   # its first run sets up its memory: not timed
+        timings, error = {"torch": [], "onnxruntime": []}, 0.0
+        for case in (inputs, later):
+            start = time.perf_counter()
+            reference = self.forward(self.model, *case)
+            timings["torch"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            other = ort_run(self.session, case).to(reference.dtype)
+            timings["onnxruntime"].append(time.perf_counter() - start)
+            error = max(error, ((other - reference).norm() / reference.norm().clamp_min(1e-12)).item())
         if error > RELATIVE_ERROR:
-            self.decide("torch", key, f"ONNX Runtime's output differs by {error:.1%}")
-        elif len(self.timings["torch"]) == TRIAL_CALLS:
-            torch_s, ort_s = min(self.timings["torch"]), min(self.timings["onnxruntime"])
-            self.decide("onnxruntime" if ort_s * MIN_SPEEDUP < torch_s else "torch", key,
-                        f"ONNX Runtime {ort_s:.3f} s, torch {torch_s:.3f} s per call, outputs within {error:.2%}")
-        return output
+            return self.decide("torch", key, f"ONNX Runtime's output differs by {error:.1%}")
+        torch_s, ort_s = min(timings["torch"]), min(timings["onnxruntime"])
+        self.decide("onnxruntime" if ort_s * MIN_SPEEDUP < torch_s else "torch", key,
+                    f"ONNX Runtime {ort_s:.3f} s, torch {torch_s:.3f} s per call, outputs within {error:.2%}")
 
     def decide(self, choice: str, key: tuple, note: str) -> None:
         self.choice = choice

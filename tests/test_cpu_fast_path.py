@@ -176,6 +176,8 @@ def test_samplers_fast_path_gives_torchs_samples(monkeypatch, path):
     error = ((fast.images - reference.images).norm() / reference.images.norm()).item()
     assert error <= 0.01
     assert (fast.labels == reference.labels).float().mean() >= ARGMAX_AGREEMENT
+    again = satsynth_samples(monkeypatch, path, 25)   # the choice is made before the first output: same samples
+    assert torch.equal(again.images, fast.images) and torch.equal(again.labels, fast.labels)
 
 
 def test_short_chains_and_the_torch_override_stay_on_plain_torch(monkeypatch):
