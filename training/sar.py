@@ -248,7 +248,8 @@ def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device:
 
     IoU and F1 for every class of the model, by the card's names: the dataset's labels are matched to
     them by name, so a 5-class model on binary sea/oil data that calls sea "land" loses sea IoU and
-    shows the false land. Pixels of a dataset class the model lacks are left out, with a warning.
+    shows the false land; `predicted/<class>` is the share of the scored pixels given each class. Pixels of
+    a dataset class the model lacks are left out, with a warning.
     """
     from core.device import resolve_device
     from core.oilspill.pipeline import load_saross
@@ -280,7 +281,8 @@ def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device:
             labelled = truth != IGNORE_INDEX
             truth[labelled] = to_model[truth[labelled]]
             cm += confusion_matrix(logits.argmax(0), truth, len(names), IGNORE_INDEX)
-    return scores(cm, names)
+    predicted = cm.sum(dim=0).double() / max(int(cm.sum()), 1)   # columns: what the model called the pixels
+    return {**scores(cm, names), **{f"predicted/{name}": float(share) for name, share in zip(names, predicted)}}
 
 
 # --- command line -------------------------------------------------------------------------------------
