@@ -91,7 +91,7 @@ def compare(name: str, model: torch.nn.Module, inputs: tuple, forward: Callable,
     model.eval()
     if name in RASTER_FAMILIES:
         runner = BatchRunner(model, torch.device("cpu"))
-        runner(inputs[0][:1], forward)   # the first-tile trial picks the path
+        runner(inputs[0], forward)   # the first-batch trial picks the path
         ours, chosen = (lambda: runner(inputs[0], forward)), runner.cpu_path.name
     else:
         fast = FastForward(model, forward, calls=1000)   # a whole sampling run's
