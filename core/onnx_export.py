@@ -136,5 +136,8 @@ def ort_session(model: str | os.PathLike | bytes, threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle ONNX Runtime threads otherwise spin for a while after each run, taking the cores from torch work that
+    # follows (a pipeline mixing both, or a benchmark interleaving them)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
