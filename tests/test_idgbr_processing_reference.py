@@ -37,3 +37,14 @@ def test_reference_layer_scores_appear_in_feedback_and_outputs(processing, tmp_p
     text = "\n".join(feedback.lines)
     assert "Against the reference 'survey'" in text and "WFm@3" in text
     assert "of the valid pixels changed (field" in text      # the per-class change report
+
+
+def test_strength_reaches_the_sampler(processing, tmp_path):
+    """STRENGTH (advanced) is the run's share of the DDIM chain, started from the noised classification."""
+    refiner = make_refiner_dir(tmp_path / "refiner", classes=MODEL_CLASSES, tile_size=32)
+    image, classes = write_pair(tmp_path)
+    feedback = Feedback()
+    processing.run(ALG, {"INPUT": str(image), "CLASSIFICATION": str(classes), "MODEL": str(refiner), "STEPS": 4,
+                         "STRENGTH": 0.5, "OUTPUT": str(tmp_path / "out.tif")},
+                   context=QgsProcessingContext(), feedback=feedback)
+    assert any("4 steps" in line and "strength 0.5" in line for line in feedback.lines)
