@@ -62,7 +62,7 @@ def bench(cfg: argparse.Namespace, saross_dir: str | Path | None = None, control
 def caft_vs_conv(cfg: argparse.Namespace) -> dict:
     """Parameters, FLOPs and CPU forward time that the intermediate skip nodes add to plain UNet ("none"):
     CAFT blocks (SAROSS-Net) vs UNet++'s 3x3-conv nodes ("conv"), the paper's ablation."""
-    size, repeats = (256, 2) if cfg.quick else (512, 3)
+    size, repeats = (256, 2) if cfg.quick else (512, 5)
     x = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     models, params, skip_params, flops = {}, {}, {}, {}
     with step(f"SAROSS-Net 'paper' ({architecture_for('paper', 1)['encoder']}) x 3 skip blocks: params, FLOPs"):

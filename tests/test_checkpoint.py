@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from core.checkpoint import (ClassInfo, ModelCard, ModelError, Normalization, load_card, load_into, load_weights,
-                             save_model)
+from core.checkpoint import (ClassInfo, ModelCard, ModelError, Normalization, load_card, load_for_inference, load_into,
+                             load_weights, save_model)
 from core.segmentation.model import build_segmenter
 
 ARCH = {"arch": "FPN", "encoder": "tu-mobilenetv3_small_100", "in_channels": 3, "classes": 2,
@@ -108,3 +108,23 @@ def test_cards_written_with_the_former_normalization_names_still_load(saved):
     data["normalization"] = {"mean": data["normalization"]["offset"], "std": data["normalization"]["scale"]}
     (path / "model.json").write_text(json.dumps(data))
     assert load_card(path).normalization == Normalization(offset=[1.0, 2.0, 3.0], scale=[1.0, 1.0, 1.0])
+
+
+def test_inference_models_are_built_once_and_reloaded_when_the_folder_changes(saved):
+    """Repeated runs reuse the loaded model; a model saved again in the same folder is never served stale."""
+    path, model = saved
+    builds = []
+
+    def build():
+        builds.append(1)
+        return build_segmenter(ARCH)
+
+    first = load_for_inference(path, build)
+    assert load_for_inference(path, build) is first and len(builds) == 1
+    assert not first.training
+    retrained = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_model(path, card(), retrained)
+    again = load_for_inference(path, build)
+    assert again is not first and len(builds) == 2
+    name = next(k for k, v in retrained.items() if v.is_floating_point())
+    assert torch.equal(again.state_dict()[name], retrained[name])

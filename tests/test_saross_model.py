@@ -101,8 +101,11 @@ def perturbed(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
+@pytest.mark.parametrize("band_pixels", [CAFT.band_pixels, 40 * 3, 1])   # one band; 3 rows + a ragged 2; 1 row
 @pytest.mark.parametrize("hr_channels, lr_channels, heads", [(64, 128, 8), (16, 24, 4), (24, 48, 8)])
-def test_caft_matches_the_step_by_step_reference(hr_channels, lr_channels, heads):
+def test_caft_matches_the_step_by_step_reference(hr_channels, lr_channels, heads, band_pixels, monkeypatch):
+    """Also when the row bands split the image: every band's 3x3s see the rows of its neighbours."""
+    monkeypatch.setattr(CAFT, "band_pixels", band_pixels)
     torch.manual_seed(0)
     caft = perturbed(CAFT(hr_channels, lr_channels, heads))
     hr, lr = torch.randn(2, hr_channels, 32, 40), torch.randn(2, lr_channels, 16, 20)
@@ -131,16 +134,19 @@ def test_shipped_starter_loads_and_matches_the_reference_on_a_sar_crop(monkeypat
         torch.testing.assert_close(fast, model(x), rtol=0, atol=1e-5)
 
 
-def test_caft_gradients_match_the_reference():
-    """Training goes through the same code: the parameter gradients agree too."""
+@pytest.mark.parametrize("band_pixels", [CAFT.band_pixels, 16 * 5])
+def test_caft_gradients_match_the_reference(band_pixels, monkeypatch):
+    """Training goes through the same code: the parameter and input gradients agree too, across row bands."""
+    monkeypatch.setattr(CAFT, "band_pixels", band_pixels)
     torch.manual_seed(1)
     caft = perturbed(CAFT(16, 8, 4))
-    hr, lr = torch.randn(1, 16, 16, 16), torch.randn(1, 8, 8, 8)
+    hr, lr = torch.randn(1, 16, 16, 16, requires_grad=True), torch.randn(1, 8, 8, 8, requires_grad=True)
     grads = []
     for run in (lambda: caft.transfer(hr, lr), lambda: reference_caft(caft, hr, F.interpolate(lr, scale_factor=2.0))):
         caft.zero_grad()
+        hr.grad = lr.grad = None
         run().square().mean().backward()
-        grads.append([p.grad.clone() for p in caft.parameters()])
+        grads.append([p.grad.clone() for p in (*caft.parameters(), hr, lr)])
     for fast, reference in zip(*grads):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-6)
 

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from core.catalog import resolve_model_dir
 from core.change.fcsiam import MULTIPLE, TASK, build_changedet
-from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.checkpoint import ModelCard, ModelError, load_card, load_for_inference, load_into
 from core.device import BatchRunner, describe_device, resolve_device
 from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
                            fit_layer, model_grid, model_tiling, staged_outputs)
@@ -121,8 +121,8 @@ def detect_changes(params: ChangeParams, progress: Progress | None = None) -> Ch
     if a_info.crs_wkt is None:
         progress.warning(f"Layer '{name_a}' has no coordinate reference system: outputs will have none either, and "
                          "change areas will be in pixel units.")
-    model = load_into(build_changedet(card.architecture), model_dir)
     device = resolve_device(params.device)
+    model = load_for_inference(model_dir, lambda: build_changedet(card.architecture), device)
     runner = BatchRunner(model, device, progress)
     grid = TileGrid(a_info.height, a_info.width, tile, overlap)
     progress.info(f"Detecting changes from '{name_a}' to '{name_b}' ({a_info.width} x {a_info.height} px, "

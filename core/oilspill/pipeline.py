@@ -21,7 +21,7 @@ from shapely.geometry import box, mapping
 from shapely.strtree import STRtree
 
 from core.catalog import resolve_model_dir
-from core.checkpoint import ModelCard, ModelError, load_card, load_into
+from core.checkpoint import ModelCard, ModelError, load_card, load_for_inference, load_into
 from core.device import BatchRunner, describe_device, resolve_device
 from core.data.sar_scaling import INPUT_KINDS, SarScaling, fit_scene_scaler
 from core.oilspill.saross import TASK, build_saross
@@ -114,8 +114,8 @@ def detect_oil_spills(params: OilSpillParams, progress: Progress | None = None) 
     scaler = fit_scene_scaler(params.input_path, params.band, SarScaling.from_dict(card.extra.get("sar_scaling")),
                               params.input_kind)
     land = _land_polygons(params, info.crs_wkt, progress)
-    model = load_into(build_saross(card.architecture), model_dir)
     device = resolve_device(params.device)
+    model = load_for_inference(model_dir, lambda: build_saross(card.architecture), device)
     runner = BatchRunner(model, device, progress)
     grid = TileGrid(info.height, info.width, tile, overlap)
     progress.info(f"Detecting oil spills in '{name}' band {params.band} ({info.width} x {info.height} px, "

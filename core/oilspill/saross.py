@@ -135,13 +135,28 @@ def _pointwise(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) 
     return F.linear(x, conv.weight[channels].flatten(1))
 
 
-def _pointwise_depthwise(pointwise: nn.Conv2d, depthwise: nn.Conv2d, x: torch.Tensor, parts: int
-                         ) -> list[torch.Tensor]:
-    """depthwise(pointwise(x)) split into `parts` equal channel groups, each computed on its own: per-channel
-    operations, so the same values as splitting the whole result, without strided slices of it."""
+def _row_bands(height: int, rows: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of at most `rows` rows covering `height`."""
+    return [(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def _halo(band: tuple[int, int], height: int) -> tuple[slice, tuple[int, int, int, int]]:
+    """The rows a 3x3 convolution reads for the rows `band` of an image `height` rows high (one more on each
+    side, inside the image), and the zero padding (F.pad order) it needs where the band touches an edge."""
+    start, stop = band
+    return slice(max(start - 1, 0), min(stop + 1, height)), (0, 0, int(start == 0), int(stop == height))
+
+
+def _pointwise_depthwise(pointwise: nn.Conv2d, depthwise: nn.Conv2d, rows: torch.Tensor,
+                         padding: tuple[int, int, int, int], parts: int) -> list[torch.Tensor]:
+    """depthwise(pointwise(x)) on a band of (B, H, W, C) data, given as the band's `rows` and `padding` from
+    _halo, split into `parts` equal channel groups, each computed on its own (per-channel operations: the same
+    values as splitting the whole result, without strided slices of it)."""
     size = pointwise.out_channels // parts
     groups = [slice(i * size, (i + 1) * size) for i in range(parts)]
-    return [_depthwise(depthwise, _pointwise(pointwise, x, group), group) for group in groups]
+    pad = (lambda x: F.pad(x, padding)) if any(padding) else (lambda x: x)
+    return [F.conv2d(pad(_pointwise(pointwise, rows, group).permute(0, 3, 1, 2)),
+                     depthwise.weight[group], None, 1, (0, 1), 1, size).permute(0, 2, 3, 1) for group in groups]
 
 
 class CAFT(nn.Module):
@@ -154,8 +169,16 @@ class CAFT(nn.Module):
     views, and no (B, C, H*W) reshape copies are made. The attention is applied by its definition, rearranged:
     the L2 normalisation of q and k along the pixels divides the (C, C) product q k^T instead of the pixels,
     and project_out(A v) = (W_out blockdiag(A)) v, one (C, C) matrix per image applied to v in one product.
+    The HR-resolution work runs in bands of rows (with the one-row halo the 3x3s need), about `band_pixels`
+    pixels each, so a band's intermediates (up to 2 x 2.66 C channels) stay in the CPU caches instead of
+    going through memory: first k and v band by band, accumulating q k^T and the squared norms over the
+    pixels; then, band by band, the attention output and the feed-forward.
     Same result as the step-by-step form up to float rounding; the module tree and state dict are unchanged.
     """
+
+    # Pixels per image in a band of the row loops; 4096 (16 rows of a 256-px feature map) was the fastest of
+    # 1024-16384 on the paper preset's 256-px nodes (issue 21).
+    band_pixels = 4096
 
     def __init__(self, hr_channels: int, lr_channels: int, heads: int, ffn_expansion: float = 2.66):
         super().__init__()
@@ -188,22 +211,40 @@ class CAFT(nn.Module):
             q = F.interpolate(q.permute(0, 3, 1, 2), scale_factor=2.0, mode="nearest").permute(0, 2, 3, 1)
         return _depthwise(self.q[1], q)
 
-    def _attention_terms(self, hr: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(channel attention (B, heads, C/h, C/h), v (B, H*W, C)) from HR features (B, H, W, C) and q."""
-        b, h, w, c = hr.shape
-        k, v = _pointwise_depthwise(self.kv[0], self.kv[1], self._norm(self.norm_hr, hr), 2)
-        q, k, v = (t.reshape(b, h * w, c) for t in (q, k, v))
+    def _bands(self, hr: torch.Tensor) -> list[tuple[int, int]]:
+        """Row bands of `band_pixels` pixels per image: from the image size only, so a traced (ONNX) graph
+        serves every batch size."""
+        _, _, h, w = hr.shape
+        return _row_bands(h, max(1, self.band_pixels // w))
+
+    def _attention_terms(self, hr: torch.Tensor, q: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(channel attention (B, heads, C/h, C/h), v (B, H, W, C), the HR features pixels last (B, H, W, C))
+        from HR features (B, C, H, W) and q."""
+        b, c, h, _ = hr.shape
+        products = q_squares = k_squares = 0
+        values, hr_bands = [], []
+        for start, stop in self._bands(hr):
+            rows, padding = _halo((start, stop), h)
+            band = _pixels_last(hr[:, :, rows])
+            hr_bands.append(band[:, start - rows.start:stop - rows.start])
+            k, v = _pointwise_depthwise(self.kv[0], self.kv[1], self._norm(self.norm_hr, band), padding, 2)
+            k, q_band = k.reshape(b, -1, c), q[:, start:stop].reshape(b, -1, c)
+            products = products + torch.bmm(q_band.transpose(1, 2), k)
+            q_squares = q_squares + q_band.square().sum(1)
+            k_squares = k_squares + k.square().sum(1)
+            values.append(v)
         heads, per_head = self.heads, c // self.heads
         # q_i . k_j over the pixels, for i, j in the same head: the diagonal blocks of the (C, C) product
-        products = torch.bmm(q.transpose(1, 2), k).view(b, heads, per_head, heads, per_head)
-        products = products.diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-        q_norm = q.norm(dim=1).clamp_min(1e-12).view(b, heads, per_head, 1)     # F.normalize's eps
-        k_norm = k.norm(dim=1).clamp_min(1e-12).view(b, heads, 1, per_head)
-        return torch.softmax(products / (q_norm * k_norm) * self.temperature, dim=-1), v
+        products = products.view(b, heads, per_head, heads, per_head).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        q_norm = q_squares.sqrt().clamp_min(1e-12).view(b, heads, per_head, 1)     # F.normalize's eps
+        k_norm = k_squares.sqrt().clamp_min(1e-12).view(b, heads, 1, per_head)
+        attention = torch.softmax(products / (q_norm * k_norm) * self.temperature, dim=-1)
+        return attention, torch.cat(values, 1), torch.cat(hr_bands, 1)
 
     def attention(self, hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
         """The channel attention matrix (B, heads, C/h, C/h) for HR features and upsampled LR features."""
-        return self._attention_terms(_pixels_last(hr), self._query(lr_up, upsample=False))[0]
+        return self._attention_terms(hr, self._query(lr_up, upsample=False))[0]
 
     def forward(self, hr: torch.Tensor, lr_up: torch.Tensor) -> torch.Tensor:
         """HR features (B, C, H, W) transferred with LR features already at their resolution."""
@@ -214,19 +255,25 @@ class CAFT(nn.Module):
         return self._transfer(hr, self._query(lr, upsample=True))
 
     def _transfer(self, hr: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Bands are moved to pixels last and back one at a time: cache-sized transposes, far faster than one
+        transpose of the whole map."""
         b, c, h, w = hr.shape
-        hr = _pixels_last(hr)
-        attention, v = self._attention_terms(hr, q)
+        bands = self._bands(hr)
+        attention, v, hr = self._attention_terms(hr, q)
         # project_out(A v) as one (C, C) matrix per image: W_out blockdiag(A)
         blocks = torch.zeros(b, c, c, dtype=attention.dtype, device=attention.device)
         per_head = c // self.heads
         for i in range(self.heads):
             rows = slice(i * per_head, (i + 1) * per_head)
             blocks[:, rows, rows] = attention[:, i]
-        mixing = self.project_out.weight.flatten(1) @ blocks                          # (B, C, C)
-        hr = hr + torch.bmm(v, mixing.transpose(1, 2)).view(b, h, w, c)
-        hr = hr + self.ffn.pixels_last(self._norm(self.norm_ffn, hr))
-        return hr.permute(0, 3, 1, 2).contiguous()
+        mixing = (self.project_out.weight.flatten(1) @ blocks).transpose(1, 2)[:, None]   # (B, 1, C, C)
+        out = v.new_empty(b, c, h, w)
+        for start, stop in bands:
+            rows, padding = _halo((start, stop), h)   # the feed-forward's 3x3 reads one row more on each side
+            attended = hr[:, rows] + torch.matmul(v[:, rows], mixing)
+            ffn = self.ffn.pixels_last(self._norm(self.norm_ffn, attended), padding)
+            out[:, :, start:stop] = (attended[:, start - rows.start:stop - rows.start] + ffn).permute(0, 3, 1, 2)
+        return out
 
 
 class GDFN(nn.Module):
@@ -240,9 +287,9 @@ class GDFN(nn.Module):
         self.project_out = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pixels_last(_pixels_last(x)).permute(0, 3, 1, 2).contiguous()
+        return self.pixels_last(_pixels_last(x), (0, 0, 1, 1)).permute(0, 3, 1, 2).contiguous()
 
-    def pixels_last(self, x: torch.Tensor) -> torch.Tensor:
-        """The same on (B, H, W, C) data."""
-        a, b = _pointwise_depthwise(self.project_in, self.dwconv, x, 2)
+    def pixels_last(self, rows: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
+        """The same on a band of (B, H, W, C) data, given as its rows and padding from _halo."""
+        a, b = _pointwise_depthwise(self.project_in, self.dwconv, rows, padding, 2)
         return _pointwise(self.project_out, F.gelu(a) * b)

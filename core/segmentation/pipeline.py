@@ -15,7 +15,7 @@ import torch
 from rasterio.windows import Window
 
 from core.catalog import resolve_model_dir
-from core.checkpoint import load_card, load_into
+from core.checkpoint import load_card, load_for_inference
 from core.device import BatchRunner, describe_device, resolve_device
 from core.pipeline import (PROBABILITY_NODATA, InputLayer, Output, check_inputs, check_outputs, check_tiling,
                            class_raster_dtype, fit_layer, model_grid, model_tiling, staged_outputs)
@@ -80,8 +80,8 @@ def segment_raster(params: SegmentParams, progress: Progress | None = None) -> S
         progress.warning(f"Layer '{name}' has no coordinate reference system: outputs will have none "
                          "either, and polygon areas will be in pixel units.")
 
-    model = load_into(build_segmenter(card.architecture), model_dir)
     device = resolve_device(params.device)
+    model = load_for_inference(model_dir, lambda: build_segmenter(card.architecture), device)
     runner = BatchRunner(model, device, progress)
     grid = TileGrid(info.height, info.width, tile, overlap)
     progress.info(f"Segmenting '{name}' ({info.width} x {info.height} px, {len(grid)} tiles of {tile} px) "
