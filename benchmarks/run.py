@@ -87,9 +87,14 @@ def bench_finetune(cfg: argparse.Namespace) -> dict:
     return bench(cfg)
 
 
+def bench_synthesis_payoff(cfg: argparse.Namespace) -> dict:
+    from benchmarks.payoff import bench
+    return bench(cfg)
+
+
 BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr, "sar": bench_sar,
               "fusion": bench_fusion, "rdfmig": bench_rdfmig, "roofline": bench_roofline, "onnx": bench_onnx,
-              "finetune": bench_finetune}
+              "finetune": bench_finetune, "synthesis_payoff": bench_synthesis_payoff}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------

@@ -188,11 +188,7 @@ def miou_real(cfg: argparse.Namespace, tmp: Path, model_dir: Path, control_dir: 
             control_dir = train_saross(config)
         control = {"dir": f"{control_config.name} without generated data, trained by the benchmark",
                    "trained_here": True, "steps": config.steps}
-    crops = tmp / "real_crops"
-    crops.mkdir()
-    for split in ("train", "test"):
-        for image in sorted((real_crops / split).glob("*.jpg")):
-            (crops / f"{split}_{image.name}").symlink_to(image.resolve())
+    crops = link_real_crops(real_crops, tmp / "real_crops")
     count = len(list(crops.iterdir()))
     keys = ("mIoU", "IoU/oil", "F1/oil", "IoU/sea", "predicted/land")
     scores = {}
@@ -211,6 +207,17 @@ def miou_real(cfg: argparse.Namespace, tmp: Path, model_dir: Path, control_dir: 
                              "scored pixels it calls land. Whole crops, padded to a multiple of 32, each stretched by the model's "
                              "SAR scaling (training.sar.evaluate_saross)."},
     }
+
+
+def link_real_crops(real_crops: Path, folder: Path) -> Path:
+    """One folder of links to every real crop, train and test splits together (none is trained on)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        for image in sorted((real_crops / split).glob("*.jpg")):
+            link = folder / f"{split}_{image.name}"
+            if not link.exists():
+                link.symlink_to(image.resolve())
+    return folder
 
 
 def rounded(values: dict, digits: int) -> dict:
