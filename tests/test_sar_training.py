@@ -188,3 +188,28 @@ def test_saross_trains_on_the_osd_layout(tmp_path):
     card = load_card(tmp_path / "run" / "model", task="saross")
     assert card.training_data == "osd (osd): 2 train / 1 val images"
     assert card.classes == SAR_CLASSES and all(math.isfinite(loss) for loss in losses(tmp_path / "run"))
+
+
+def test_filter_pairs_keeps_those_the_real_data_model_agrees_with_best(tmp_path, generated, sar_models, capsys):  # noqa: F811
+    """Each pair scored alone by sar-evaluate: the filter keeps the best-scored one, with its soft label."""
+    from training.sar import evaluate_saross
+    alone = {}
+    for name in sorted(p.name for p in (generated / "images").iterdir()):
+        folder = tmp_path / "alone" / name
+        for sub in ("images", "masks", "soft"):
+            (folder / sub).mkdir(parents=True)
+            (folder / sub / name).symlink_to(generated / sub / name)
+        (folder / "classes.json").symlink_to(generated / "classes.json")
+        alone[name] = evaluate_saross(str(sar_models.saross), str(folder), device="cpu")["mIoU"]
+    out = tmp_path / "kept"
+    training_main(["sar-filter-pairs", "--model", str(sar_models.saross), "--pairs", str(generated),
+                   "--output", str(out), "--keep", "0.34", "--device", "cpu"])
+    assert "kept 1 of 3 pairs" in capsys.readouterr().out
+    best = max(alone, key=alone.get)
+    for sub in ("images", "masks", "soft"):
+        assert [p.name for p in (out / sub).iterdir()] == [best]
+    assert len(open_sar_dataset(out).samples) == 1 and open_sar_dataset(out).samples[0].soft is not None
+    # a non-empty output folder is refused, nothing overwritten
+    assert training_main(["sar-filter-pairs", "--model", str(sar_models.saross), "--pairs", str(generated),
+                          "--output", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err and [p.name for p in (out / "images").iterdir()] == [best]

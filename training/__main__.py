@@ -46,6 +46,8 @@ SUBCOMMANDS = {  # name: (add the arguments, run, help)
                      "train SAR-JointNet (joint SAR image + label diffusion), stage 1, 2 or 3"),
     "sar-synthesize": (sar.add_synthesize_arguments, sar.main_synthesize,
                        "generate SAR image / label / soft-label pairs with a SAR-JointNet model"),
+    "sar-filter-pairs": (sar.add_filter_arguments, sar.main_filter,
+                         "keep the generated SAR pairs whose labels a real-data model agrees with best"),
     "saross": (sar.add_saross_arguments, sar.main_saross,
                "train the SAROSS-Net oil-spill segmenter (with --synthetic: DAKD distillation)"),
     "sar-evaluate": (sar.add_evaluate_arguments, sar.main_evaluate,

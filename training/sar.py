@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,6 +252,14 @@ def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device:
     shows the false land; `predicted/<class>` is the share of the scored pixels given each class. Pixels of
     a dataset class the model lacks are left out, with a warning.
     """
+    names, per_image = _confusions(model_dir, data_root, split, device)
+    cm = sum((confusion for _, confusion in per_image), torch.zeros(len(names), len(names), dtype=torch.long))
+    predicted = cm.sum(dim=0).double() / max(int(cm.sum()), 1)   # columns: what the model called the pixels
+    return {**scores(cm, names), **{f"predicted/{name}": float(share) for name, share in zip(names, predicted)}}
+
+
+def _confusions(model_dir: str, data_root: str, split: str, device: str):
+    """(the model's class names, an iterator of (sample, confusion matrix) over the dataset's labelled images)."""
     from core.device import resolve_device
     from core.oilspill.pipeline import load_saross
     from core.data.sar_scaling import SceneScaler
@@ -269,20 +278,49 @@ def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device:
     scaling = SarScaling.from_dict(card.extra.get("sar_scaling"))
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    cm = torch.zeros(len(names), len(names), dtype=torch.long)
-    with torch.inference_mode():
-        for i in range(len(data.samples)):
-            raw, valid, labels, dtype = data.read(i)
-            x = SceneScaler.fit(raw, valid, dtype, scaling)(raw, valid)
-            h, w = x.shape
-            padded = np.pad(x, ((0, -h % 32), (0, -w % 32)), mode="reflect")
-            logits = model(torch.from_numpy(padded)[None, None].to(dev))[0, :, :h, :w].cpu()
-            truth = torch.from_numpy(labels)
-            labelled = truth != IGNORE_INDEX
-            truth[labelled] = to_model[truth[labelled]]
-            cm += confusion_matrix(logits.argmax(0), truth, len(names), IGNORE_INDEX)
-    predicted = cm.sum(dim=0).double() / max(int(cm.sum()), 1)   # columns: what the model called the pixels
-    return {**scores(cm, names), **{f"predicted/{name}": float(share) for name, share in zip(names, predicted)}}
+
+    def per_image():
+        with torch.inference_mode():
+            for i, sample in enumerate(data.samples):
+                raw, valid, labels, dtype = data.read(i)
+                x = SceneScaler.fit(raw, valid, dtype, scaling)(raw, valid)
+                h, w = x.shape
+                padded = np.pad(x, ((0, -h % 32), (0, -w % 32)), mode="reflect")
+                logits = model(torch.from_numpy(padded)[None, None].to(dev))[0, :, :h, :w].cpu()
+                truth = torch.from_numpy(labels)
+                labelled = truth != IGNORE_INDEX
+                truth[labelled] = to_model[truth[labelled]]
+                yield sample, confusion_matrix(logits.argmax(0), truth, len(names), IGNORE_INDEX)
+    return names, per_image()
+
+
+def filter_consistent_pairs(model_dir: str, pairs_dir: str, output: str, keep: float = 0.5,
+                            device: str = "auto") -> dict:
+    """Keep the generated pairs whose labels a model trained on real data agrees with best (per-pair mIoU),
+    the top `keep` share, in a new pairs folder (copies: images, masks, soft labels, classes.json).
+
+    Generated pairs whose labels do not match their images teach a downstream model the wrong thing; the
+    label-consistency score of issue 20 measures that per set, this acts on it per pair. Returns the scores."""
+    if not 0 < keep <= 1:
+        raise TrainingError(f"keep must be a share in (0, 1], not {keep}.")
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise TrainingError(f"Output folder {output} is not empty.")
+    names, per_image = _confusions(model_dir, pairs_dir, "train", device)
+    scored = sorted(((scores(cm, names)["mIoU"], sample) for sample, cm in per_image),
+                    key=lambda pair: -np.nan_to_num(pair[0]))
+    kept = scored[:max(1, round(keep * len(scored)))]
+    source = Path(pairs_dir)
+    for folder in ("images", "masks", "soft"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "classes.json", out / "classes.json")
+    for _, sample in kept:
+        for path, folder in ((sample.image, "images"), (sample.mask, "masks"), (sample.soft, "soft")):
+            if path is not None:
+                shutil.copy2(path, out / folder / Path(path).name)
+    values = [s for s, _ in scored]
+    return {"pairs": len(scored), "kept": len(kept), "miou_all": float(np.nanmean(values)),
+            "miou_kept": float(np.nanmean([s for s, _ in kept])), "threshold": float(kept[-1][0])}
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -340,6 +378,20 @@ def main_synthesize(args) -> None:
         batch_size=args.batch_size, device=args.device), progress)
     progress.close()
     print(f"{len(result.pairs)} pairs written to {result.output_dir} (index: {result.index_path})")
+
+
+def add_filter_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="SAROSS-Net model trained on real data only (the judge)")
+    parser.add_argument("--pairs", required=True, help="generated pairs folder (sar-synthesize)")
+    parser.add_argument("--output", required=True, help="new or empty folder for the kept pairs")
+    parser.add_argument("--keep", type=float, default=0.5, help="share of the pairs to keep, best agreement first")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+
+
+def main_filter(args) -> None:
+    result = filter_consistent_pairs(args.model, args.pairs, args.output, args.keep, args.device)
+    print(f"kept {result['kept']} of {result['pairs']} pairs (per-pair mIoU >= {result['threshold']:.3f}; "
+          f"mean {result['miou_all']:.3f} over all, {result['miou_kept']:.3f} kept) in {args.output}")
 
 
 def add_evaluate_arguments(parser) -> None:
