@@ -281,10 +281,10 @@ class FastForward:
     an input (time steps and conditions change each call, so none may be frozen into the trace). The first call
     decides: it exports, runs both forms on its inputs and on the same inputs one time step later (integer
     tensors + 1: a value frozen into the trace shows there), refuses ONNX Runtime if it differs by more than 1%
-    (relative), keeps it only when faster (best of 3 interleaved timings each), and returns the chosen form's output, so that a run and its repeat
-    with the same seed give the same result. `forward` must use only its arguments. Elsewhere than on the CPU,
-    with RS_DIFFUSION_CPU_PATH=torch, or for chains of fewer than MIN_SAMPLER_CALLS calls (the trial costs about
-    as much as that many calls) it is plain torch."""
+    (relative), keeps it only when faster (best of 3 interleaved timings each), and returns the chosen form's
+    output, so that a run and its repeat with the same seed give the same result. `forward` must use only its
+    arguments. Elsewhere than on the CPU, with RS_DIFFUSION_CPU_PATH=torch, or for chains of fewer than
+    MIN_SAMPLER_CALLS calls (the trial costs about as much as that many calls) it is plain torch."""
 
     def __init__(self, model: torch.nn.Module, forward: Callable[..., torch.Tensor], calls: int,
                  progress: Progress | None = None):

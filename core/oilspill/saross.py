@@ -123,11 +123,9 @@ def _pixels_last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def _depthwise(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
-    """A depthwise 3x3 convolution (or its `channels`) on (B, H, W, C) data, seen as a channels_last
-    (B, C, H, W) tensor: no copy."""
-    weight = conv.weight[channels]
-    return F.conv2d(x.permute(0, 3, 1, 2), weight, None, 1, conv.padding, 1, len(weight)).permute(0, 2, 3, 1)
+def _depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A depthwise 3x3 convolution on (B, H, W, C) data, seen as a channels_last (B, C, H, W) tensor: no copy."""
+    return F.conv2d(x.permute(0, 3, 1, 2), conv.weight, None, 1, conv.padding, 1, conv.groups).permute(0, 2, 3, 1)
 
 
 def _pointwise(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
