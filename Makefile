@@ -69,15 +69,20 @@ starter-satsynth: setup runs/data/scenes/classes.json
 	$(PY) -m training satsynth-sr --config training/configs/satsynth_sr_starter.toml
 	$(call ship,runs/starter/satsynth_sr,satsynth_sr_starter)
 
-## starter-idgbr: IDGBR label embedding, autoencoder and refiner, on out-of-fold coarse maps: 4 segmenters of
-## 200 / 400 steps, each mapping the scenes it never saw, boundaries then moved by up to 2 px (~15 + 60 min)
+## starter-idgbr: IDGBR label embedding, autoencoder and refiner. Stage 3a on the starter segmenter's maps of its
+## own scenes (3000 steps), stage 3b on out-of-fold maps: 4 segmenters of 500 steps, each mapping the scenes it
+## never saw, then 2 x 1500 steps at strength 0.3 (~15 + 20 + 60 + 25 min)
 starter-idgbr: setup runs/data/scenes/classes.json
-	rm -rf runs/data/scenes/coarse
-	$(PY) -m training coarse-labels --data runs/data/scenes --folds 4 --fold-steps 200,400 --degrade 2 --seed 1
+	rm -rf runs/data/scenes/coarse runs/data/idgbr_oof_coarse
+	$(PY) -m training coarse-labels --data runs/data/scenes
 	$(PY) -m training idgbr-embed --config training/configs/idgbr_embed_starter.toml
 	$(PY) -m training idgbr-vae --config training/configs/idgbr_vae_starter.toml
 	$(PY) -m training idgbr --config training/configs/idgbr_starter.toml
-	$(call ship,runs/starter/idgbr,idgbr_starter)
+	$(PY) -m training coarse-labels --data runs/data/scenes --output runs/data/idgbr_oof_coarse --folds 4 \
+		--fold-steps 500 --seed 2
+	$(PY) -m training idgbr --config training/configs/idgbr_starter_oof1.toml
+	$(PY) -m training idgbr --config training/configs/idgbr_starter_oof2.toml
+	$(call ship,runs/starter/idgbr_oof2,idgbr_starter)
 
 ## starter-sar: procedural SAR scenes, SAR-JointNet (3 stages), 128 generated pairs, SAROSS-Net with DAKD and
 ## the same SAROSS-Net without generated data (the benchmark's control; not shipped) (~90 min)

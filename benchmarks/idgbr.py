@@ -6,6 +6,8 @@ cfg_batched_speedup times one denoiser call of classifier-free guidance done as 
 on the starter model at its tile size. wfm3_gain / miou_gain refine the starter segmenter's maps of
 held-out procedural scenes (seed 3: never seen by the segmenter, trained on seed 1, nor by the refiner, whose
 training coarse maps are out-of-fold maps of the seed-1 scenes) and score both against the truth.
+weak_segmenter does the same with the maps of a weaker segmenter (the starter's recipe stopped at 500 steps, the
+budget of the fold segmenters whose maps the refiner was trained on): the regime the refiner was trained for.
 
 real_isprs: the real-data check. A small segmenter, label embedding, autoencoder and refiner are trained on the
 16 blocks (128 px) of the ISPRS Potsdam crop in ../shared/data/seg_isprs, the refiner on 4-fold out-of-fold
@@ -41,6 +43,8 @@ from training.idgbr_data import REPORT_NAME, evaluate_refinement, write_coarse_l
 SPEEDUP_TARGET = 1.3
 REPEATS = 15
 TABLE_METRICS = ("mIoU", "mF1", "bIoU@3", "WFm@1", "WFm@3", "WFm@5")
+SEGMENTER_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "segmentation_starter.toml"
+WEAK_SEGMENTER_STEPS = 500   # the fold segmenters' budget of the starter refiner's training maps (Makefile)
 ISPRS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seg_isprs"
 ISPRS_CLASSES = [{"value": 1, "name": "impervious surfaces", "color": "#ffffff"},
                  {"value": 2, "name": "building", "color": "#0000ff"},
@@ -53,6 +57,9 @@ ISPRS_GSD = {"potsdam": 0.05, "vaihingen": 0.09}
 ISPRS_BLOCK = 128
 ISPRS_BUDGET = {"fold_segmenter_steps": 150, "segmenter_steps": 300, "embedding_steps": 500, "vae_steps": 300,
                 "refiner_steps": 800}
+# The starter refiner's settings (training/configs/idgbr_starter_oof*.toml): sampled from the noised coarse map
+# (strength 0.3) and trained on that share of the chain, the siamese copy trained, the paper's CFG weight.
+ISPRS_REFINER = {"strength": 0.3, "train_siamese": True, "guidance_scale": 3.0}
 ISPRS_QUICK_BUDGET = {"fold_segmenter_steps": 10, "segmenter_steps": 20, "embedding_steps": 30, "vae_steps": 10,
                       "refiner_steps": 10}
 ISPRS_NOTE = ("One 512 px crop per city: the refiner trains on 16 blocks of Potsdam (RGB) with out-of-fold coarse "
@@ -132,14 +139,40 @@ def wfm_gain(cfg: argparse.Namespace, tmp: Path) -> dict:
     with step("refine them (the card's DDIM steps and CFG weight, 1 sample)"):
         table = scored_refinement(data, tmp / "evaluation", "", 4 if cfg.quick else 0, cfg.device)
     return {"wfm3_gain": _gain(table, "WFm@3"), "miou_gain": _gain(table, "mIoU"),
+            "weak_segmenter": weak_segmenter_gain(cfg, tmp, data),
             "refinement_table": table,
             "refinement_settings": {"held_out_scenes": scenes, "scene_px": 256, "seed": 3,
                                     "coarse_maps": "the starter segmenter (trained on the seed-1 scenes: it never "
                                                    "saw these seed-3 scenes)",
                                     "model": card.name, "refiner_training_coarse_maps": card.extra.get("coarse_source"),
                                     "guidance_scale": card.extra.get("guidance_scale"),
+                                    "strength": card.extra.get("strength"),
                                     "sampling_steps": card.extra.get("sampling_steps"),
                                     "seconds": round(time.perf_counter() - started, 1)}}
+
+
+def weak_segmenter_gain(cfg: argparse.Namespace, tmp: Path, held_out: Path) -> dict:
+    """The same held-out scenes mapped by a weaker segmenter: the starter's recipe stopped at WEAK_SEGMENTER_STEPS,
+    as the fold segmenters that made the starter refiner's training maps were (trained on the starter's seed-1
+    scenes; it never saw the seed-3 ones). The regime the refiner was trained for, next to the starter's maps."""
+    from training.config import load_config
+    from training.segment import SegmentTrainConfig, train_segmenter
+    steps, count = (20, 24) if cfg.quick else (WEAK_SEGMENTER_STEPS, 240)
+    with step(f"a weaker segmenter ({steps} steps on {count} of the starter's seed-1 scenes) and its held-out maps"):
+        scenes = write_scene_dataset(tmp / "scenes", count, 256, seed=1)
+        seg_cfg = load_config(SegmentTrainConfig, str(SEGMENTER_CONFIG))
+        seg_cfg.data, seg_cfg.output, seg_cfg.steps, seg_cfg.device = str(scenes), str(tmp / "weak"), steps, cfg.device
+        seg_cfg.checkpoint_every = seg_cfg.val_every = steps
+        weak = train_segmenter(seg_cfg)
+        data = tmp / "held_out_weak"
+        data.mkdir()
+        for part in ("images", "masks", "classes.json"):
+            (data / part).symlink_to(held_out / part)
+        write_coarse_labels(str(data), model_dir=str(weak), device=cfg.device)
+    with step("refine them"):
+        table = scored_refinement(data, tmp / "evaluation_weak", "", 4 if cfg.quick else 0, cfg.device)
+    return {"wfm3_gain": _gain(table, "WFm@3"), "miou_gain": _gain(table, "mIoU"), "refinement_table": table,
+            "segmenter": f"{SEGMENTER_CONFIG.name}, {steps} steps on {count} seed-1 scenes (the starter: 1000 on 240)"}
 
 
 def scored_refinement(data: Path, output: Path, model_dir: str, steps: int, device: str) -> dict:
@@ -191,8 +224,8 @@ def real_isprs(cfg: argparse.Namespace, tmp: Path) -> dict:
         steps = budget["refiner_steps"]
         refiner = train_idgbr(IdgbrTrainConfig(
             data=str(train), output=str(root / "refiner"), embedding=str(embedding), vae=str(vae), steps=steps,
-            patch_size=64, batch_size=4, lr=4e-4, ema_decay=0.995, guidance_scale=6.0, val_every=0,
-            checkpoint_every=steps, seed=5, device=device))
+            patch_size=64, batch_size=4, lr=4e-4, ema_decay=0.995, val_every=0, checkpoint_every=steps, seed=5,
+            device=device, **ISPRS_REFINER))
     with step("ISPRS: refine the Vaihingen map"):
         table = scored_refinement(test, root / "evaluation", str(refiner), 4 if cfg.quick else 0, device)
     return {"wfm3_gain": _gain(table, "WFm@3"), "miou_gain": _gain(table, "mIoU"), "table": table,
@@ -200,7 +233,7 @@ def real_isprs(cfg: argparse.Namespace, tmp: Path) -> dict:
             "training_coarse_maps": next(line for line in (train / "coarse" / REPORT_NAME).read_text(
                 encoding="utf-8").splitlines() if line.startswith("| all")),
             "train": "Potsdam 2_10 crop: 16 blocks of 128 px (RGB)", "test": "Vaihingen area1 crop: 512 px (NIR-R-G)",
-            "budget": budget, "guidance_scale": 6.0, "seconds": round(time.perf_counter() - started, 1),
+            "budget": budget, "refiner": ISPRS_REFINER, "seconds": round(time.perf_counter() - started, 1),
             "note": ISPRS_NOTE}
 
 

@@ -139,6 +139,25 @@ def test_siamese_encoder_is_frozen_and_gives_the_residual_shapes():
     assert {k.split(".")[0] for k in before} == set(ENCODER_PARTS) - {"time_proj"}  # no up blocks copied
 
 
+def test_an_unfrozen_siamese_copy_learns_with_the_denoiser():
+    """The small preset's copy holds random weights: a trainer may unfreeze it (train_siamese), and then the
+    conditions' features move with training while inference still computes them once per chain."""
+    model = make_model()
+    perturb_guidance(model)   # as after training: the residuals depend on the conditions
+    model.siamese.requires_grad_(True)
+    assert {id(p) for p in model.siamese.parameters()} <= {id(p) for p in model.diffusion_parameters()}
+    conditions, _ = conditions_and_latent(model)
+    before = [f.detach().clone() for f in conditions.coarse]
+    model.train()
+    optimizer = torch.optim.SGD(model.diffusion_parameters(), lr=1e-1)
+    training_loss(model, noise_scheduler(), *make_batch(), torch.Generator().manual_seed(0), drop_prob=0.0)[
+        "loss"].backward()
+    assert model.siamese.conv_in.weight.grad.abs().sum() > 0
+    optimizer.step()
+    after, _ = conditions_and_latent(model)
+    assert max((a - b).abs().max().item() for a, b in zip(after.coarse, before)) > 1e-4
+
+
 def test_guidance_is_zero_at_init_so_the_denoiser_is_the_plain_unet():
     model = make_model().eval()
     conditions, z = conditions_and_latent(model)
@@ -317,6 +336,29 @@ def test_strength_runs_the_last_share_of_the_chain_from_the_noised_coarse_map():
     assert (far == own).float().mean() < (near == own).float().mean() - 0.2
     with pytest.raises(ValueError, match="Strength"):
         refine(model, image, coarse, strength=0.0)
+
+
+def test_training_at_a_strength_draws_only_the_time_steps_that_sampling_runs(monkeypatch):
+    """A refiner sampled at strength s only ever denoises t < s T: training there (cubic within it) spends every
+    step on the part of the chain it is used for; strength 1 keeps the paper's cubic over the whole chain."""
+    model = make_model()
+    seen = []
+    predict = model.predict
+
+    def recording(z_t, t, *args, **kwargs):
+        seen.append(t.clone())
+        return predict(z_t, t, *args, **kwargs)
+
+    monkeypatch.setattr(model, "predict", recording)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        training_loss(model, noise_scheduler(), *make_batch(n=8), g, strength=0.3)
+    short = torch.cat(seen)
+    assert short.max() < 300 and short.max() >= 250 and (short > 150).float().mean() > 0.7
+    seen.clear()
+    for _ in range(40):
+        training_loss(model, noise_scheduler(), *make_batch(n=8), g)
+    assert torch.cat(seen).max() >= 900
 
 
 def test_repa_projector_and_loss():

@@ -5,6 +5,8 @@ The three stages are trained once per module (a handful of steps each) and chain
 import argparse
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,9 +193,13 @@ def test_evaluation_names_coarse_maps_of_unknown_origin(workdir, refiner_config,
 
 
 def test_refiner_can_start_from_a_trained_refiner(workdir, refiner_config, dataset, tmp_path):
-    """`init`: all weights and the architecture of an idgbr model; embedding and autoencoder stay as they were."""
+    """`init`: all weights and the architecture of an idgbr model; embedding and autoencoder stay as they were.
+    The stage-3b settings of the starter: coarse maps from another folder, strength, siamese copy trained."""
     start = workdir / "idgbr" / "model"
+    elsewhere = shutil.copytree(Path(dataset) / "coarse", tmp_path / "other_coarse")
+    (elsewhere / "source.txt").write_text("out-of-fold maps of another run\n")
     config = write_config(tmp_path / "ft.json", data=dataset, output=tmp_path / "ft", init=start, patch_size=32,
+                          coarse=elsewhere, strength=0.3, train_siamese=True, sampling_choice="measured",
                           batch_size=2, steps=1, val_every=0, checkpoint_every=1, device="cpu")
     run(idgbr.add_arguments, idgbr.main, ["--config", config])
     before, _ = load_refiner(start)
@@ -201,10 +207,15 @@ def test_refiner_can_start_from_a_trained_refiner(workdir, refiner_config, datas
     assert card.extra["init"] == f"{load_card(start).name} (model)"
     assert card.extra["init_steps"] == load_card(start).extra["steps"]
     assert card.extra["embedding"] == load_card(start).extra["embedding"]
+    assert card.extra["coarse_source"] == "out-of-fold maps of another run"
+    assert (card.extra["strength"], card.extra["siamese"], card.extra["sampling_choice"]) == (0.3, "trained",
+                                                                                              "measured")
     for part in ("label_embedding", "vae"):
         for (name, a), b in zip(getattr(before, part).state_dict().items(), getattr(after, part).state_dict().values()):
             assert torch.equal(a, b), f"{part}.{name} changed"
-    assert any(not torch.equal(a, b) for a, b in zip(before.unet.parameters(), after.unet.parameters()))
+    for part in ("unet", "siamese"):
+        assert any(not torch.equal(a, b) for a, b in zip(getattr(before, part).parameters(),
+                                                         getattr(after, part).parameters())), f"{part} unchanged"
     bad = write_config(tmp_path / "bad.json", data=dataset, output=tmp_path / "bad", init=start,
                        embedding=workdir / "embed" / "model", steps=1, device="cpu")
     with pytest.raises(idgbr.TrainingError, match="brings its own label embedding"):

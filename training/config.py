@@ -15,7 +15,7 @@ from training.trainer import TrainSettings, TrainingError
 T = TypeVar("T")
 # Fields holding paths: relative values in a config file are relative to that file.
 PATH_FIELDS = ("data", "output", "encoder_weights", "synthetic", "eval_data", "init", "embedding", "vae", "sd_path",
-               "fcf", "dinov2", "init_from")
+               "fcf", "dinov2", "init_from", "coarse")
 # Former field names, still read from config files and overrides: {old name: current name}.
 RENAMED_FIELDS = {"sample_every": "val_every"}
 

@@ -31,7 +31,7 @@ from core.checkpoint import ClassInfo, ModelCard, Normalization, load_card, load
 from core.data.folder import FolderDataset, PatchDataset, band_ranges
 from core.raster import hex_to_rgba
 from core.refinement.embedding import NOISE_STD, LabelEmbedding, embedding_loss, random_class_maps
-from core.refinement.model import (GUIDANCE_SCALE, REPA_WEIGHT, SAMPLING_STEPS, TASK, architecture_for,
+from core.refinement.model import (GUIDANCE_SCALE, REPA_WEIGHT, SAMPLING_STEPS, STRENGTH, TASK, architecture_for,
                                    build_model, noise_scheduler, refine, training_loss)
 from training.autoencoder import autoencoder_loss, latent_scaling_factor, loss_description
 from training.config import DiffusionLossConfig, RunConfig, add_run_arguments, config_from_args
@@ -206,7 +206,8 @@ def _source(model_dir: str) -> str:
 # --- stage 3: the refinement diffusion model ----------------------------------------------------------------
 @dataclass(kw_only=True)
 class IdgbrTrainConfig(DiffusionLossConfig, RunConfig):
-    """`data` holds images/, masks/, coarse/ and classes.json."""
+    """`data` holds images/, masks/, coarse/ and classes.json (or the coarse maps are in `coarse`)."""
+    coarse: str = ""               # folder of the coarse maps (coarse-labels --output); empty: DATA/coarse
     embedding: str = ""            # the idgbr-embed model directory (not with `init`)
     vae: str = ""                  # small preset: the idgbr-vae model directory (not with `init`)
     init: str = ""                 # an idgbr model directory to start from: all its weights (embedding, VAE,
@@ -226,6 +227,11 @@ class IdgbrTrainConfig(DiffusionLossConfig, RunConfig):
     ema_decay: float = 0.999
     val_every: int = 1000          # refine fixed patches into a preview grid this often; 0: never
     guidance_scale: float = GUIDANCE_SCALE   # CFG weight stored in the card: what previews and users sample with
+    sampling_choice: str = ""      # the card's record of how guidance and strength were chosen (a measurement)
+    train_siamese: bool = False    # unfreeze the pseudo-siamese copy: frozen is the paper's (SD1.5's pretrained
+                                   # encoder); the small preset's copy is of random weights, frozen it stays random
+    strength: float = STRENGTH     # share of the DDIM chain the card's sampler runs from the noised coarse map
+                                   # (1: the paper, from pure noise); training draws t from that share only
     checkpoint_every: int = 500
 
 
@@ -308,7 +314,7 @@ def _stage_sources(cfg: IdgbrTrainConfig) -> dict[str, str]:
 def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
     data = FolderDataset.open(cfg.data)
     _check_rgb(data)
-    triplets = list_triplets(cfg.data)
+    triplets = list_triplets(cfg.data, cfg.coarse)
     fields = dataset_card_fields(data)
     low, span = fields["normalization"].offset, fields["normalization"].scale
     dinov2 = Dinov2Tokens(cfg.dinov2_model, cfg.dinov2) if cfg.dinov2 else None
@@ -316,6 +322,7 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         log.info("REPA off: no DINOv2 weights file given (`dinov2`).")
     model, architecture = build_refiner(cfg, data.classes, dinov2.dim if dinov2 else None)
     run = Path(cfg.output)
+    model.siamese.requires_grad_(cfg.train_siamese)
     trainer = Trainer(model, cfg.train_settings(), parameters=model.diffusion_parameters())
     if trainer.dist.world > 1:
         raise TrainingError("idgbr trains in one process: its loss calls the model's parts directly, which "
@@ -331,11 +338,13 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
     def loss_fn(net, batch):
         image, labels, coarse = batch
         tokens = dinov2(image) if dinov2 is not None and trainer.step < cfg.repa_steps else None
-        return training_loss(net, scheduler, image, labels, coarse, dinov2_tokens=tokens, criterion=criterion)["loss"]
+        return training_loss(net, scheduler, image, labels, coarse, dinov2_tokens=tokens, criterion=criterion,
+                             strength=cfg.strength)["loss"]
 
     def preview_grid(net):
         image, labels, coarse = preview_batch
-        refined = refine(net, image, coarse, guidance_scale=cfg.guidance_scale, seed=cfg.seed).argmax(1).cpu()
+        refined = refine(net, image, coarse, guidance_scale=cfg.guidance_scale, seed=cfg.seed,
+                         strength=cfg.strength).argmax(1).cpu()
         save_preview(run / f"samples_{trainer.step:06d}.png", image, coarse, refined, labels, data.classes)
         return {"coarse_accuracy": float((coarse == labels).float().mean()),
                 "refined_accuracy": float((refined == labels).float().mean())}
@@ -349,8 +358,10 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         training_data=f"{Path(cfg.data).resolve().name}: {len(triplets)} image/mask/coarse triplets",
         metrics={k: round(v, 4) for k, v in metrics.items()},
         extra={**loss_entry, "steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
-               "guidance_scale": cfg.guidance_scale, "preset": cfg.preset, **_stage_sources(cfg),
-               "coarse_source": coarse_source(cfg.data) or "unknown", "repa": repa, "lr": cfg.lr,
+               "guidance_scale": cfg.guidance_scale, "strength": cfg.strength, "preset": cfg.preset,
+               "siamese": "trained" if cfg.train_siamese else "frozen",
+               **({"sampling_choice": cfg.sampling_choice} if cfg.sampling_choice else {}), **_stage_sources(cfg),
+               "coarse_source": coarse_source(cfg.data, cfg.coarse) or "unknown", "repa": repa, "lr": cfg.lr,
                "patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "ema_decay": cfg.ema_decay,
                "scaling": "image in [-1, 1] = 2 (raw - mean) / std - 1 per band (dataset range)"},
         **fields))

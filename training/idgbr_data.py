@@ -45,23 +45,23 @@ REPORTED_METRICS = ("mIoU", "mF1", "bIoU@1", "bIoU@3", "bIoU@5", "WFm@1", "WFm@3
 
 
 # --- reading a refinement dataset ----------------------------------------------------------------------
-def list_triplets(root: str | Path) -> list[tuple[Path, Path, Path]]:
-    """(image, mask, coarse map) per image; every mask needs its coarse map in coarse/."""
-    coarse_dir = Path(root) / COARSE_DIR
+def list_triplets(root: str | Path, coarse: str | Path = "") -> list[tuple[Path, Path, Path]]:
+    """(image, mask, coarse map) per image; every mask needs its coarse map in `coarse` (default: root/coarse/)."""
+    coarse_dir = Path(coarse) if coarse else Path(root) / COARSE_DIR
     if not coarse_dir.is_dir():
-        raise RasterError(f"Dataset '{root}' has no {COARSE_DIR}/ folder of coarse class maps; make them with "
+        raise RasterError(f"Dataset '{root}' has no folder of coarse class maps {coarse_dir}; make them with "
                           "`python -m training coarse-labels`.")
     by_stem = {p.stem: p for p in coarse_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     pairs = list_pairs(root)
     missing = [mask.name for _, mask in pairs if mask.stem not in by_stem]
     if missing:
-        raise RasterError(f"Dataset '{root}': no coarse map in {COARSE_DIR}/ for the mask(s) {', '.join(missing[:5])}.")
+        raise RasterError(f"Dataset '{root}': no coarse map in {coarse_dir} for the mask(s) {', '.join(missing[:5])}.")
     return [(image, mask, by_stem[mask.stem]) for image, mask in pairs]
 
 
-def coarse_source(root: str | Path) -> str:
-    """What coarse/source.txt says about how the coarse maps were made ("" when unknown)."""
-    path = Path(root) / COARSE_DIR / SOURCE_NAME
+def coarse_source(root: str | Path, coarse: str | Path = "") -> str:
+    """What source.txt of the coarse maps (default: root/coarse/) says about how they were made ("" when unknown)."""
+    path = (Path(coarse) if coarse else Path(root) / COARSE_DIR) / SOURCE_NAME
     return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
 
 

@@ -333,9 +333,10 @@ class IDGBR(nn.Module):
         return vae_factor(self.vae)
 
     def diffusion_parameters(self) -> list[nn.Parameter]:
-        """What the diffusion stage trains: the denoiser, the guidance modules and the REPA projector."""
-        modules = [self.unet, self.guidance] + ([self.projector] if self.projector is not None else [])
-        return [p for m in modules for p in m.parameters()]
+        """What the diffusion stage trains: the denoiser, the guidance modules and the REPA projector (and the
+        siamese copy, if a trainer unfroze it)."""
+        modules = [self.unet, self.guidance, self.siamese] + ([self.projector] if self.projector is not None else [])
+        return [p for m in modules for p in m.parameters() if p.requires_grad]
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> scaled latents (the VAE's mode: deterministic conditions and targets)."""
@@ -353,9 +354,8 @@ class IDGBR(nn.Module):
         """The fixed empty-text states: the UNets' cross-attention always sees the same (no) prompt."""
         return self.empty_text.expand(batch, -1, -1)
 
-    @torch.no_grad()
     def condition_features(self, c_image: torch.Tensor, c_coarse: torch.Tensor) -> ConditionFeatures:
-        """Siamese features of c_I and c_r in one batched pass."""
+        """Siamese features of c_I and c_r in one batched pass (with gradient only where the copy was unfrozen)."""
         both = torch.cat([c_image, c_coarse])
         features = self.siamese(both, self.text_states(both.shape[0]))
         n = c_image.shape[0]
@@ -407,17 +407,20 @@ def cubic_timesteps(count: int, generator: torch.Generator | None = None, device
 def training_loss(model: IDGBR, scheduler: DDIMScheduler, image: torch.Tensor, labels: torch.Tensor,
                   coarse: torch.Tensor, generator: torch.Generator | None = None, drop_prob: float = DROP_PROB,
                   dinov2_tokens: torch.Tensor | None = None,
-                  repa_weight: float = REPA_WEIGHT, criterion=F.mse_loss) -> dict[str, torch.Tensor]:
+                  repa_weight: float = REPA_WEIGHT, criterion=F.mse_loss,
+                  strength: float = STRENGTH) -> dict[str, torch.Tensor]:
     """Eps-MSE (or another criterion, e.g. MCRD) at a cubic-sampled t with condition dropout, + repa_weight *
-    L_REPA when DINOv2 tokens are given.
+    L_REPA when DINOv2 tokens are given. `strength` < 1 draws t (still cubic) from the share of the chain
+    that refine(strength=...) runs, [0, strength T): a refiner sampled from the noised coarse map is trained
+    only where it is used.
 
     image (B, 3, H, W) in [-1, 1]; labels, coarse (B, H, W). Returns {"loss", "mse"[, "repa"]}.
     """
     with torch.no_grad():
-        z0 = model.encode_labels(labels)
-        conditions = model.condition_features(model.encode_image(image), model.encode_labels(coarse))
+        z0, c_image, c_coarse = model.encode_labels(labels), model.encode_image(image), model.encode_labels(coarse)
+    conditions = model.condition_features(c_image, c_coarse)
     batch, device = z0.shape[0], z0.device
-    t = cubic_timesteps(batch, generator, device)
+    t = cubic_timesteps(batch, generator, device, timesteps=max(1, round(strength * TIMESTEPS)))
     noise = torch.randn(z0.shape, generator=generator, device=device)
     keep = torch.rand(batch, generator=generator, device=device) >= drop_prob
     eps, hidden = model.predict(scheduler.add_noise(z0, noise, t), t, conditions, keep, return_hidden=True)
