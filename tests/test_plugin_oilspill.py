@@ -24,6 +24,7 @@ from tests.plugin_helpers import add_raster_layer, run_then_cancel
 
 pytestmark = [pytest.mark.qgis, pytest.mark.usefixtures("one_torch_thread")]
 DETECT, SYNTHESIZE = "rsdiffusion:detect_oil_spills", "rsdiffusion:synthesize_sar_pairs"
+FILTER = "rsdiffusion:filter_sar_pairs"
 POLYGON_FIELDS = ["class_id", "class_name", "area_m2", "area_km2", "mean_oil_prob"]
 LAND_COLUMNS = 64   # the land mask covers the crop's 64 westernmost columns
 CLASS_NAMES = [c.name for c in SAR_CLASSES]
@@ -170,6 +171,29 @@ def test_synthesize_sar_pairs_through_processing(processing, tmp_path, jointnet_
     with rasterio.open(folder / "soft" / "sar_00001.tif") as soft:
         np.testing.assert_allclose(soft.read().sum(0), 1.0, atol=1e-5)
     assert set(np.unique(read1(folder / "masks" / "sar_00000.tif"))) <= {c.value for c in SAR_CLASSES}
+
+
+def test_filter_sar_pairs_through_processing(processing, tmp_path, sar_models):
+    """Generated pairs scored by a SAROSS-Net (the judge) and the best-agreeing share copied; a cancelled or refused
+    run writes nothing."""
+    processing.run(SYNTHESIZE, {"MODEL": str(sar_models.jointnet), "COUNT": 4, "STEPS": 2, "SEED": 3,
+                                "OUTPUT_FOLDER": str(tmp_path / "pairs")})
+    result = processing.run(FILTER, {"MODEL": str(sar_models.saross), "PAIRS": str(tmp_path / "pairs"),
+                                     "KEEP": 0.5, "OUTPUT_FOLDER": str(tmp_path / "kept")})
+    assert (result["PAIRS"], result["KEPT"]) == (4, 2) and result["MIOU_KEPT"] >= result["MIOU_ALL"]
+    kept = files_in(tmp_path / "kept" / "images")
+    assert len(kept) == 2 and kept < files_in(tmp_path / "pairs" / "images")
+    assert files_in(tmp_path / "kept") == {"images", "masks", "soft", "classes.json"}
+    assert files_in(tmp_path / "kept" / "masks") == files_in(tmp_path / "kept" / "soft") == kept
+
+    with pytest.raises(QgsProcessingException, match="not empty"):
+        processing.run(FILTER, {"MODEL": str(sar_models.saross), "PAIRS": str(tmp_path / "pairs"),
+                                "OUTPUT_FOLDER": str(tmp_path / "kept")})
+    feedback = QgsProcessingFeedback()
+    feedback.cancel()
+    assert processing.run(FILTER, {"MODEL": str(sar_models.saross), "PAIRS": str(tmp_path / "pairs"),
+                                   "OUTPUT_FOLDER": str(tmp_path / "cancelled")}, feedback=feedback) == {}
+    assert not (tmp_path / "cancelled").exists() or not files_in(tmp_path / "cancelled")
 
 
 # --- the dock tab ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from core.metrics.segmentation import confusion_matrix, scores
 from core.oilspill import jointnet, saross
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.losses import saross_loss
+from core.progress import Progress, TqdmProgress
 from training.config import DiffusionLossConfig, RunConfig, add_init_from_argument, add_run_arguments, config_from_args
 from training.monitor import TrainingMonitor, monitored
 from training.segment import evaluate, split_pairs
@@ -252,14 +253,14 @@ def evaluate_saross(model_dir: str, data_root: str, split: str = "test", device:
     shows the false land; `predicted/<class>` is the share of the scored pixels given each class. Pixels of
     a dataset class the model lacks are left out, with a warning.
     """
-    names, per_image = _confusions(model_dir, data_root, split, device)
+    names, _, per_image = _confusions(model_dir, data_root, split, device)
     cm = sum((confusion for _, confusion in per_image), torch.zeros(len(names), len(names), dtype=torch.long))
     predicted = cm.sum(dim=0).double() / max(int(cm.sum()), 1)   # columns: what the model called the pixels
     return {**scores(cm, names), **{f"predicted/{name}": float(share) for name, share in zip(names, predicted)}}
 
 
 def _confusions(model_dir: str, data_root: str, split: str, device: str):
-    """(the model's class names, an iterator of (sample, confusion matrix) over the dataset's labelled images)."""
+    """(the model's class names, the number of labelled images, an iterator of (sample, confusion matrix) over them)."""
     from core.device import resolve_device
     from core.oilspill.pipeline import load_saross
     from core.data.sar_scaling import SceneScaler
@@ -291,24 +292,29 @@ def _confusions(model_dir: str, data_root: str, split: str, device: str):
                 labelled = truth != IGNORE_INDEX
                 truth[labelled] = to_model[truth[labelled]]
                 yield sample, confusion_matrix(logits.argmax(0), truth, len(names), IGNORE_INDEX)
-    return names, per_image()
+    return names, len(data.samples), per_image()
 
 
 def filter_consistent_pairs(model_dir: str, pairs_dir: str, output: str, keep: float = 0.5,
-                            device: str = "auto") -> dict:
+                            device: str = "auto", progress: Progress | None = None) -> dict:
     """Keep the generated pairs whose labels a model trained on real data agrees with best (per-pair mIoU),
     the top `keep` share, in a new pairs folder (copies: images, masks, soft labels, classes.json).
 
     Generated pairs whose labels do not match their images teach a downstream model the wrong thing; the
-    label-consistency score of issue 20 measures that per set, this acts on it per pair. Returns the scores."""
+    label-consistency score of issue 20 measures that per set, this acts on it per pair. Every pair is scored
+    before anything is written, so a cancelled run leaves no output. Returns the scores."""
+    progress = progress or Progress()
     if not 0 < keep <= 1:
         raise TrainingError(f"keep must be a share in (0, 1], not {keep}.")
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"Output folder {output} is not empty.")
-    names, per_image = _confusions(model_dir, pairs_dir, "train", device)
-    scored = sorted(((scores(cm, names)["mIoU"], sample) for sample, cm in per_image),
-                    key=lambda pair: -np.nan_to_num(pair[0]))
+    names, count, per_image = _confusions(model_dir, pairs_dir, "train", device)
+    scored = []
+    for done, (sample, cm) in enumerate(per_image, start=1):
+        scored.append((scores(cm, names)["mIoU"], sample))
+        progress.step(done, count)
+    scored.sort(key=lambda pair: -np.nan_to_num(pair[0]))
     kept = scored[:max(1, round(keep * len(scored)))]
     source = Path(pairs_dir)
     for folder in ("images", "masks", "soft"):
@@ -371,7 +377,6 @@ def add_synthesize_arguments(parser) -> None:
 
 
 def main_synthesize(args) -> None:
-    from core.progress import TqdmProgress
     progress = TqdmProgress("sar-synthesize")
     result = synthesize_sar_pairs(SarSynthesisParams(
         output_dir=args.output, count=args.count, model_dir=args.model, steps=args.steps, seed=args.seed,
@@ -389,7 +394,11 @@ def add_filter_arguments(parser) -> None:
 
 
 def main_filter(args) -> None:
-    result = filter_consistent_pairs(args.model, args.pairs, args.output, args.keep, args.device)
+    progress = TqdmProgress("sar-filter-pairs", unit="pair")
+    try:
+        result = filter_consistent_pairs(args.model, args.pairs, args.output, args.keep, args.device, progress)
+    finally:
+        progress.close()
     print(f"kept {result['kept']} of {result['pairs']} pairs (per-pair mIoU >= {result['threshold']:.3f}; "
           f"mean {result['miou_all']:.3f} over all, {result['miou_kept']:.3f} kept) in {args.output}")
 

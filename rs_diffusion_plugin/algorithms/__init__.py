@@ -4,6 +4,7 @@ from rs_diffusion_plugin.algorithms.build_training_set import BuildTrainingSetAl
 from rs_diffusion_plugin.algorithms.detect_changes import DetectChangesAlgorithm
 from rs_diffusion_plugin.algorithms.detect_oil_spills import DetectOilSpillsAlgorithm
 from rs_diffusion_plugin.algorithms.export_onnx import ExportOnnxAlgorithm
+from rs_diffusion_plugin.algorithms.filter_sar_pairs import FilterSarPairsAlgorithm
 from rs_diffusion_plugin.algorithms.fuse_ir_visible import FuseIrVisibleAlgorithm
 from rs_diffusion_plugin.algorithms.refine_classification import RefineClassificationAlgorithm
 from rs_diffusion_plugin.algorithms.segment_raster import SegmentRasterAlgorithm
@@ -16,6 +17,6 @@ from rs_diffusion_plugin.algorithms.train_segmenter import TrainSegmenterAlgorit
 
 ALGORITHMS = (SegmentRasterAlgorithm, BuildTrainingSetAlgorithm, SynthesizePairsAlgorithm,
               RefineClassificationAlgorithm, DetectOilSpillsAlgorithm, SynthesizeSarPairsAlgorithm,
-              FuseIrVisibleAlgorithm, DetectChangesAlgorithm, BuildChangeTrainingSetAlgorithm,
+              FilterSarPairsAlgorithm, FuseIrVisibleAlgorithm, DetectChangesAlgorithm, BuildChangeTrainingSetAlgorithm,
               SynthesizeChangePairsAlgorithm, TrainSegmenterAlgorithm, TrainOilSpillDetectorAlgorithm,
               TrainChangeDetectorAlgorithm, ExportOnnxAlgorithm)
