@@ -36,7 +36,8 @@ SUBCOMMAND_CONFIGS = {
 CONFIG_SUBCOMMANDS = {
     "change_vae_512.toml": "change-vae", "changedet_starter.toml": "changedet", "fcf_starter.toml": "fcf",
     "fusion_prior_starter.toml": "fusion-prior", "idgbr_embed_starter.toml": "idgbr-embed",
-    "idgbr_starter.toml": "idgbr", "idgbr_vae_starter.toml": "idgbr-vae", "rdfmig_latent512.toml": "rdfmig",
+    "idgbr_starter.toml": "idgbr", "idgbr_starter_oof1.toml": "idgbr", "idgbr_starter_oof2.toml": "idgbr",
+    "idgbr_vae_starter.toml": "idgbr-vae", "rdfmig_latent512.toml": "rdfmig",
     "rdfmig_starter.toml": "rdfmig", "sar_jointnet_stage1_starter.toml": "sar-jointnet",
     "sar_jointnet_stage2_starter.toml": "sar-jointnet", "sar_jointnet_stage3_starter.toml": "sar-jointnet",
     "saross_starter.toml": "saross", "satsynth_sr_starter.toml": "satsynth-sr",
