@@ -1,21 +1,23 @@
-"""The payoff section: does generated data help where labels are scarce? (issue 20, DAKD so far)
+"""The payoff section: does generated data help where labels are scarce? (issue 20)
 
-The low-label protocol for SAR oil spills, every step through our own trainers:
-1. N_SMALL procedural scenes (10% of the starter's 200) are the only real labelled data. SAR-JointNet (three
-   stages) is trained on them alone: no generator sees data the downstream model is denied.
-2. It generates GENERATED pairs with soft labels.
-3. SAROSS-Net is trained from the same seeds for the same steps with R = 0, 1, 3 generated mosaics per real
-   crop in every batch (DAKD at T = 2; R = 0 is the real-only control), SEEDS seeds per R.
-4. Each model is scored on held-out procedural scenes (another seed, never trained on) and on the real crops
-   of ../shared/data/sar_oilspill (none of them seen by anything).
-Diagnostic: label consistency, the R = 0 models' mIoU of the generated images against the generated labels
-(pairs whose labels do not match their images teach the wrong thing). Acting on it: R1_consistent trains with
-R = 1 on the half of the pairs the first R = 0 model agrees with best (`sar-filter-pairs`); the consistency of
-the kept half is scored by the other R = 0 model (which did not choose them).
+One low-label protocol for the three synthesis methods, every step through our own trainers:
+1. N_small real labelled samples (about 10% of the method's N_full) are the only labels. The generator is
+   trained on them alone (no generator sees data the downstream model is denied), at about half its starter's
+   budget: SAR-JointNet (DAKD), SatSynth base + x2 stage, FCF + RDF-MIG (MCRD).
+2. It generates a set of pairs (SAR: with soft labels; change: A, B, mask triplets).
+3. The downstream model (SAROSS-Net, the FPN segmenter, FC-Siam-conc) is trained from the same seed for the
+   same steps with R = 0, 1, 3 generated samples per real one in every batch (R = 0 is the real-only
+   control), two seeds per R.
+4. Each model is scored on held-out data of its domain: procedural scenes / pairs of another seed, and the real
+   crops of ../shared/data where the domain has them (sar_oilspill, cd_dsifn); none of them seen by anything.
+Diagnostics per generator: label consistency, the R = 0 models scoring the generated images against the
+generated labels (pairs whose labels do not match their images teach the wrong thing), and proxy FID against
+held-out real data, next to the floor of the N_small real set against the same data. Acting on them (DAKD):
+R1_consistent trains with R = 1 on the half of the pairs the first R = 0 model agrees with best
+(`sar-filter-pairs`); the consistency of the kept half is scored by the other R = 0 model.
 
-Budgets are half the starter's (JointNet 400 / 600 / 200 steps, SAROSS-Net 800): the whole table is about an
-hour on 2 CPU cores. Runs go to a work folder (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff) and are reused
-when their model exists, so an interrupted run resumes where it stopped.
+About two hours on 2 CPU cores in all. Runs go to a work folder (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff)
+and are reused when their model exists, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -25,11 +27,30 @@ import os
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.harness import step
 from benchmarks.sar import REAL_CROPS, link_real_crops, rounded
-from core.data.sar import write_sar_dataset
+from benchmarks.satsynth import SEGMENTER
+from core.change.generate import ChangeSynthesisParams, synthesize_change_pairs
+from core.data.change import list_change_triplets, write_change_dataset
+from core.data.folder import FolderDataset
+from core.data.sar import open_sar_dataset, scaled_sample, write_sar_dataset
+from core.data.sar_scaling import SarScaling
+from core.data.scenes import write_scene_dataset
+from core.device import resolve_device
+from core.metrics.fid import SegmenterFeatures, frechet_distance
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
+from core.oilspill.pipeline import load_saross
+from core.raster import read_array
+from core.segmentation.model import load_segmenter
+from core.synthesis.generate import SynthesisParams, synthesize_pairs
+from training.augment_eval import AugmentEvalConfig, evaluate_on_real, run_augment_eval
+from training.changedet import ChangeDetTrainConfig, evaluate_changedet, train_changedet
 from training.config import load_config
+from training.fcf import FcfTrainConfig, train_fcf
+from training.rdfmig import RdfmigTrainConfig, train_rdfmig
+from training.satsynth import SatSynthTrainConfig, train_satsynth
 from training.sar import (SarJointNetTrainConfig, SarossTrainConfig, evaluate_saross, filter_consistent_pairs,
                           train_jointnet, train_saross)
 
@@ -47,7 +68,7 @@ KEYS = ("mIoU", "IoU/oil", "IoU/sea", "predicted/land")
 
 def bench(cfg: argparse.Namespace) -> dict:
     work = Path(os.environ.get("RS_DIFFUSION_PAYOFF_WORK") or "runs/payoff") / ("quick" if cfg.quick else "full")
-    return {"dakd": dakd_payoff(cfg, work)}
+    return {"dakd": dakd_payoff(cfg, work), "satsynth": satsynth_payoff(cfg, work), "rdfmig": rdfmig_payoff(cfg, work)}
 
 
 def _done(run: Path) -> bool:
@@ -117,6 +138,9 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                     for where in table[name]} for name in table if name != "R0"}
     spread = {where: max(table[name][where]["mIoU"]["spread"] for name in table) for where in table["R0"]}
     return {"table": table, "miou_gain_over_r0": gains, "largest_seed_spread": spread,
+            "proxy_fid": _sar_proxy_fid(work / f"saross_R0_seed{seeds[0]}" / "model", held_out,
+                                        {"generated_vs_held_out": generated, "real_training_vs_held_out": small},
+                                        cfg.device),
             "label_consistency_miou": round(statistics.fmean(consistency), 4),
             "label_consistency_miou_kept": round(evaluate_saross(
                 str(work / f"saross_R0_seed{seeds[-1]}" / "model"), str(consistent), device=cfg.device)["mIoU"], 4),
@@ -128,6 +152,21 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                                  "the R=0 models' mIoU on the generated pairs"}}
 
 
+def _sar_proxy_fid(model_dir: Path, reference: Path, sets: dict[str, Path], device: str) -> dict:
+    """Proxy FID of SAR sets against `reference` with a real-only SAROSS-Net's encoder (no SAR Inception exists):
+    every 64 px crop (the generated pairs' size) of each image, stretched as the model's card says."""
+    model, card = load_saross(str(model_dir))
+    scaling = SarScaling.from_dict(card.extra.get("sar_scaling"))
+    features = SegmenterFeatures(model, card, resolve_device(device))
+
+    def crops(root: Path) -> np.ndarray:
+        data = open_sar_dataset(root, skip_unlabelled=True)
+        return features(_crops([scaled_sample(data, i, scaling)[0][None] for i in range(len(data.samples))], 64))
+
+    real = crops(reference)
+    return {name: round(frechet_distance(real, crops(root)), 3) for name, root in sets.items()}
+
+
 def _pick(result: dict) -> dict:
     return {k: result.get(k, 0.0) for k in KEYS}
 
@@ -136,4 +175,174 @@ def _summary(runs: list[dict]) -> dict:
     """{where: {metric: {mean, spread}}} over the seeds."""
     return {where: {key: {"mean": round(statistics.fmean(r[where][key] for r in runs), 4),
                           "spread": round((max(r[where][key] for r in runs) - min(r[where][key] for r in runs)) / 2, 4)}
-                    for key in KEYS} for where in runs[0]}
+                    for key in runs[0][where]} for where in runs[0]}
+
+
+def _gains(table: dict, key: str) -> dict:
+    """Each R's mean `key` minus R = 0's, per place scored."""
+    return {name: {where: round(table[name][where][key]["mean"] - table["R0"][where][key]["mean"], 4)
+                   for where in table[name]} for name in table if name != "R0"}
+
+
+def _crops(images: list[np.ndarray], size: int) -> np.ndarray:
+    """Every non-overlapping size x size crop of (bands, H, W) images: the proxy FID's samples."""
+    return np.stack([image[:, r:r + size, c:c + size] for image in images
+                     for r in range(0, image.shape[1] - size + 1, size)
+                     for c in range(0, image.shape[2] - size + 1, size)]).astype(np.float32)
+
+
+def _proxy_fid(cfg: argparse.Namespace, reference: list[np.ndarray], sets: dict[str, list[np.ndarray]],
+               size: int) -> dict:
+    """Proxy FID (the starter segmenter's encoder; core.metrics.fid) of each set against `reference`."""
+    features = SegmenterFeatures(*load_segmenter(cfg.model), resolve_device(cfg.device))
+    real = features(_crops(reference, size))
+    return {name: round(frechet_distance(real, features(_crops(images, size))), 3) for name, images in sets.items()}
+
+
+# --- SatSynth ---------------------------------------------------------------------------------------------------------
+
+SATSYNTH = {"n_small": 24, "n_full": 240, "held_out": 40, "base_steps": 1500, "sr_steps": 500, "generated": 72,
+            "segmenter_steps": 300, "seeds": (3, 4)}
+SATSYNTH_QUICK = {**SATSYNTH, "n_small": 4, "held_out": 2, "base_steps": 4, "sr_steps": 4, "generated": 4,
+                  "segmenter_steps": 4, "seeds": (3,)}
+
+
+def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
+    """N_small procedural scenes are the only labels: the SatSynth base and x2 stages learn them alone (half
+    the starter's steps), generate GENERATED pairs (DDIM-25 + x2 DDIM-25), and the bench's FPN segmenter
+    trains with R = 0, 1, 3 generated per real patch (training.augment_eval: balanced batches, same steps and
+    seed for every R), one run per seed; held-out procedural scenes score."""
+    budget = SATSYNTH_QUICK if cfg.quick else SATSYNTH
+    small, held_out = work / "satsynth_scenes_small", work / "satsynth_scenes_held_out"
+    generated = work / "satsynth_generated"
+    if not (held_out / "classes.json").is_file():
+        with step(f"{budget['n_small']} procedural scenes (the only labels) and {budget['held_out']} held-out ones"):
+            write_scene_dataset(small, budget["n_small"], 256, seed=1)
+            write_scene_dataset(held_out, budget["held_out"], 256, seed=2)
+    runs = {}
+    for stage, toml, steps in (("base", "satsynth_starter.toml", budget["base_steps"]),
+                               ("sr", "satsynth_sr_starter.toml", budget["sr_steps"])):
+        run = work / f"satsynth_{stage}"
+        if not _done(run):
+            config = load_config(SatSynthTrainConfig, str(CONFIGS / toml))
+            config = dataclasses.replace(config, name=f"payoff SatSynth {stage} ({budget['n_small']} scenes)",
+                                         data=str(small), output=str(run), steps=steps, device=cfg.device,
+                                         resume=run.exists())
+            with step(f"SatSynth {stage} on the {budget['n_small']} scenes, {steps} steps"):
+                train_satsynth(config, super_resolution=stage == "sr")
+        runs[stage] = str(run / "model")
+    if not (generated / "index.csv").is_file():
+        with step(f"{budget['generated']} generated pairs (DDIM-25, x2 DDIM-25)"):
+            synthesize_pairs(SynthesisParams(str(generated), count=budget["generated"], model_dir=runs["base"],
+                                             steps=25, super_resolution=True, sr_model_dir=runs["sr"], sr_steps=25,
+                                             seed=11, device=cfg.device))
+    cells: dict[str, list[dict]] = {}
+    consistency = []
+    for seed in budget["seeds"]:
+        out = work / f"satsynth_segmenters_seed{seed}"
+        with step(f"FPN segmenters R = 0, 1, 3, seed {seed}, {budget['segmenter_steps']} steps each"):
+            rows = run_augment_eval(AugmentEvalConfig(
+                data=str(small), synthetic=str(generated), eval_data=str(held_out), output=str(out),
+                ratios=list(RATIOS), segmenter={**SEGMENTER, "steps": budget["segmenter_steps"], "seed": seed},
+                device=cfg.device, resume=True))
+        for row in rows:
+            cells.setdefault(f"R{row['R']:g}", []).append(
+                {"procedural": {k: v for k, v in row.items() if k in ("mIoU", "mF1") or k.startswith("IoU/")}})
+        consistency.append(evaluate_on_real(out / "R0" / "model", FolderDataset.open(generated).pairs,
+                                            cfg.device)["mIoU"])
+    table = {name: _summary(rows) for name, rows in cells.items()}
+    read = lambda folder: [read_array(image)[0] for image, _ in FolderDataset.open(folder).pairs]   # noqa: E731
+    fid = _proxy_fid(cfg, read(held_out), {"generated": read(generated), "real_training": read(small)}, 128)
+    return {"table": table, "miou_gain_over_r0": _gains(table, "mIoU"),
+            "largest_seed_spread": {"procedural": max(table[n]["procedural"]["mIoU"]["spread"] for n in table)},
+            "label_consistency_miou": round(statistics.fmean(consistency), 4),
+            "proxy_fid": {"generated_vs_held_out": fid["generated"],
+                          "real_training_vs_held_out": fid["real_training"]},
+            "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in budget.items()},
+                         "segmenter": {**SEGMENTER, "steps": budget["segmenter_steps"]}, "work": str(work),
+                         "note": "mean and spread (half the max - min over seeds) per cell, held-out procedural "
+                                 "scenes (seed 2); label consistency = the R=0 segmenters' mIoU of the generated "
+                                 "images against the generated labels; proxy FID on 128 px crops (0.5 m) with the "
+                                 "starter segmenter's encoder, generated and the N_small real scenes each against "
+                                 "the held-out scenes"}}
+
+
+# --- RDF-MIG ----------------------------------------------------------------------------------------------------------
+
+RDFMIG = {"n_small": 6, "n_full": 60, "held_out": 20, "size": 128, "fcf_steps": 500, "joint_steps": 500,
+          "generated": 24, "detector_steps": 400, "seeds": (4, 5)}
+RDFMIG_QUICK = {**RDFMIG, "n_small": 2, "held_out": 2, "fcf_steps": 4, "joint_steps": 4, "generated": 4,
+                "detector_steps": 4, "seeds": (4,)}
+DSIFN = REAL_CROPS.parent / "cd_dsifn"
+CHANGE_KEYS = ("IoU", "F1", "recall", "precision")
+
+
+def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
+    """N_small procedural change pairs (10% of the rdfmig section's 60) are the only labels: the FCF and the
+    RDF-MIG joint model (MCRD) learn them alone, generate GENERATED triplets (DDIM-50), and FC-Siam-conc trains
+    with R = 0, 1, 3 generated patches per real one in every batch, same steps and seed for every R; held-out
+    procedural pairs (clean masks) and the real DSIFN pairs of ../shared/data score."""
+    budget = RDFMIG_QUICK if cfg.quick else RDFMIG
+    small, held_out, generated = work / "rdfmig_pairs_small", work / "rdfmig_pairs_held_out", work / "rdfmig_generated"
+    if not (held_out / "label").is_dir():
+        with step(f"{budget['n_small']} procedural change pairs (the only labels) and {budget['held_out']} held-out"):
+            write_change_dataset(small, budget["n_small"], budget["size"], seed=101)
+            write_change_dataset(held_out, budget["held_out"], budget["size"], seed=202)
+    fcf, joint = work / "rdfmig_fcf", work / "rdfmig_joint"
+    if not _done(fcf):
+        config = load_config(FcfTrainConfig, str(CONFIGS / "fcf_starter.toml"))
+        config = dataclasses.replace(config, name=f"payoff FCF ({budget['n_small']} pairs)", data=str(small),
+                                     output=str(fcf), steps=budget["fcf_steps"], device=cfg.device,
+                                     resume=fcf.exists())
+        with step(f"FCF on the {budget['n_small']} pairs, {config.steps} steps"):
+            train_fcf(config)
+    if not _done(joint):
+        config = load_config(RdfmigTrainConfig, str(CONFIGS / "rdfmig_starter.toml"))
+        config = dataclasses.replace(config, name=f"payoff RDF-MIG ({budget['n_small']} pairs)", data=str(small),
+                                     output=str(joint), fcf=str(fcf / "model"), steps=budget["joint_steps"],
+                                     val_every=0, device=cfg.device, resume=joint.exists())
+        with step(f"RDF-MIG (FCF + MCRD) on the {budget['n_small']} pairs, {config.steps} steps"):
+            train_rdfmig(config)
+    if not (generated / "index.csv").is_file():
+        with step(f"{budget['generated']} generated triplets (DDIM-50)"):
+            synthesize_change_pairs(ChangeSynthesisParams(str(generated), count=budget["generated"],
+                                                          model_dir=str(joint / "model"), steps=50, seed=7,
+                                                          device=cfg.device))
+    cells: dict[str, list[dict]] = {}
+    consistency = []
+    for ratio in RATIOS:
+        for seed in budget["seeds"]:
+            run = work / f"rdfmig_detector_R{ratio:g}_seed{seed}"
+            if not _done(run):
+                with step(f"FC-Siam-conc R = {ratio:g}, seed {seed}, {budget['detector_steps']} steps"):
+                    train_changedet(ChangeDetTrainConfig(
+                        data=str(small), output=str(run), synthetic=str(generated) if ratio else "",
+                        synthetic_ratio=ratio, eval_data=str(held_out), steps=budget["detector_steps"],
+                        val_every=budget["detector_steps"], checkpoint_every=10 ** 6, seed=seed,
+                        device=cfg.device, resume=run.exists()))
+            scores = {"procedural": _change_scores(run, held_out, cfg.device)}
+            if DSIFN.is_dir():
+                scores["real"] = _change_scores(run, DSIFN, cfg.device)
+            cells.setdefault(f"R{ratio:g}", []).append(scores)
+            if ratio == 0:
+                consistency.append(evaluate_changedet(str(run / "model"), str(generated), device=cfg.device)["IoU"])
+    table = {name: _summary(rows) for name, rows in cells.items()}
+    read_b = lambda folder: [read_array(b)[0] for _, b, _ in list_change_triplets(folder)]   # noqa: E731
+    fid = _proxy_fid(cfg, read_b(held_out), {"generated": read_b(generated), "real_training": read_b(small)}, 64)
+    return {"table": table, "iou_gain_over_r0": _gains(table, "IoU"),
+            "largest_seed_spread": {where: max(table[n][where]["IoU"]["spread"] for n in table)
+                                    for where in table["R0"]},
+            "label_consistency_iou": round(statistics.fmean(consistency), 4),
+            "proxy_fid_b_images": {"generated_vs_held_out": fid["generated"],
+                                   "real_training_vs_held_out": fid["real_training"]},
+            "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in budget.items()}, "work": str(work),
+                         "note": "mean and spread (half the max - min over seeds) per cell of change IoU / F1 / "
+                                 "recall / precision; 'real' = the DSIFN pairs of ../shared/data/cd_dsifn (none "
+                                 "trained on); label consistency = the R=0 detectors' change IoU on the generated "
+                                 "triplets; proxy FID of date-B images on 64 px crops with the starter segmenter's "
+                                 "encoder, generated and the N_small real pairs each against the held-out pairs"}}
+
+
+def _change_scores(run: Path, data: Path, device: str) -> dict:
+    metrics = evaluate_changedet(str(run / "model"), str(data), device=device)
+    return {k: round(float(metrics[k]), 4) for k in CHANGE_KEYS}
