@@ -24,10 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import statistics
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from benchmarks.harness import step
 from benchmarks.sar import REAL_CROPS, link_real_crops, rounded
@@ -42,7 +45,7 @@ from core.device import resolve_device
 from core.metrics.fid import SegmenterFeatures, frechet_distance
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.pipeline import load_saross
-from core.raster import read_array
+from core.raster import raster_info, read_array, write_geotiff
 from core.segmentation.model import load_segmenter
 from core.synthesis.generate import SynthesisParams, synthesize_pairs
 from training.augment_eval import AugmentEvalConfig, evaluate_on_real, run_augment_eval
@@ -184,6 +187,32 @@ def _gains(table: dict, key: str) -> dict:
                    for where in table[name]} for name in table if name != "R0"}
 
 
+def _paired_gains(cells: dict[str, list[dict]], key: str) -> dict:
+    """Each R's `key` minus R = 0's of the same seed, seed by seed (runs are listed in seed order)."""
+    return {name: {where: [round(run[where][key] - control[where][key], 4) for run, control in zip(runs, cells["R0"])]
+                   for where in runs[0]} for name, runs in cells.items() if name != "R0"}
+
+
+def _upsampled_copy(source: Path, target: Path) -> Path:
+    """Generated pairs at twice the size and half the pixel size: bilinear image, nearest labels."""
+    for sub in ("images", "masks"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "classes.json", target / "classes.json")
+    for image_path, mask_path in FolderDataset.open(source).pairs:
+        info, (image, _), (mask, _) = raster_info(image_path), read_array(image_path), read_array(mask_path)
+        transform = (info.transform[0] / 2, 0.0, info.transform[2], 0.0, info.transform[4] / 2, info.transform[5])
+        upsampled = F.interpolate(torch.from_numpy(image.astype(np.float32))[None], scale_factor=2,
+                                  mode="bilinear", align_corners=False)[0].numpy()
+        dtype, mask_dtype = np.dtype(info.dtype), np.dtype(raster_info(mask_path).dtype)
+        if np.issubdtype(dtype, np.integer):
+            upsampled = np.clip(np.round(upsampled), np.iinfo(dtype).min, np.iinfo(dtype).max)
+        write_geotiff(target / "images" / image_path.name, upsampled.astype(dtype), crs_wkt=info.crs_wkt,
+                      transform=transform, band_names=info.band_names)
+        write_geotiff(target / "masks" / mask_path.name, mask.repeat(2, axis=-2).repeat(2, axis=-1).astype(mask_dtype),
+                      crs_wkt=info.crs_wkt, transform=transform)
+    return target
+
+
 def _crops(images: list[np.ndarray], size: int) -> np.ndarray:
     """Every non-overlapping size x size crop of (bands, H, W) images: the proxy FID's samples."""
     return np.stack([image[:, r:r + size, c:c + size] for image in images
@@ -250,13 +279,37 @@ def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                 {"procedural": {k: v for k, v in row.items() if k in ("mIoU", "mF1") or k.startswith("IoU/")}})
         consistency.append(evaluate_on_real(out / "R0" / "model", FolderDataset.open(generated).pairs,
                                             cfg.device)["mIoU"])
+    # Acting on the diagnostics: the x2 stage fitted on N_small scenes draws grain over its images, so R1_no_x2
+    # trains on the same base pairs brought to 0.5 m without it (bilinear image, nearest labels: the x2 stage's
+    # own condition).
+    base_only, no_x2 = work / "satsynth_generated_base", work / "satsynth_generated_no_x2"
+    if not (no_x2 / "classes.json").is_file():
+        with step(f"the same {budget['generated']} base pairs without the x2 stage, upsampled 2x"):
+            synthesize_pairs(SynthesisParams(str(base_only), count=budget["generated"], model_dir=runs["base"],
+                                             steps=25, seed=11, device=cfg.device))
+            _upsampled_copy(base_only, no_x2)
+    consistency_no_x2 = []
+    for seed in budget["seeds"]:
+        out = work / f"satsynth_segmenters_no_x2_seed{seed}"
+        with step(f"FPN segmenter R = 1 without the x2 stage, seed {seed}"):
+            rows = run_augment_eval(AugmentEvalConfig(
+                data=str(small), synthetic=str(no_x2), eval_data=str(held_out), output=str(out), ratios=[1.0],
+                segmenter={**SEGMENTER, "steps": budget["segmenter_steps"], "seed": seed}, device=cfg.device,
+                resume=True))
+        cells.setdefault("R1_no_x2", []).append(
+            {"procedural": {k: v for k, v in rows[0].items() if k in ("mIoU", "mF1") or k.startswith("IoU/")}})
+        consistency_no_x2.append(evaluate_on_real(work / f"satsynth_segmenters_seed{seed}" / "R0" / "model",
+                                                  FolderDataset.open(no_x2).pairs, cfg.device)["mIoU"])
     table = {name: _summary(rows) for name, rows in cells.items()}
     read = lambda folder: [read_array(image)[0] for image, _ in FolderDataset.open(folder).pairs]   # noqa: E731
-    fid = _proxy_fid(cfg, read(held_out), {"generated": read(generated), "real_training": read(small)}, 128)
+    fid = _proxy_fid(cfg, read(held_out), {"generated": read(generated), "no_x2": read(no_x2),
+                                           "real_training": read(small)}, 128)
     return {"table": table, "miou_gain_over_r0": _gains(table, "mIoU"),
+            "miou_gain_per_seed": _paired_gains(cells, "mIoU"),
             "largest_seed_spread": {"procedural": max(table[n]["procedural"]["mIoU"]["spread"] for n in table)},
-            "label_consistency_miou": round(statistics.fmean(consistency), 4),
-            "proxy_fid": {"generated_vs_held_out": fid["generated"],
+            "label_consistency_miou": {"generated": round(statistics.fmean(consistency), 4),
+                                       "generated_no_x2": round(statistics.fmean(consistency_no_x2), 4)},
+            "proxy_fid": {"generated_vs_held_out": fid["generated"], "generated_no_x2_vs_held_out": fid["no_x2"],
                           "real_training_vs_held_out": fid["real_training"]},
             "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in budget.items()},
                          "segmenter": {**SEGMENTER, "steps": budget["segmenter_steps"]}, "work": str(work),

@@ -8,10 +8,11 @@ from PIL import Image
 from scipy import ndimage
 
 from core.checkpoint import ClassInfo
-from core.data.sar import (AMPLITUDE_DB_RANGE, BINARY_CLASSES, LABEL_NODATA, SAR_BANDS, SAR_CLASSES, MosaicDataset,
-                           SarCropDataset, make_sar_scene, open_sar_dataset, sar_nodata_columns, scaled_sample,
-                           write_land_mask, write_sar_dataset, write_sar_scene)
-from core.data.sar_scaling import SarScaling
+from core.data.sar import (AMPLITUDE_DB_RANGE, BINARY_CLASSES, LABEL_NODATA, SAR_BANDS, SAR_CLASSES,
+                           SATURATED_SHARE, MosaicDataset, SarCropDataset, make_sar_scene, open_sar_dataset,
+                           sar_nodata_columns, saturate, scaled_sample, write_land_mask, write_sar_dataset,
+                           write_sar_scene)
+from core.data.sar_scaling import SarScaling, SceneScaler
 from core.raster import RasterError, hex_to_rgba, read_array, write_geotiff
 from tests.conftest import read_polygons, shared_data
 
@@ -231,6 +232,30 @@ def test_crop_dataset_items(tmp_path):
     np.testing.assert_array_equal(labels[:40, :40].numpy(), full_labels)
     np.testing.assert_allclose(x[0, :40, :40].numpy(), full_x)
     assert (labels[40:] == -100).all() and (labels[:, 40:] == -100).all() and (x[0, 40:] == 0).all()
+
+
+def test_saturated_product_clips_the_brightest_share_and_restretches_the_rest(scenes):
+    sigma0 = scenes[0][0]
+    stretched = SceneScaler.fit(sigma0, None, "float32", SarScaling())(sigma0)
+    saturated = saturate(stretched, 0.09)
+    # the same scene as an 8-bit product that clipped its brightest 9%, through the same 1-99% stretch
+    clipped = np.minimum(sigma0, np.percentile(sigma0, 91))
+    expected = SceneScaler.fit(clipped, None, "float32", SarScaling())(clipped)
+    np.testing.assert_allclose(saturated, expected, atol=1e-4)
+    assert 0.09 <= (saturated >= 1 - 1e-6).mean() < 0.1   # a flat top, as real 8-bit crops have (test8: 9%)
+    assert saturated.min() == -1
+
+
+def test_crop_dataset_saturates_the_share_of_images_it_is_asked_to(tmp_path):
+    root = write_sar_dataset(tmp_path / "ds", count=1, size=64, seed=3)
+    dataset = open_sar_dataset(root)
+    plain = SarCropDataset(dataset, SarScaling(), crop=64, samples_per_image=20)
+    always = SarCropDataset(dataset, SarScaling(), crop=64, samples_per_image=20, saturation=1.0)
+    top = lambda x: float((x >= 1 - 1e-6).float().mean())   # noqa: E731
+    assert all(top(plain[i][0]) <= 0.011 for i in range(20))
+    assert all(SATURATED_SHARE[0] - 0.005 <= top(always[i][0]) <= SATURATED_SHARE[1] + 0.01 for i in range(20))
+    evaluation = SarCropDataset(dataset, SarScaling(), crop=64, train=False, saturation=1.0)
+    assert top(evaluation[0][0]) <= 0.011   # never when scoring
 
 
 def test_crop_dataset_on_real_crops():

@@ -82,6 +82,7 @@ class SarossTrainConfig(RunConfig):
     eval_data: str = ""            # held-out dataset (same classes); empty: a val_fraction split of `data`
     scene_stretch: list[float] = field(default_factory=list)   # [low, high]: one stretch for every image (see below)
     scene_kind: str = "auto"       # input kind of scene_stretch's values (core.data.sar_scaling.INPUT_KINDS)
+    saturation: float = 0.0        # share of real crops shown as saturated 8-bit products (SarCropDataset); paper: 0
 
 
 class SceneStretchCrops(SarCropDataset):
@@ -194,13 +195,16 @@ def train_saross(cfg: SarossTrainConfig, monitor: TrainingMonitor | None = None)
     run = Path(cfg.output)
     trainer = Trainer(model, cfg.train_settings())
     if cfg.scene_stretch:
+        if cfg.saturation:
+            raise TrainingError("saturation simulates 8-bit products stretched image by image; it cannot be "
+                                "combined with scene_stretch (one stretch for every image of a scene).")
         scaler = SceneScaler(cfg.scene_kind, *map(float, cfg.scene_stretch), scaling)
 
         def crops(dataset, samples_per_image=1, train=True):
             return SceneStretchCrops(dataset, scaler, cfg.patch_size, samples_per_image, train)
     else:
         def crops(dataset, samples_per_image=1, train=True):
-            return SarCropDataset(dataset, scaling, cfg.patch_size, samples_per_image, train)
+            return SarCropDataset(dataset, scaling, cfg.patch_size, samples_per_image, train, cfg.saturation)
     real = crops(train_data, cfg.samples_per_image)
     synthetic_note = ""
     if cfg.synthetic and cfg.synthetic_ratio > 0:
@@ -241,7 +245,7 @@ def train_saross(cfg: SarossTrainConfig, monitor: TrainingMonitor | None = None)
                       f"{len(val_samples)} val images" + synthetic_note,
         metrics={k: round(v, 4) for k, v in metrics.items() if np.isfinite(v)},
         extra={"steps": trainer.step, "patch_size": cfg.patch_size, "sar_scaling": scaling.as_dict(),
-               "temperature": cfg.temperature, "loss_weights": list(cfg.loss_weights),
+               "temperature": cfg.temperature, "loss_weights": list(cfg.loss_weights), "saturation": cfg.saturation,
                **({"base_model": base.name, "init_notes": init_notes} if base else {})}))
 
 

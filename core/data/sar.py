@@ -41,6 +41,9 @@ SEA_MEAN_DB = (-25.0, -8.0)
 SEA_TREND_DB = 10.0             # at most this many dB between the darkest and brightest side of a scene's sea
 SMOOTHED_SPECKLE_SHARE = 0.4    # scenes with multi-looked (smoothed) speckle
 UPSAMPLED_SPECKLE_SHARE = 0.35  # scenes with few-look speckle upsampled from a coarser grid; the rest: independent
+# 8-bit display products (JPEG / PNG quick-looks, as in sar_oilspill) often clip bright sea: up to 9% of a real
+# crop's pixels sit at 255 there. A saturated crop clips this share of its brightest pixels (uniform in the range).
+SATURATED_SHARE = (0.01, 0.15)
 
 
 # --- procedural scenes ---------------------------------------------------------------------------
@@ -502,22 +505,38 @@ def _tensors(x, labels, soft):
             torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32)))
 
 
+def saturate(x: np.ndarray, share: float) -> np.ndarray:
+    """A stretched image (in [-1, 1]) as it would be stretched had its brightest `share` of pixels been clipped
+    to one value first, as an 8-bit product clips bright sea: they become a flat +1, the rest spreads over the
+    range again (the lower stretch percentile is unchanged, the upper one is now the clip value)."""
+    top = float(np.percentile(x, 100 * (1 - share)))
+    if top <= -1.0:
+        return x
+    return ((np.minimum(x, top) + 1.0) * (2.0 / (top + 1.0)) - 1.0).astype(np.float32)
+
+
 class SarCropDataset(torch.utils.data.Dataset):
     """Crops of real (or generated) SAR images: (x (1, crop, crop) in [-1, 1], labels, soft).
 
-    Each image is stretched by its own percentiles before cropping, as a whole scene is in QGIS.
+    Each image is stretched by its own percentiles before cropping, as a whole scene is in QGIS. In training,
+    a `saturation` share of the images is shown as a saturated 8-bit product would be (`saturate`, a clipped
+    share drawn from SATURATED_SHARE): a model that never saw clipped sea calls it land.
     """
 
     def __init__(self, dataset: SarDataset, scaling: SarScaling, crop: int, samples_per_image: int = 4,
-                 train: bool = True):
+                 train: bool = True, saturation: float = 0.0):
         self.dataset, self.scaling, self.crop, self.train = dataset, scaling, crop, train
         self.samples_per_image = samples_per_image if train else 1
+        self.saturation = saturation if train else 0.0
 
     def __len__(self) -> int:
         return len(self.dataset) * self.samples_per_image
 
     def __getitem__(self, index: int):
         x, labels, soft = scaled_sample(self.dataset, index % len(self.dataset), self.scaling)
+        if self.saturation and float(torch.rand(())) < self.saturation:
+            low, high = SATURATED_SHARE
+            x = saturate(x, low + (high - low) * float(torch.rand(())))
         top = left = 0
         if self.train:
             top = _randint(max(labels.shape[0] - self.crop, 0) + 1)
