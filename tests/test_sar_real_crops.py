@@ -1,8 +1,9 @@
-"""The shipped oil-spill starter on the real SAR crops in ../shared/data/sar_oilspill (open sea, no land). The
-starter it replaced called 61% of their pixels land (oil IoU 0.335), before the procedural scenes got resampled
-speckle and sea trends (issue 20). The DAKD starter trained on the new scenes calls 9.2% land (oil IoU 0.372);
-the same recipe without generated pairs 1.2% (0.490): the generated pairs bring part of the error back, and the
-issue's 5% is not reached by the DAKD starter yet. This test holds what has been reached."""
+"""The shipped oil-spill starter on the real SAR crops in ../shared/data/sar_oilspill (open sea, no land). Two
+starters ago it called 61% of their pixels land (oil IoU 0.335), before the procedural scenes got resampled
+speckle and sea trends; the next one 9.2% (oil IoU 0.372), nearly all of it on two crops whose bright sea an
+8-bit product had clipped (9% of one crop's pixels are 255). Trained with half its real crops shown as saturated
+products (`saturation`, issue 20), the starter calls 0.9% land and finds oil at IoU 0.491. This test holds the
+issue's goal: under 5% land, oil IoU at least the 0.372 it had when the goal was set."""
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ from core.catalog import starter_model_dir
 from training.sar import evaluate_saross
 
 CROPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sar_oilspill"
-FORMER_OIL_IOU = 0.335
-MAX_LAND_SHARE = 0.10   # the issue's goal is 0.05
+FORMER_OIL_IOU = 0.372
+MAX_LAND_SHARE = 0.05
 
 pytestmark = pytest.mark.skipif(not CROPS.is_dir(), reason="the real SAR crops live in ../shared/data")
 
