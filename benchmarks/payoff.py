@@ -7,7 +7,7 @@ One low-label protocol for the three synthesis methods, every step through our o
 2. It generates a set of pairs (SAR: with soft labels; change: A, B, mask triplets).
 3. The downstream model (SAROSS-Net, the FPN segmenter, FC-Siam-conc) is trained from the same seed for the
    same steps with R = 0, 1, 3 generated samples per real one in every batch (R = 0 is the real-only
-   control), two seeds per R.
+   control), at least two seeds per R.
 4. Each model is scored on held-out data of its domain: procedural scenes / pairs of another seed, and the real
    crops of ../shared/data where the domain has them (sar_oilspill, cd_dsifn); none of them seen by anything.
 Diagnostics per generator: label consistency, the R = 0 models scoring the generated images against the
@@ -233,7 +233,7 @@ def _proxy_fid(cfg: argparse.Namespace, reference: list[np.ndarray], sets: dict[
 # --- SatSynth ---------------------------------------------------------------------------------------------------------
 
 SATSYNTH = {"n_small": 24, "n_full": 240, "held_out": 40, "base_steps": 1500, "sr_steps": 500, "generated": 72,
-            "segmenter_steps": 300, "seeds": (3, 4)}
+            "segmenter_steps": 300, "seeds": (3, 4, 5)}
 SATSYNTH_QUICK = {**SATSYNTH, "n_small": 4, "held_out": 2, "base_steps": 4, "sr_steps": 4, "generated": 4,
                   "segmenter_steps": 4, "seeds": (3,)}
 
