@@ -22,7 +22,10 @@ from core.onnx_export import INPUT_NAME, ort_session  # noqa: E402  (after the o
 from training.export_onnx import LOADERS, export_model_dir  # noqa: E402
 
 ROOT = starter_model_dir("segmentation").parent
-TOLERANCE = 1e-4
+# Probabilities: Deepness's input path (x / 255, then / std) rounds differently from ours by an ulp, which a few
+# pixels on a steep class boundary amplify (the SAR starter trained with saturated products: 10 of 655k values
+# above 1e-4, at most 3.3e-4); the classes must agree everywhere.
+TOLERANCE = 1e-3
 
 
 def stretched_sar_crop(size: int, seed: int) -> np.ndarray:
@@ -89,6 +92,7 @@ def test_starter_exports_and_onnx_runtime_matches_torch_on_a_real_crop(tmp_path,
     assert batched.shape == expected.shape == (2, len(card.classes), card.tile_size, card.tile_size)
     assert np.abs(batched - expected).max() < TOLERANCE
     assert np.abs(single - expected[1:]).max() < TOLERANCE
+    assert (batched.argmax(1) == expected.argmax(1)).all() and (single.argmax(1) == expected[1:].argmax(1)).all()
 
 
 def test_cli_writes_the_file_and_refuses_a_model_it_cannot_export(tmp_path):
