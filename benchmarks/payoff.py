@@ -14,7 +14,9 @@ Diagnostics per generator: label consistency, the R = 0 models scoring the gener
 generated labels (pairs whose labels do not match their images teach the wrong thing), and proxy FID against
 held-out real data, next to the floor of the N_small real set against the same data. Acting on them (DAKD):
 R1_consistent trains with R = 1 on the half of the pairs the first R = 0 model agrees with best
-(`sar-filter-pairs`); the consistency of the kept half is scored by the other R = 0 model.
+(`sar-filter-pairs`); the consistency of the kept half is scored by the other R = 0 model; R0.25 trains with one
+generated mosaic per four real crops. SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a
+generator trained four times longer.
 
 About two hours on 2 CPU cores in all. Runs go to a work folder (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff)
 and are reused when their model exists, so an interrupted run resumes where it stopped.
@@ -63,6 +65,7 @@ RATIOS = (0.0, 1.0, 3.0)
 SEEDS = (1, 2)
 GENERATED = 128
 CONSISTENT_KEEP = 0.5   # share of the generated pairs kept by the label-consistency filter
+LOW_RATIO = 0.25        # item 3's mixing ratio for DAKD: one generated mosaic per four real crops
 JOINTNET_STEPS = {1: 400, 2: 600, 3: 200}
 SAROSS_STEPS = 800
 QUICK = {"jointnet": {1: 20, 2: 20, 3: 10}, "saross": 40, "generated": 16, "seeds": (1,)}
@@ -138,6 +141,9 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                                     str(consistent), CONSISTENT_KEEP, cfg.device)
     for seed in seeds:
         train_and_score("R1_consistent", 1.0, consistent, seed)
+    # Item 3, the mixing ratio: a smaller dose of the same pairs
+    for seed in seeds:
+        train_and_score(f"R{LOW_RATIO:g}", LOW_RATIO, generated, seed)
     table = {name: _summary(runs) for name, runs in cells.items()}
     gains = {name: {where: round(table[name][where]["mIoU"]["mean"] - table["R0"][where]["mIoU"]["mean"], 4)
                     for where in table[name]} for name in table if name != "R0"}
@@ -152,7 +158,7 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path) -> dict:
             "settings": {"n_small": N_SMALL, "n_full": N_FULL, "held_out_scenes": HELD_OUT, "seeds": list(seeds),
                          "generated_pairs": count, "jointnet_steps": jointnet_steps, "saross_steps": saross_steps,
                          "work": str(work),
-                         "note": "mean and spread (half the max - min over seeds) per cell; 'real' = the 15 crops "
+                         "note": "mean, spread (half the max - min over seeds) and std per cell; 'real' = the 15 crops "
                                  "of sar_oilspill (sea/oil only, predicted/land = false land); label consistency = "
                                  "the R=0 models' mIoU on the generated pairs"}}
 
@@ -177,10 +183,12 @@ def _pick(result: dict) -> dict:
 
 
 def _summary(runs: list[dict]) -> dict:
-    """{where: {metric: {mean, spread}}} over the seeds."""
-    return {where: {key: {"mean": round(statistics.fmean(r[where][key] for r in runs), 4),
-                          "spread": round((max(r[where][key] for r in runs) - min(r[where][key] for r in runs)) / 2, 4)}
-                    for key in runs[0][where]} for where in runs[0]}
+    """{where: {metric: {mean, spread, std}}} over the seeds: spread = half the max - min, std = the sample
+    standard deviation (0 with one seed)."""
+    def cell(values: list[float]) -> dict:
+        return {"mean": round(statistics.fmean(values), 4), "spread": round((max(values) - min(values)) / 2, 4),
+                "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+    return {where: {key: cell([r[where][key] for r in runs]) for key in runs[0][where]} for where in runs[0]}
 
 
 def _gains(table: dict, key: str) -> dict:
@@ -233,7 +241,7 @@ def _proxy_fid(cfg: argparse.Namespace, reference: list[np.ndarray], sets: dict[
 # --- SatSynth ---------------------------------------------------------------------------------------------------------
 
 SATSYNTH = {"n_small": 24, "n_full": 240, "held_out": 40, "base_steps": 1500, "sr_steps": 500, "generated": 72,
-            "segmenter_steps": 300, "seeds": (3, 4, 5)}
+            "segmenter_steps": 300, "seeds": (3, 4, 5, 6, 7)}
 SATSYNTH_QUICK = {**SATSYNTH, "n_small": 4, "held_out": 2, "base_steps": 4, "sr_steps": 4, "generated": 4,
                   "segmenter_steps": 4, "seeds": (3,)}
 
@@ -315,7 +323,7 @@ def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                           "real_training_vs_held_out": fid["real_training"]},
             "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in budget.items()},
                          "segmenter": {**SEGMENTER, "steps": budget["segmenter_steps"]}, "work": str(work),
-                         "note": "mean and spread (half the max - min over seeds) per cell, held-out procedural "
+                         "note": "mean, spread (half the max - min over seeds) and std per cell, held-out procedural "
                                  "scenes (seed 2); label consistency = the R=0 segmenters' mIoU of the generated "
                                  "images against the generated labels; proxy FID on 128 px crops (0.5 m) with the "
                                  "starter segmenter's encoder, generated and the N_small real scenes each against "
@@ -325,9 +333,9 @@ def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
 # --- RDF-MIG ----------------------------------------------------------------------------------------------------------
 
 RDFMIG = {"n_small": 6, "n_full": 60, "held_out": 20, "size": 128, "fcf_steps": 500, "joint_steps": 500,
-          "generated": 24, "detector_steps": 400, "seeds": (4, 5)}
-RDFMIG_QUICK = {**RDFMIG, "n_small": 2, "held_out": 2, "fcf_steps": 4, "joint_steps": 4, "generated": 4,
-                "detector_steps": 4, "seeds": (4,)}
+          "joint_steps_long": 2000, "generated": 24, "detector_steps": 400, "seeds": (4, 5)}
+RDFMIG_QUICK = {**RDFMIG, "n_small": 2, "held_out": 2, "fcf_steps": 4, "joint_steps": 4, "joint_steps_long": 6,
+                "generated": 4, "detector_steps": 4, "seeds": (4,)}
 DSIFN = REAL_CROPS.parent / "cd_dsifn"
 CHANGE_KEYS = ("IoU", "F1", "recall", "precision")
 
@@ -338,12 +346,12 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
     with R = 0, 1, 3 generated patches per real one in every batch, same steps and seed for every R; held-out
     procedural pairs (clean masks) and the real DSIFN pairs of ../shared/data score."""
     budget = RDFMIG_QUICK if cfg.quick else RDFMIG
-    small, held_out, generated = work / "rdfmig_pairs_small", work / "rdfmig_pairs_held_out", work / "rdfmig_generated"
+    small, held_out = work / "rdfmig_pairs_small", work / "rdfmig_pairs_held_out"
     if not (held_out / "label").is_dir():
         with step(f"{budget['n_small']} procedural change pairs (the only labels) and {budget['held_out']} held-out"):
             write_change_dataset(small, budget["n_small"], budget["size"], seed=101)
             write_change_dataset(held_out, budget["held_out"], budget["size"], seed=202)
-    fcf, joint = work / "rdfmig_fcf", work / "rdfmig_joint"
+    fcf = work / "rdfmig_fcf"
     if not _done(fcf):
         config = load_config(FcfTrainConfig, str(CONFIGS / "fcf_starter.toml"))
         config = dataclasses.replace(config, name=f"payoff FCF ({budget['n_small']} pairs)", data=str(small),
@@ -351,51 +359,68 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                                      resume=fcf.exists())
         with step(f"FCF on the {budget['n_small']} pairs, {config.steps} steps"):
             train_fcf(config)
-    if not _done(joint):
-        config = load_config(RdfmigTrainConfig, str(CONFIGS / "rdfmig_starter.toml"))
-        config = dataclasses.replace(config, name=f"payoff RDF-MIG ({budget['n_small']} pairs)", data=str(small),
-                                     output=str(joint), fcf=str(fcf / "model"), steps=budget["joint_steps"],
-                                     val_every=0, device=cfg.device, resume=joint.exists())
-        with step(f"RDF-MIG (FCF + MCRD) on the {budget['n_small']} pairs, {config.steps} steps"):
-            train_rdfmig(config)
-    if not (generated / "index.csv").is_file():
-        with step(f"{budget['generated']} generated triplets (DDIM-50)"):
-            synthesize_change_pairs(ChangeSynthesisParams(str(generated), count=budget["generated"],
-                                                          model_dir=str(joint / "model"), steps=50, seed=7,
-                                                          device=cfg.device))
     cells: dict[str, list[dict]] = {}
-    consistency = []
-    for ratio in RATIOS:
+    consistency: dict[str, list[float]] = {}
+    sets = {}
+    # Acting on the diagnostics: at joint_steps the generator draws texture without scenes and masks its images
+    # do not show (consistency near 0), so the `_long` rows use the same recipe trained joint_steps_long steps.
+    for variant, steps in (("", budget["joint_steps"]), ("_long", budget["joint_steps_long"])):
+        joint, generated = work / f"rdfmig_joint{variant}", work / f"rdfmig_generated{variant}"
+        if not _done(joint):
+            config = load_config(RdfmigTrainConfig, str(CONFIGS / "rdfmig_starter.toml"))
+            config = dataclasses.replace(config, name=f"payoff RDF-MIG ({budget['n_small']} pairs, {steps} steps)",
+                                         data=str(small), output=str(joint), fcf=str(fcf / "model"), steps=steps,
+                                         val_every=0, device=cfg.device, resume=joint.exists())
+            with step(f"RDF-MIG (FCF + MCRD) on the {budget['n_small']} pairs, {config.steps} steps"):
+                train_rdfmig(config)
+        if not (generated / "index.csv").is_file():
+            with step(f"{budget['generated']} generated triplets (DDIM-50), generator of {steps} steps"):
+                synthesize_change_pairs(ChangeSynthesisParams(str(generated), count=budget["generated"],
+                                                              model_dir=str(joint / "model"), steps=50, seed=7,
+                                                              device=cfg.device))
+        sets[f"generated{variant}"] = generated
+        for ratio in RATIOS if not variant else RATIOS[1:]:
+            for seed in budget["seeds"]:
+                name = f"R{ratio:g}{variant}"
+                run = work / f"rdfmig_detector_{name}_seed{seed}"
+                if not _done(run):
+                    with step(f"FC-Siam-conc {name}, seed {seed}, {budget['detector_steps']} steps"):
+                        train_changedet(ChangeDetTrainConfig(
+                            data=str(small), output=str(run), synthetic=str(generated) if ratio else "",
+                            synthetic_ratio=ratio, eval_data=str(held_out), steps=budget["detector_steps"],
+                            val_every=budget["detector_steps"], checkpoint_every=10 ** 6, seed=seed,
+                            device=cfg.device, resume=run.exists()))
+                scores = {"procedural": _change_scores(run, held_out, cfg.device)}
+                if DSIFN.is_dir():
+                    scores["real"] = _change_scores(run, DSIFN, cfg.device)
+                cells.setdefault(name, []).append(scores)
         for seed in budget["seeds"]:
-            run = work / f"rdfmig_detector_R{ratio:g}_seed{seed}"
-            if not _done(run):
-                with step(f"FC-Siam-conc R = {ratio:g}, seed {seed}, {budget['detector_steps']} steps"):
-                    train_changedet(ChangeDetTrainConfig(
-                        data=str(small), output=str(run), synthetic=str(generated) if ratio else "",
-                        synthetic_ratio=ratio, eval_data=str(held_out), steps=budget["detector_steps"],
-                        val_every=budget["detector_steps"], checkpoint_every=10 ** 6, seed=seed,
-                        device=cfg.device, resume=run.exists()))
-            scores = {"procedural": _change_scores(run, held_out, cfg.device)}
-            if DSIFN.is_dir():
-                scores["real"] = _change_scores(run, DSIFN, cfg.device)
-            cells.setdefault(f"R{ratio:g}", []).append(scores)
-            if ratio == 0:
-                consistency.append(evaluate_changedet(str(run / "model"), str(generated), device=cfg.device)["IoU"])
+            control = work / f"rdfmig_detector_R0_seed{seed}" / "model"
+            consistency.setdefault(f"generated{variant}", []).append(
+                evaluate_changedet(str(control), str(generated), device=cfg.device)["IoU"])
     table = {name: _summary(rows) for name, rows in cells.items()}
     read_b = lambda folder: [read_array(b)[0] for _, b, _ in list_change_triplets(folder)]   # noqa: E731
-    fid = _proxy_fid(cfg, read_b(held_out), {"generated": read_b(generated), "real_training": read_b(small)}, 64)
+    fid = _proxy_fid(cfg, read_b(held_out), {**{name: read_b(folder) for name, folder in sets.items()},
+                                             "real_training": read_b(small)}, 64)
     return {"table": table, "iou_gain_over_r0": _gains(table, "IoU"),
+            "iou_gain_per_seed": _paired_gains(cells, "IoU"),
             "largest_seed_spread": {where: max(table[n][where]["IoU"]["spread"] for n in table)
                                     for where in table["R0"]},
-            "label_consistency_iou": round(statistics.fmean(consistency), 4),
-            "proxy_fid_b_images": {"generated_vs_held_out": fid["generated"],
-                                   "real_training_vs_held_out": fid["real_training"]},
+            "label_consistency_iou": {name: round(statistics.fmean(values), 4) for name, values in consistency.items()},
+            "changed_fraction": {name: round(_changed_fraction(folder), 4)
+                                 for name, folder in {**sets, "real_training": small}.items()},
+            "proxy_fid_b_images": {f"{name}_vs_held_out": value for name, value in fid.items()},
             "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in budget.items()}, "work": str(work),
-                         "note": "mean and spread (half the max - min over seeds) per cell of change IoU / F1 / "
+                         "note": "mean, spread (half the max - min over seeds) and std per cell of change IoU / F1 / "
                                  "recall / precision; 'real' = the DSIFN pairs of ../shared/data/cd_dsifn (none "
                                  "trained on); label consistency = the R=0 detectors' change IoU on the generated "
                                  "triplets; proxy FID of date-B images on 64 px crops with the starter segmenter's "
                                  "encoder, generated and the N_small real pairs each against the held-out pairs"}}
+
+
+def _changed_fraction(folder: Path) -> float:
+    """Share of changed pixels over a change folder's masks."""
+    return float(np.mean([(read_array(mask)[0] > 0).mean() for _, _, mask in list_change_triplets(folder)]))
 
 
 def _change_scores(run: Path, data: Path, device: str) -> dict:
