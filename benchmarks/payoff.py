@@ -12,11 +12,12 @@ One low-label protocol for the three synthesis methods, every step through our o
    crops of ../shared/data where the domain has them (sar_oilspill, cd_dsifn); none of them seen by anything.
 Diagnostics per generator: label consistency, the R = 0 models scoring the generated images against the
 generated labels (pairs whose labels do not match their images teach the wrong thing), and proxy FID against
-held-out real data, next to the floor of the N_small real set against the same data. Acting on them (DAKD):
-R1_consistent trains with R = 1 on the half of the pairs the first R = 0 model agrees with best
+held-out real data, next to the floor of the N_small real set against the same data. Acting on them (DAKD,
+`DAKD_ROWS`): R1_consistent trains with R = 1 on the half of the pairs the first R = 0 model agrees with best
 (`sar-filter-pairs`); the consistency of the kept half is scored by the other R = 0 model; R0.25 trains with one
-generated mosaic per four real crops. SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a
-generator trained four times longer.
+generated mosaic per four real crops, R0.25_kd_scaled the same with the KD weight scaled by the generated share;
+R1_hard drops KD (the paper's hard-label ablation).
+SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a generator trained four times longer.
 
 About two hours on 2 CPU cores in all. Runs go to a work folder (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff)
 and are reused when their model exists, so an interrupted run resumes where it stopped.
@@ -68,6 +69,14 @@ CONSISTENT_KEEP = 0.5   # share of the generated pairs kept by the label-consist
 LOW_RATIO = 0.25        # item 3's mixing ratio for DAKD: one generated mosaic per four real crops
 JOINTNET_STEPS = {1: 400, 2: 600, 3: 200}
 SAROSS_STEPS = 800
+# DAKD rows: name -> (generated per real, pairs: "generated" or "consistent" (the filtered half), factor on
+# lambda_kd). Item 3 acts on the mixing ratio (R0.25), the pairs (R1_consistent) and the KD term: R1_hard is the
+# paper's own hard- vs soft-label ablation (DA without KD); R0.25_kd_scaled scales lambda_kd by the batch's generated
+# share, since the KD term is a mean over the soft-labelled pixels alone and so keeps its full weight at any R.
+DAKD_ROWS = {"R0": (0.0, "generated", 1.0), "R1": (1.0, "generated", 1.0), "R3": (3.0, "generated", 1.0),
+             "R1_consistent": (1.0, "consistent", 1.0), f"R{LOW_RATIO:g}": (LOW_RATIO, "generated", 1.0),
+             "R1_hard": (1.0, "generated", 0.0),
+             f"R{LOW_RATIO:g}_kd_scaled": (LOW_RATIO, "generated", LOW_RATIO / (1 + LOW_RATIO))}
 QUICK = {"jointnet": {1: 20, 2: 20, 3: 10}, "saross": 40, "generated": 16, "seeds": (1,)}
 KEYS = ("mIoU", "IoU/oil", "IoU/sea", "predicted/land")
 
@@ -81,13 +90,14 @@ def _done(run: Path) -> bool:
     return (run / "model" / "model.json").is_file()
 
 
-def dakd_payoff(cfg: argparse.Namespace, work: Path) -> dict:
+def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> dict:
+    """DAKD's table for `rows` (R0 first: the other rows are scored against it and it filters the pairs)."""
     jointnet_steps = QUICK["jointnet"] if cfg.quick else JOINTNET_STEPS
     saross_steps = QUICK["saross"] if cfg.quick else SAROSS_STEPS
     seeds = QUICK["seeds"] if cfg.quick else SEEDS
     count = QUICK["generated"] if cfg.quick else GENERATED
     work.mkdir(parents=True, exist_ok=True)
-    small, held_out, generated = work / "scenes_small", work / "scenes_held_out", work / "generated"
+    small, held_out = work / "scenes_small", work / "scenes_held_out"
     if not (small / "classes.json").is_file():
         with step(f"{N_SMALL} procedural SAR scenes (the only labels) and {HELD_OUT} held-out ones"):
             write_sar_dataset(str(small), N_SMALL, 256, 7, "linear")
@@ -102,25 +112,25 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path) -> dict:
             with step(f"SAR-JointNet stage {stage} on the {N_SMALL} scenes, {config.steps} steps"):
                 train_jointnet(config)
         previous = str(run / "model")
-    if not (generated / "index.csv").is_file():
+    sets = {"generated": work / "generated", "consistent": work / "generated_consistent"}
+    if not (sets["generated"] / "index.csv").is_file():
         with step(f"{count} generated pairs (DDIM-50)"):
-            synthesize_sar_pairs(SarSynthesisParams(output_dir=str(generated), count=count, model_dir=previous,
-                                                    steps=50, seed=1, device=cfg.device))
+            synthesize_sar_pairs(SarSynthesisParams(output_dir=str(sets["generated"]), count=count,
+                                                    model_dir=previous, steps=50, seed=1, device=cfg.device))
     crops = link_real_crops(REAL_CROPS, work / "real_crops") if REAL_CROPS.is_dir() else None
     # The starter's config as measured here, before it gained `saturation` (0.5 since; it changes what the models
     # call land on the real crops, not what generated pairs add): the table's runs were trained without it.
     base = dataclasses.replace(load_config(SarossTrainConfig, str(CONFIGS / "saross_starter.toml")), saturation=0.0)
     cells: dict[str, list[dict]] = {}
-    consistency = []
-    consistent = work / "generated_consistent"
 
-    def train_and_score(name: str, ratio: float, pairs: Path, seed: int) -> None:
+    def train_and_score(name: str, ratio: float, pairs: Path, seed: int, kd_factor: float) -> None:
         run = work / f"saross_{name}_seed{seed}"
         if not _done(run):
+            ce, dice, kd = base.loss_weights
             config = dataclasses.replace(base, data=str(small), eval_data=str(held_out), output=str(run),
                                          synthetic=str(pairs) if ratio else "", synthetic_ratio=ratio,
-                                         steps=saross_steps, val_every=saross_steps, seed=seed,
-                                         device=cfg.device, resume=run.exists())
+                                         loss_weights=[ce, dice, kd * kd_factor], steps=saross_steps,
+                                         val_every=saross_steps, seed=seed, device=cfg.device, resume=run.exists())
             with step(f"SAROSS-Net {name} seed {seed}, {saross_steps} steps"):
                 train_saross(config)
         model = str(run / "model")
@@ -128,39 +138,33 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path) -> dict:
         if crops:
             scores["real"] = rounded(_pick(evaluate_saross(model, str(crops), device=cfg.device)), 4)
         cells.setdefault(name, []).append(scores)
-        if ratio == 0:
-            consistency.append(evaluate_saross(model, str(generated), device=cfg.device)["mIoU"])
 
-    for ratio in RATIOS:
+    for name, (ratio, pairs, kd_factor) in rows.items():
+        if pairs == "consistent" and not (sets["consistent"] / "classes.json").is_file():
+            with step(f"keep the {CONSISTENT_KEEP:.0%} most label-consistent generated pairs"):
+                filter_consistent_pairs(str(work / f"saross_R0_seed{seeds[0]}" / "model"), str(sets["generated"]),
+                                        str(sets["consistent"]), CONSISTENT_KEEP, cfg.device)
         for seed in seeds:
-            train_and_score(f"R{ratio:g}", ratio, generated, seed)
-    # Item 3: the pairs the first real-only model agrees with best (training.sar.filter_consistent_pairs)
-    if not (consistent / "classes.json").is_file():
-        with step(f"keep the {CONSISTENT_KEEP:.0%} most label-consistent generated pairs"):
-            filter_consistent_pairs(str(work / f"saross_R0_seed{seeds[0]}" / "model"), str(generated),
-                                    str(consistent), CONSISTENT_KEEP, cfg.device)
-    for seed in seeds:
-        train_and_score("R1_consistent", 1.0, consistent, seed)
-    # Item 3, the mixing ratio: a smaller dose of the same pairs
-    for seed in seeds:
-        train_and_score(f"R{LOW_RATIO:g}", LOW_RATIO, generated, seed)
+            train_and_score(name, ratio, sets[pairs], seed, kd_factor)
+    controls = [str(work / f"saross_R0_seed{seed}" / "model") for seed in seeds]
+    made = {name: folder for name, folder in sets.items() if (folder / "classes.json").is_file()}
+    consistency = {name: round(statistics.fmean(
+        evaluate_saross(control, str(folder), device=cfg.device)["mIoU"]
+        for control in (controls[-1:] if name == "consistent" else controls)), 4) for name, folder in made.items()}
     table = {name: _summary(runs) for name, runs in cells.items()}
-    gains = {name: {where: round(table[name][where]["mIoU"]["mean"] - table["R0"][where]["mIoU"]["mean"], 4)
-                    for where in table[name]} for name in table if name != "R0"}
     spread = {where: max(table[name][where]["mIoU"]["spread"] for name in table) for where in table["R0"]}
-    return {"table": table, "miou_gain_over_r0": gains, "largest_seed_spread": spread,
-            "proxy_fid": _sar_proxy_fid(work / f"saross_R0_seed{seeds[0]}" / "model", held_out,
-                                        {"generated_vs_held_out": generated, "real_training_vs_held_out": small},
-                                        cfg.device),
-            "label_consistency_miou": round(statistics.fmean(consistency), 4),
-            "label_consistency_miou_kept": round(evaluate_saross(
-                str(work / f"saross_R0_seed{seeds[-1]}" / "model"), str(consistent), device=cfg.device)["mIoU"], 4),
+    return {"table": table, "miou_gain_over_r0": _gains(table, "mIoU"),
+            "miou_gain_per_seed": _paired_gains(cells, "mIoU"), "largest_seed_spread": spread,
+            "proxy_fid": _sar_proxy_fid(controls[0], held_out, {"generated_vs_held_out": sets["generated"],
+                                                                "real_training_vs_held_out": small}, cfg.device),
+            "label_consistency_miou": consistency,
             "settings": {"n_small": N_SMALL, "n_full": N_FULL, "held_out_scenes": HELD_OUT, "seeds": list(seeds),
                          "generated_pairs": count, "jointnet_steps": jointnet_steps, "saross_steps": saross_steps,
                          "work": str(work),
                          "note": "mean, spread (half the max - min over seeds) and std per cell; 'real' = the 15 crops "
                                  "of sar_oilspill (sea/oil only, predicted/land = false land); label consistency = "
-                                 "the R=0 models' mIoU on the generated pairs"}}
+                                 "the R=0 models' mIoU on each generated set (the consistent half: the R=0 model "
+                                 "that did not choose it)"}}
 
 
 def _sar_proxy_fid(model_dir: Path, reference: Path, sets: dict[str, Path], device: str) -> dict:
