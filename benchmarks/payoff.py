@@ -16,7 +16,8 @@ held-out real data, next to the floor of the N_small real set against the same d
 `DAKD_ROWS`): R1_consistent trains with R = 1 on the half of the pairs the first R = 0 model agrees with best
 (`sar-filter-pairs`); the consistency of the kept half is scored by the other R = 0 model; R0.25 trains with one
 generated mosaic per four real crops, R0.25_kd_scaled the same with the KD weight scaled by the generated share;
-R1_hard drops KD (the paper's hard-label ablation).
+R1_hard drops KD (the paper's hard-label ablation); R1_long uses the pairs of a SAR-JointNet trained twice as long
+(the starter's budget) on the same N_small scenes.
 SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a generator trained four times longer.
 
 About two hours on 2 CPU cores in all. Runs go to a work folder (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff)
@@ -70,13 +71,15 @@ LOW_RATIO = 0.25        # item 3's mixing ratio for DAKD: one generated mosaic p
 JOINTNET_STEPS = {1: 400, 2: 600, 3: 200}
 SAROSS_STEPS = 800
 # DAKD rows: name -> (generated per real, pairs: "generated" or "consistent" (the filtered half), factor on
-# lambda_kd). Item 3 acts on the mixing ratio (R0.25), the pairs (R1_consistent) and the KD term: R1_hard is the
-# paper's own hard- vs soft-label ablation (DA without KD); R0.25_kd_scaled scales lambda_kd by the batch's generated
-# share, since the KD term is a mean over the soft-labelled pixels alone and so keeps its full weight at any R.
+# lambda_kd). Item 3 acts on the mixing ratio (R0.25), the pairs (R1_consistent, and R1_long: pairs of a generator
+# trained twice as long, "generated_long") and the KD term: R1_hard is the paper's own hard- vs soft-label ablation
+# (DA without KD); R0.25_kd_scaled scales lambda_kd by the batch's generated share, since the KD term is a mean over
+# the soft-labelled pixels alone and so keeps its full weight at any R.
 DAKD_ROWS = {"R0": (0.0, "generated", 1.0), "R1": (1.0, "generated", 1.0), "R3": (3.0, "generated", 1.0),
              "R1_consistent": (1.0, "consistent", 1.0), f"R{LOW_RATIO:g}": (LOW_RATIO, "generated", 1.0),
              "R1_hard": (1.0, "generated", 0.0),
-             f"R{LOW_RATIO:g}_kd_scaled": (LOW_RATIO, "generated", LOW_RATIO / (1 + LOW_RATIO))}
+             f"R{LOW_RATIO:g}_kd_scaled": (LOW_RATIO, "generated", LOW_RATIO / (1 + LOW_RATIO)),
+             "R1_long": (1.0, "generated_long", 1.0)}
 QUICK = {"jointnet": {1: 20, 2: 20, 3: 10}, "saross": 40, "generated": 16, "seeds": (1,)}
 KEYS = ("mIoU", "IoU/oil", "IoU/sea", "predicted/land")
 
@@ -102,21 +105,30 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
         with step(f"{N_SMALL} procedural SAR scenes (the only labels) and {HELD_OUT} held-out ones"):
             write_sar_dataset(str(small), N_SMALL, 256, 7, "linear")
             write_sar_dataset(str(held_out), HELD_OUT, 256, 99, "linear")
-    previous = ""
-    for stage in (1, 2, 3):
-        run = work / f"jointnet_stage{stage}"
-        if not _done(run):
-            config = load_config(SarJointNetTrainConfig, str(CONFIGS / f"sar_jointnet_stage{stage}_starter.toml"))
-            config = dataclasses.replace(config, data=str(small), output=str(run), init=previous,
-                                         steps=jointnet_steps[stage], device=cfg.device, resume=run.exists())
-            with step(f"SAR-JointNet stage {stage} on the {N_SMALL} scenes, {config.steps} steps"):
-                train_jointnet(config)
-        previous = str(run / "model")
-    sets = {"generated": work / "generated", "consistent": work / "generated_consistent"}
-    if not (sets["generated"] / "index.csv").is_file():
-        with step(f"{count} generated pairs (DDIM-50)"):
-            synthesize_sar_pairs(SarSynthesisParams(output_dir=str(sets["generated"]), count=count,
-                                                    model_dir=previous, steps=50, seed=1, device=cfg.device))
+    sets = {"generated": work / "generated", "consistent": work / "generated_consistent",
+            "generated_long": work / "generated_long"}
+    # generated sets -> (run prefix, steps per stage); "generated_long" at twice the budget (the starter's)
+    budgets = {"generated": ("jointnet", jointnet_steps),
+               "generated_long": ("jointnet_long", {k: 2 * v for k, v in jointnet_steps.items()})}
+
+    def generate(name: str) -> None:
+        """Train SAR-JointNet's three stages on the N_small scenes with the set's budget, then sample its pairs."""
+        prefix, steps = budgets[name]
+        previous = ""
+        for stage in (1, 2, 3):
+            run = work / f"{prefix}_stage{stage}"
+            if not _done(run):
+                config = load_config(SarJointNetTrainConfig, str(CONFIGS / f"sar_jointnet_stage{stage}_starter.toml"))
+                config = dataclasses.replace(config, data=str(small), output=str(run), init=previous,
+                                             steps=steps[stage], device=cfg.device, resume=run.exists())
+                with step(f"SAR-JointNet stage {stage} on the {N_SMALL} scenes, {config.steps} steps"):
+                    train_jointnet(config)
+            previous = str(run / "model")
+        if not (sets[name] / "index.csv").is_file():
+            with step(f"{count} generated pairs (DDIM-50) into {sets[name].name}"):
+                synthesize_sar_pairs(SarSynthesisParams(output_dir=str(sets[name]), count=count,
+                                                        model_dir=previous, steps=50, seed=1, device=cfg.device))
+
     crops = link_real_crops(REAL_CROPS, work / "real_crops") if REAL_CROPS.is_dir() else None
     # The starter's config as measured here, before it gained `saturation` (0.5 since; it changes what the models
     # call land on the real crops, not what generated pairs add): the table's runs were trained without it.
@@ -139,7 +151,10 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
             scores["real"] = rounded(_pick(evaluate_saross(model, str(crops), device=cfg.device)), 4)
         cells.setdefault(name, []).append(scores)
 
+    generate("generated")
     for name, (ratio, pairs, kd_factor) in rows.items():
+        if pairs in budgets:
+            generate(pairs)
         if pairs == "consistent" and not (sets["consistent"] / "classes.json").is_file():
             with step(f"keep the {CONSISTENT_KEEP:.0%} most label-consistent generated pairs"):
                 filter_consistent_pairs(str(work / f"saross_R0_seed{seeds[0]}" / "model"), str(sets["generated"]),
@@ -155,12 +170,13 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
     spread = {where: max(table[name][where]["mIoU"]["spread"] for name in table) for where in table["R0"]}
     return {"table": table, "miou_gain_over_r0": _gains(table, "mIoU"),
             "miou_gain_per_seed": _paired_gains(cells, "mIoU"), "largest_seed_spread": spread,
-            "proxy_fid": _sar_proxy_fid(controls[0], held_out, {"generated_vs_held_out": sets["generated"],
-                                                                "real_training_vs_held_out": small}, cfg.device),
+            "proxy_fid": _sar_proxy_fid(controls[0], held_out, {
+                **{f"{name}_vs_held_out": folder for name, folder in made.items() if name in budgets},
+                "real_training_vs_held_out": small}, cfg.device),
             "label_consistency_miou": consistency,
             "settings": {"n_small": N_SMALL, "n_full": N_FULL, "held_out_scenes": HELD_OUT, "seeds": list(seeds),
-                         "generated_pairs": count, "jointnet_steps": jointnet_steps, "saross_steps": saross_steps,
-                         "work": str(work),
+                         "generated_pairs": count, "saross_steps": saross_steps, "work": str(work),
+                         "jointnet_steps": {name: steps for name, (_, steps) in budgets.items()},
                          "note": "mean, spread (half the max - min over seeds) and std per cell; 'real' = the 15 crops "
                                  "of sar_oilspill (sea/oil only, predicted/land = false land); label consistency = "
                                  "the R=0 models' mIoU on each generated set (the consistent half: the R=0 model "

@@ -200,7 +200,7 @@ def test_refiner_can_start_from_a_trained_refiner(workdir, refiner_config, datas
     (elsewhere / "source.txt").write_text("out-of-fold maps of another run\n")
     config = write_config(tmp_path / "ft.json", data=dataset, output=tmp_path / "ft", init=start, patch_size=32,
                           coarse=elsewhere, strength=0.3, train_siamese=True, sampling_choice="measured",
-                          batch_size=2, steps=1, val_every=0, checkpoint_every=1, device="cpu")
+                          max_entropy=0.2, batch_size=2, steps=1, val_every=0, checkpoint_every=1, device="cpu")
     run(idgbr.add_arguments, idgbr.main, ["--config", config])
     before, _ = load_refiner(start)
     after, card = load_refiner(tmp_path / "ft" / "model")
@@ -208,8 +208,8 @@ def test_refiner_can_start_from_a_trained_refiner(workdir, refiner_config, datas
     assert card.extra["init_steps"] == load_card(start).extra["steps"]
     assert card.extra["embedding"] == load_card(start).extra["embedding"]
     assert card.extra["coarse_source"] == "out-of-fold maps of another run"
-    assert (card.extra["strength"], card.extra["siamese"], card.extra["sampling_choice"]) == (0.3, "trained",
-                                                                                              "measured")
+    assert (card.extra["strength"], card.extra["siamese"], card.extra["sampling_choice"],
+            card.extra["max_entropy"]) == (0.3, "trained", "measured", 0.2)
     for part in ("label_embedding", "vae"):
         for (name, a), b in zip(getattr(before, part).state_dict().items(), getattr(after, part).state_dict().values()):
             assert torch.equal(a, b), f"{part}.{name} changed"

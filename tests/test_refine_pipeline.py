@@ -303,3 +303,31 @@ def test_reference_with_another_grid_or_unknown_values_is_refused_before_the_run
     with pytest.raises(ValueError, match="Reference layer 'odd.tif' has value.s. 7"):
         refine_raster(params(image, classes, out, refiner, reference_path=str(odd)))
     assert not out.exists()
+
+
+def test_entropy_gate_keeps_the_coarse_class_wherever_the_refiner_is_unsure(tmp_path, refiner):
+    """max_entropy: the gated map is the ungated one where the refined entropy is <= the gate and the
+    classification elsewhere; the card's value is the default; 1 is the paper's ungated sampler."""
+    import json
+    import shutil
+    image, classes = write_inputs(tmp_path)
+    free, uncertainty = tmp_path / "free.tif", tmp_path / "uncertainty.tif"
+    ungated = refine_raster(params(image, classes, free, refiner, uncertainty_path=str(uncertainty), max_entropy=1))
+    with rasterio.open(classes) as src, rasterio.open(free) as dst, rasterio.open(uncertainty) as unc:
+        coarse, refined, entropy = src.read(1), dst.read(1), unc.read(1)
+    valid = refined != 255
+    gate = float(np.median(entropy[valid & (refined != coarse)]))
+    gated_card = tmp_path / "gated_model"
+    shutil.copytree(refiner, gated_card)
+    card = json.loads((gated_card / "model.json").read_text())
+    card["extra"]["max_entropy"] = gate
+    (gated_card / "model.json").write_text(json.dumps(card))
+    for name, model, value in (("by_run.tif", refiner, gate), ("by_card.tif", gated_card, 0.0)):
+        result = refine_raster(params(image, classes, tmp_path / name, model, max_entropy=value))
+        with rasterio.open(tmp_path / name) as dst:
+            gated = dst.read(1)
+        np.testing.assert_array_equal(gated, np.where(valid & (entropy > gate), coarse, refined))
+        assert 0 < result.changed_fraction < ungated.changed_fraction
+    with pytest.raises(ValueError, match="max_entropy"):
+        refine_raster(params(image, classes, tmp_path / "bad.tif", refiner, max_entropy=1.5))
+    assert not (tmp_path / "bad.tif").exists()

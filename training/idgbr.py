@@ -232,6 +232,7 @@ class IdgbrTrainConfig(DiffusionLossConfig, RunConfig):
                                    # encoder); the small preset's copy is of random weights, frozen it stays random
     strength: float = STRENGTH     # share of the DDIM chain the card's sampler runs from the noised coarse map
                                    # (1: the paper, from pure noise); training draws t from that share only
+    max_entropy: float = 1.0       # the card's entropy gate: refined pixels above it keep the coarse class (1: none)
     checkpoint_every: int = 500
 
 
@@ -312,6 +313,8 @@ def _stage_sources(cfg: IdgbrTrainConfig) -> dict[str, str]:
 
 
 def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
+    if not 0 < cfg.max_entropy <= 1:
+        raise TrainingError(f"`max_entropy` must be in (0, 1] (1: no gate), got {cfg.max_entropy:g}.")
     data = FolderDataset.open(cfg.data)
     _check_rgb(data)
     triplets = list_triplets(cfg.data, cfg.coarse)
@@ -358,7 +361,8 @@ def train_idgbr(cfg: IdgbrTrainConfig) -> Path:
         training_data=f"{Path(cfg.data).resolve().name}: {len(triplets)} image/mask/coarse triplets",
         metrics={k: round(v, 4) for k, v in metrics.items()},
         extra={**loss_entry, "steps": trainer.step, "dtype": data.first.dtype, "sampling_steps": SAMPLING_STEPS,
-               "guidance_scale": cfg.guidance_scale, "strength": cfg.strength, "preset": cfg.preset,
+               "guidance_scale": cfg.guidance_scale, "strength": cfg.strength, "max_entropy": cfg.max_entropy,
+               "preset": cfg.preset,
                "siamese": "trained" if cfg.train_siamese else "frozen",
                **({"sampling_choice": cfg.sampling_choice} if cfg.sampling_choice else {}), **_stage_sources(cfg),
                "coarse_source": coarse_source(cfg.data, cfg.coarse) or "unknown", "repa": repa, "lr": cfg.lr,

@@ -309,7 +309,7 @@ def _write_degraded(source: Path, target: Path, max_shift: int, rng: np.random.G
 def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: int = 1, steps: int = 0,
                         limit: int = 0, seed: int = 0, device: str = "auto",
                         progress: Progress | None = None, tile_size: int = 0, guidance_scale: float = 0.0,
-                        strength: float = 0.0) -> str:
+                        strength: float = 0.0, max_entropy: float = 0.0) -> str:
     """Refine every coarse map into <output>/refined/, score coarse and refined maps against the masks.
 
     Writes metrics.csv (one row per source, every metric incl. per class) and metrics.md (which model, data
@@ -317,7 +317,7 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
     valid in mask, coarse and refined map.
     """
     from core.refinement.model import TASK as REFINEMENT_TASK
-    from core.refinement.pipeline import RefineParams, refine_raster, sampling_settings
+    from core.refinement.pipeline import RefineParams, change_gate, refine_raster, sampling_settings
     progress = progress or Progress()
     model_dir = model_dir or str(starter_model_dir(REFINEMENT_TASK))
     card = load_card(model_dir, task=REFINEMENT_TASK)
@@ -334,7 +334,7 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
             params = RefineParams(
                 image_path=str(image), classification_path=str(coarse), output_path=str(refined),
                 model_dir=model_dir, samples=samples, steps=steps, guidance_scale=guidance_scale, strength=strength,
-                seed=seed, device=device, tile_size=tile_size, image_layer_name=image.name,
+                max_entropy=max_entropy, seed=seed, device=device, tile_size=tile_size, image_layer_name=image.name,
                 classification_layer_name=f"{COARSE_DIR}/{coarse.name}")
             result = refine_raster(params, SubProgress(progress, index / n, (index + 1) / n))
             changed.append(result.changed_fraction)
@@ -345,13 +345,14 @@ def evaluate_refinement(data: str, output: str, model_dir: str = "", samples: in
             metrics["refined"].add(np.where(counted, refined_ids, 0), truth)
         results = {source: m.result() for source, m in metrics.items()}
         _write_csv(tmp / "metrics.csv", results)
-        sampling = sampling_settings(RefineParams("", "", "", steps=steps, guidance_scale=guidance_scale,
-                                                  strength=strength), card)
+        run = RefineParams("", "", "", steps=steps, guidance_scale=guidance_scale, strength=strength,
+                           max_entropy=max_entropy)
+        sampling, gate = sampling_settings(run, card), change_gate(run, card)
         settings = {"model": f"'{card.name}' ({Path(model_dir).resolve()})",
                     "data": f"{Path(data).resolve()}: {n} images, coarse maps: {coarse_source(data) or _NO_SOURCE}",
                     "sampling": f"{samples} sample(s) per tile, {sampling['steps']} DDIM steps, guidance "
-                                f"{sampling['guidance_scale']:g}, strength {sampling['strength']:g}, "
-                                f"tiles of {tile_size or card.tile_size} px, seed {seed}"}
+                                f"{sampling['guidance_scale']:g}, strength {sampling['strength']:g}, changes kept "
+                                f"where the entropy is <= {gate:g}, tiles of {tile_size or card.tile_size} px, seed {seed}"}
         table = _markdown(results, settings, float(np.mean(changed)))
         (tmp / "metrics.md").write_text(table, encoding="utf-8")
     return table
@@ -424,6 +425,9 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--strength", type=float, default=0.0,
                         help="share of the DDIM chain run from the noised coarse map, in (0, 1]; 1 = from pure noise "
                              "as in the paper (0: the model card's)")
+    parser.add_argument("--max-entropy", type=float, default=0.0,
+                        help="keep the coarse class where the refined probabilities' normalised entropy exceeds this, "
+                             "in (0, 1]; 1 = every change kept as in the paper (0: the model card's)")
     parser.add_argument("--tile-size", type=int, default=0, help="tile size in px (0: the model card's)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -433,6 +437,7 @@ def add_evaluate_arguments(parser) -> None:
 def main_evaluate(args) -> None:
     progress = TqdmProgress("evaluate-refinement")
     table = evaluate_refinement(args.data, args.output, args.model, args.samples, args.steps, args.limit,
-                                args.seed, args.device, progress, args.tile_size, args.guidance, args.strength)
+                                args.seed, args.device, progress, args.tile_size, args.guidance, args.strength,
+                                args.max_entropy)
     progress.close()
     print(table)

@@ -53,6 +53,8 @@ class RefineParams:
     steps: int = 0                      # DDIM steps; 0: the card's sampling_steps
     guidance_scale: float = 0.0         # 0: the card's guidance_scale
     strength: float = 0.0               # share of the DDIM chain, from the noised coarse map; 0: the card's
+    max_entropy: float = 0.0            # keep the coarse class where the refined probabilities' entropy (0..1)
+                                        # exceeds this; 0: the card's (none in the card: 1, no gate, the paper)
     uncertainty_path: str = ""          # optional float32 raster: entropy and disagreement bands
     value_map: dict[int, int] | None = None   # classification raster value -> model class value; None: by value
     bands: list[int] | None = None      # 1-based image bands; None: the first bands, in the card's order
@@ -124,6 +126,7 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
         _check_same_grid(reference_info[0], class_info, reference_name, class_name, progress, "Reference")
     model_dir = params.resolved_model_dir()
     card = load_card(model_dir, task=TASK)
+    gate = change_gate(params, card)
     tile, overlap = model_tiling(params.tile_size, params.overlap, card, progress)
     bands = fit_layer(image, image_info, params.bands, card, progress)
     found = _distinct_values(params.classification_path, class_name, progress)
@@ -146,13 +149,14 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
     runner = BatchRunner(model, device, progress)
     progress.info(f"Refining '{class_name}' with image '{image_name}' ({class_info.width} x {class_info.height} px, "
                   f"{len(grid)} tiles of {tile} px, {params.samples} sample(s) of {sampling['steps']} steps, "
-                  f"guidance {sampling['guidance_scale']:g}, strength {sampling['strength']:g}) with '{card.name}' "
-                  f"on {describe_device(device)}.")
+                  f"guidance {sampling['guidance_scale']:g}, strength {sampling['strength']:g}"
+                  + (f", changes kept where the entropy is <= {gate:g}" if gate < 1 else "")
+                  + f") with '{card.name}' on {describe_device(device)}.")
 
     with staged_outputs(outputs) as staged:
         valid_by_class, changed_by_class = _refine_tiles(
             params, staged[params.output_path], staged[params.uncertainty_path], card, mapping, class_info, nodata,
-            bands, grid, runner, sampling, progress)
+            bands, grid, runner, sampling, gate, progress)
         scores = (_reference_scores(params.reference_path, params.classification_path, staged[params.output_path],
                                     reference_mapping, mapping, card, progress) if reference_mapping else None)
     seconds = time.perf_counter() - started
@@ -167,6 +171,16 @@ def refine_raster(params: RefineParams, progress: Progress | None = None) -> Ref
     progress.set_fraction(1.0)
     return RefineResult(params.output_path, params.uncertainty_path, describe_device(runner.device), seconds,
                         len(grid), changed_fraction, [asdict(c) for c in card.classes], by_class, scores)
+
+
+def change_gate(params: RefineParams, card: ModelCard) -> float:
+    """The entropy above which a refined pixel keeps its coarse class: the run's, else the card's, else 1 (every
+    change kept, the paper). A small refiner's uncertain edits break as many pixels as they fix; its confident ones
+    fix more (the starter's card records the measurement)."""
+    gate = params.max_entropy or float(card.extra.get("max_entropy", 1.0))
+    if not 0 < gate <= 1:
+        raise ValueError(f"The entropy gate (max_entropy) must be in (0, 1], got {gate:g}.")
+    return gate
 
 
 def sampling_settings(params: RefineParams, card: ModelCard) -> dict:
@@ -276,8 +290,10 @@ def _output_nodata(info: RasterInfo, found: list[int], name: str, progress: Prog
 # --- the tile loop -------------------------------------------------------------------------------------
 def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str, card: ModelCard,
                   mapping: ClassMapping, info: RasterInfo, nodata: float, bands: list[int], grid: TileGrid,
-                  runner: BatchRunner, sampling: dict, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+                  runner: BatchRunner, sampling: dict, gate: float,
+                  progress: Progress) -> tuple[np.ndarray, np.ndarray]:
     """Refine and write every tile; returns per model class its valid coarse pixels and how many of them changed.
+    A pixel whose refined probabilities' normalised entropy exceeds `gate` keeps its coarse class.
 
     Blended channels: the mean class probabilities of the samples (K) and, for the uncertainty raster,
     each class's share of the samples' argmaxes (K).
@@ -323,16 +339,17 @@ def _refine_tiles(params: RefineParams, output_path: str, uncertainty_path: str,
 
     def write_block(row: int, col: int, block: np.ndarray, valid: np.ndarray) -> None:
         probabilities = block[:n_classes]
-        best = mapping.best_classes(probabilities)
-        labels = np.where(valid, mapping.output_values[best], nodata)
-        class_out.write(labels, row=row, col=col)
-        values, class_valid = read_window(class_check_src, Window(col, row, labels.shape[1], labels.shape[0]), [1])
+        p = np.clip(probabilities, 1e-12, 1.0)
+        entropy = np.clip(-(p * np.log(p)).sum(axis=0) / math.log(n_classes), 0.0, 1.0)
+        values, class_valid = read_window(class_check_src, Window(col, row, *entropy.shape[::-1]), [1])
         coarse = mapping.class_indices(values[0], class_valid)
+        best = mapping.best_classes(probabilities)
+        if gate < 1:
+            best = np.where(entropy <= gate, best, coarse)
+        class_out.write(np.where(valid, mapping.output_values[best], nodata), row=row, col=col)
         valid_by_class[:] += np.bincount(coarse[valid], minlength=n_classes)
         changed_by_class[:] += np.bincount(coarse[valid & (coarse != best)], minlength=n_classes)
         if with_votes:
-            p = np.clip(probabilities, 1e-12, 1.0)
-            entropy = np.clip(-(p * np.log(p)).sum(axis=0) / math.log(n_classes), 0.0, 1.0)
             agreement = np.take_along_axis(block[n_classes:], best[None], axis=0)[0]
             bands_out = np.stack([entropy, np.clip(1.0 - agreement, 0.0, 1.0)])
             uncertainty_out.write(np.where(valid, bands_out, PROBABILITY_NODATA), row=row, col=col)

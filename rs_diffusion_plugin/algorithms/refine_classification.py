@@ -39,7 +39,9 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
             "data can make a map worse: check it on a labelled area first.\n\n"
             "STEPS, GUIDANCE and STRENGTH 0 use the model's own settings. STRENGTH is the share of the sampling "
             "chain run from the classification's own (noised) encoding: 1 redraws the map from noise (the paper), "
-            "lower values keep more of it. Default model: the shipped starter.")
+            "lower values keep more of it. MAX_ENTROPY keeps the classification's class wherever the refiner is "
+            "unsure (normalised entropy of its probabilities above the value; 1: every change kept, the paper; "
+            "0: the model's). Default model: the shipped starter.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Image")))
@@ -64,6 +66,9 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
         self.add_advanced(QgsProcessingParameterNumber(
             "STRENGTH", self.tr("Strength: share of the chain run from the noised classification (0: the model's)"),
             DOUBLE_NUMBER, defaultValue=0.0, minValue=0.0, maxValue=1.0))
+        self.add_advanced(QgsProcessingParameterNumber(
+            "MAX_ENTROPY", self.tr("Keep the classification where the refiner's entropy exceeds (0: the model's, "
+                                   "1: no gate)"), DOUBLE_NUMBER, defaultValue=0.0, minValue=0.0, maxValue=1.0))
         self.add_advanced(QgsProcessingParameterBand(
             "BANDS", self.tr("Image bands, in the model's order (empty: the first bands)"),
             parentLayerParameterName="INPUT", allowMultiple=True, optional=True))
@@ -98,6 +103,7 @@ class RefineClassificationAlgorithm(RsDiffusionAlgorithm):
                 steps=self.parameterAsInt(parameters, "STEPS", context),
                 guidance_scale=self.parameterAsDouble(parameters, "GUIDANCE", context),
                 strength=self.parameterAsDouble(parameters, "STRENGTH", context),
+                max_entropy=self.parameterAsDouble(parameters, "MAX_ENTROPY", context),
                 uncertainty_path=self.parameterAsOutputLayer(parameters, "OUTPUT_UNCERTAINTY", context) or "",
                 value_map=parse_value_map(self.parameterAsString(parameters, "VALUE_MAP", context)),
                 bands=self.parameterAsInts(parameters, "BANDS", context) or None,
