@@ -102,9 +102,9 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
     work.mkdir(parents=True, exist_ok=True)
     small, held_out = work / "scenes_small", work / "scenes_held_out"
     if not (small / "classes.json").is_file():
-        with step(f"{N_SMALL} procedural SAR scenes (the only labels) and {HELD_OUT} held-out ones"):
+        with step(f"{N_SMALL} procedural SAR scenes (the only labels)"):
             write_sar_dataset(str(small), N_SMALL, 256, 7, "linear")
-            write_sar_dataset(str(held_out), HELD_OUT, 256, 99, "linear")
+    _sar_held_out(held_out)
     sets = {"generated": work / "generated", "consistent": work / "generated_consistent",
             "generated_long": work / "generated_long"}
     # generated sets -> (run prefix, steps per stage); "generated_long" at twice the budget (the starter's)
@@ -130,26 +130,7 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
                                                         model_dir=previous, steps=50, seed=1, device=cfg.device))
 
     crops = link_real_crops(REAL_CROPS, work / "real_crops") if REAL_CROPS.is_dir() else None
-    # The starter's config as measured here, before it gained `saturation` (0.5 since; it changes what the models
-    # call land on the real crops, not what generated pairs add): the table's runs were trained without it.
-    base = dataclasses.replace(load_config(SarossTrainConfig, str(CONFIGS / "saross_starter.toml")), saturation=0.0)
     cells: dict[str, list[dict]] = {}
-
-    def train_and_score(name: str, ratio: float, pairs: Path, seed: int, kd_factor: float) -> None:
-        run = work / f"saross_{name}_seed{seed}"
-        if not _done(run):
-            ce, dice, kd = base.loss_weights
-            config = dataclasses.replace(base, data=str(small), eval_data=str(held_out), output=str(run),
-                                         synthetic=str(pairs) if ratio else "", synthetic_ratio=ratio,
-                                         loss_weights=[ce, dice, kd * kd_factor], steps=saross_steps,
-                                         val_every=saross_steps, seed=seed, device=cfg.device, resume=run.exists())
-            with step(f"SAROSS-Net {name} seed {seed}, {saross_steps} steps"):
-                train_saross(config)
-        model = str(run / "model")
-        scores = {"procedural": rounded(_pick(evaluate_saross(model, str(held_out), device=cfg.device)), 4)}
-        if crops:
-            scores["real"] = rounded(_pick(evaluate_saross(model, str(crops), device=cfg.device)), 4)
-        cells.setdefault(name, []).append(scores)
 
     generate("generated")
     for name, (ratio, pairs, kd_factor) in rows.items():
@@ -160,7 +141,9 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
                 filter_consistent_pairs(str(work / f"saross_R0_seed{seeds[0]}" / "model"), str(sets["generated"]),
                                         str(sets["consistent"]), CONSISTENT_KEEP, cfg.device)
         for seed in seeds:
-            train_and_score(name, ratio, sets[pairs], seed, kd_factor)
+            cells.setdefault(name, []).append(_saross_cell(
+                cfg, work / f"saross_{name}_seed{seed}", small, held_out, crops, sets[pairs], ratio, seed,
+                kd_factor, saross_steps))
     controls = [str(work / f"saross_R0_seed{seed}" / "model") for seed in seeds]
     made = {name: folder for name, folder in sets.items() if (folder / "classes.json").is_file()}
     consistency = {name: round(statistics.fmean(
@@ -181,6 +164,27 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
                                  "of sar_oilspill (sea/oil only, predicted/land = false land); label consistency = "
                                  "the R=0 models' mIoU on each generated set (the consistent half: the R=0 model "
                                  "that did not choose it)"}}
+
+
+def _saross_cell(cfg: argparse.Namespace, run: Path, data: Path, held_out: Path, crops: Path | None, pairs: Path,
+                 ratio: float, seed: int, kd_factor: float, steps: int) -> dict:
+    """Train (or reuse) one SAROSS-Net on `data` + `ratio` generated mosaics per real crop; its scores.
+    The starter's config as measured here, before it gained `saturation` (0.5 since; it changes what the models
+    call land on the real crops, not what generated pairs add): the tables' runs are trained without it."""
+    if not _done(run):
+        base = dataclasses.replace(load_config(SarossTrainConfig, str(CONFIGS / "saross_starter.toml")), saturation=0.0)
+        ce, dice, kd = base.loss_weights
+        config = dataclasses.replace(base, data=str(data), eval_data=str(held_out), output=str(run),
+                                     synthetic=str(pairs) if ratio else "", synthetic_ratio=ratio,
+                                     loss_weights=[ce, dice, kd * kd_factor], steps=steps, val_every=steps,
+                                     seed=seed, device=cfg.device, resume=run.exists())
+        with step(f"SAROSS-Net {run.name}, {steps} steps"):
+            train_saross(config)
+    model = str(run / "model")
+    scores = {"procedural": rounded(_pick(evaluate_saross(model, str(held_out), device=cfg.device)), 4)}
+    if crops:
+        scores["real"] = rounded(_pick(evaluate_saross(model, str(crops), device=cfg.device)), 4)
+    return scores
 
 
 def _sar_proxy_fid(model_dir: Path, reference: Path, sets: dict[str, Path], device: str) -> dict:
@@ -274,10 +278,10 @@ def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
     budget = SATSYNTH_QUICK if cfg.quick else SATSYNTH
     small, held_out = work / "satsynth_scenes_small", work / "satsynth_scenes_held_out"
     generated = work / "satsynth_generated"
-    if not (held_out / "classes.json").is_file():
-        with step(f"{budget['n_small']} procedural scenes (the only labels) and {budget['held_out']} held-out ones"):
+    if not (small / "classes.json").is_file():
+        with step(f"{budget['n_small']} procedural scenes (the only labels)"):
             write_scene_dataset(small, budget["n_small"], 256, seed=1)
-            write_scene_dataset(held_out, budget["held_out"], 256, seed=2)
+    _scenes_held_out(held_out, budget)
     runs = {}
     for stage, toml, steps in (("base", "satsynth_starter.toml", budget["base_steps"]),
                                ("sr", "satsynth_sr_starter.toml", budget["sr_steps"])):
@@ -367,10 +371,10 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
     procedural pairs (clean masks) and the real DSIFN pairs of ../shared/data score."""
     budget = RDFMIG_QUICK if cfg.quick else RDFMIG
     small, held_out = work / "rdfmig_pairs_small", work / "rdfmig_pairs_held_out"
-    if not (held_out / "label").is_dir():
-        with step(f"{budget['n_small']} procedural change pairs (the only labels) and {budget['held_out']} held-out"):
+    if not (small / "label").is_dir():
+        with step(f"{budget['n_small']} procedural change pairs (the only labels)"):
             write_change_dataset(small, budget["n_small"], budget["size"], seed=101)
-            write_change_dataset(held_out, budget["held_out"], budget["size"], seed=202)
+    _pairs_held_out(held_out, budget)
     fcf = work / "rdfmig_fcf"
     if not _done(fcf):
         config = load_config(FcfTrainConfig, str(CONFIGS / "fcf_starter.toml"))
@@ -402,18 +406,9 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
         for ratio in RATIOS if not variant else RATIOS[1:]:
             for seed in budget["seeds"]:
                 name = f"R{ratio:g}{variant}"
-                run = work / f"rdfmig_detector_{name}_seed{seed}"
-                if not _done(run):
-                    with step(f"FC-Siam-conc {name}, seed {seed}, {budget['detector_steps']} steps"):
-                        train_changedet(ChangeDetTrainConfig(
-                            data=str(small), output=str(run), synthetic=str(generated) if ratio else "",
-                            synthetic_ratio=ratio, eval_data=str(held_out), steps=budget["detector_steps"],
-                            val_every=budget["detector_steps"], checkpoint_every=10 ** 6, seed=seed,
-                            device=cfg.device, resume=run.exists()))
-                scores = {"procedural": _change_scores(run, held_out, cfg.device)}
-                if DSIFN.is_dir():
-                    scores["real"] = _change_scores(run, DSIFN, cfg.device)
-                cells.setdefault(name, []).append(scores)
+                cells.setdefault(name, []).append(_detector_cell(
+                    cfg, work / f"rdfmig_detector_{name}_seed{seed}", small, held_out, generated, ratio, seed,
+                    budget["detector_steps"]))
         for seed in budget["seeds"]:
             control = work / f"rdfmig_detector_R0_seed{seed}" / "model"
             consistency.setdefault(f"generated{variant}", []).append(
@@ -438,6 +433,21 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                                  "encoder, generated and the N_small real pairs each against the held-out pairs"}}
 
 
+def _detector_cell(cfg: argparse.Namespace, run: Path, data: Path, held_out: Path, generated: Path, ratio: float,
+                   seed: int, steps: int) -> dict:
+    """Train (or reuse) one FC-Siam-conc on `data` + `ratio` generated patches per real one; its scores."""
+    if not _done(run):
+        with step(f"FC-Siam-conc {run.name}, {steps} steps"):
+            train_changedet(ChangeDetTrainConfig(
+                data=str(data), output=str(run), synthetic=str(generated) if ratio else "", synthetic_ratio=ratio,
+                eval_data=str(held_out), steps=steps, val_every=steps, checkpoint_every=10 ** 6, seed=seed,
+                device=cfg.device, resume=run.exists()))
+    scores = {"procedural": _change_scores(run, held_out, cfg.device)}
+    if DSIFN.is_dir():
+        scores["real"] = _change_scores(run, DSIFN, cfg.device)
+    return scores
+
+
 def _changed_fraction(folder: Path) -> float:
     """Share of changed pixels over a change folder's masks."""
     return float(np.mean([(read_array(mask)[0] > 0).mean() for _, _, mask in list_change_triplets(folder)]))
@@ -446,3 +456,157 @@ def _changed_fraction(folder: Path) -> float:
 def _change_scores(run: Path, data: Path, device: str) -> dict:
     metrics = evaluate_changedet(str(run / "model"), str(data), device=device)
     return {k: round(float(metrics[k]), 4) for k in CHANGE_KEYS}
+
+
+# --- held-out sets, shared by N_small and N_full ----------------------------------------------------------------------
+
+def _sar_held_out(folder: Path) -> None:
+    if not (folder / "classes.json").is_file():
+        with step(f"{HELD_OUT} held-out procedural SAR scenes"):
+            write_sar_dataset(str(folder), HELD_OUT, 256, 99, "linear")
+
+
+def _scenes_held_out(folder: Path, budget: dict) -> None:
+    if not (folder / "classes.json").is_file():
+        with step(f"{budget['held_out']} held-out procedural scenes"):
+            write_scene_dataset(folder, budget["held_out"], 256, seed=2)
+
+
+def _pairs_held_out(folder: Path, budget: dict) -> None:
+    if not (folder / "label").is_dir():
+        with step(f"{budget['held_out']} held-out procedural change pairs"):
+            write_change_dataset(folder, budget["held_out"], budget["size"], seed=202)
+
+
+# --- N_full: the same protocol with today's full real sets ----------------------------------------------------------
+# The generator at N_full is the shipped starter: it was trained on exactly the full set written here (the
+# Makefile's command, same seed), so no generator sees data the downstream model is denied. Its budget is the
+# starter's (about twice the N_small generators'); the downstream trainers, steps, seeds, R, pool sizes and
+# held-out sets are the N_small tables'. Section `synthesis_payoff_full` (about an hour on 2 CPU cores).
+
+FULL_QUICK_COUNT = 4
+
+
+def bench_full(cfg: argparse.Namespace) -> dict:
+    work = Path(os.environ.get("RS_DIFFUSION_PAYOFF_WORK") or "runs/payoff") / ("quick" if cfg.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    return {"dakd": dakd_full(cfg, work), "satsynth": satsynth_full(cfg, work), "rdfmig": rdfmig_full(cfg, work)}
+
+
+def _report(cells: dict[str, list[dict]], key: str) -> dict:
+    """The table over seeds, each R's gain over R = 0 (mean and seed by seed) and the largest seed spread."""
+    table = {name: _summary(runs) for name, runs in cells.items()}
+    return {"table": table, "gain_over_r0": _gains(table, key), "gain_per_seed": _paired_gains(cells, key),
+            "largest_seed_spread": {where: max(table[n][where][key]["spread"] for n in table)
+                                    for where in table["R0"]}}
+
+
+def dakd_full(cfg: argparse.Namespace, work: Path) -> dict:
+    """DAKD at N_full: the 200 scenes of `make starter-sar`, pairs from the shipped SAR-JointNet."""
+    saross_steps = QUICK["saross"] if cfg.quick else SAROSS_STEPS
+    seeds = QUICK["seeds"] if cfg.quick else SEEDS
+    count = QUICK["generated"] if cfg.quick else GENERATED
+    n_full = FULL_QUICK_COUNT if cfg.quick else N_FULL
+    full, held_out, generated = work / "sar_scenes_full", work / "scenes_held_out", work / "sar_generated_starter"
+    if not (full / "classes.json").is_file():
+        with step(f"the SAR starter's {n_full} procedural scenes (make starter-sar)"):
+            write_sar_dataset(str(full), n_full, 256, 7, "linear")
+    _sar_held_out(held_out)
+    if not (generated / "index.csv").is_file():
+        with step(f"{count} pairs from the shipped SAR-JointNet (DDIM-50)"):
+            synthesize_sar_pairs(SarSynthesisParams(output_dir=str(generated), count=count, steps=50, seed=1,
+                                                    device=cfg.device))
+    crops = link_real_crops(REAL_CROPS, work / "real_crops") if REAL_CROPS.is_dir() else None
+    cells: dict[str, list[dict]] = {}
+    for ratio in RATIOS:
+        for seed in seeds:
+            cells.setdefault(f"R{ratio:g}", []).append(_saross_cell(
+                cfg, work / f"saross_full_R{ratio:g}_seed{seed}", full, held_out, crops, generated, ratio, seed,
+                1.0, saross_steps))
+    controls = [str(work / f"saross_full_R0_seed{seed}" / "model") for seed in seeds]
+    return {**_report(cells, "mIoU"),
+            "label_consistency_miou": round(statistics.fmean(
+                evaluate_saross(control, str(generated), device=cfg.device)["mIoU"] for control in controls), 4),
+            "proxy_fid": _sar_proxy_fid(controls[0], held_out, {"generated_vs_held_out": generated,
+                                                                "real_training_vs_held_out": full}, cfg.device),
+            "settings": {"n_full": n_full, "generator": "resources/models/sar_jointnet_starter (800/1200/400 steps)",
+                         "held_out_scenes": HELD_OUT, "seeds": list(seeds), "generated_pairs": count,
+                         "saross_steps": saross_steps, "work": str(work),
+                         "note": "as synthesis_payoff.dakd, with the full real set and the shipped generator"}}
+
+
+def satsynth_full(cfg: argparse.Namespace, work: Path) -> dict:
+    """SatSynth at N_full: the 240 scenes of `make starter-satsynth`, pairs from the shipped base + x2 models."""
+    budget = SATSYNTH_QUICK if cfg.quick else SATSYNTH
+    n_full = FULL_QUICK_COUNT if cfg.quick else budget["n_full"]
+    seeds = budget["seeds"][:2]
+    full, held_out = work / "satsynth_scenes_full", work / "satsynth_scenes_held_out"
+    generated = work / "satsynth_generated_starter"
+    if not (full / "classes.json").is_file():
+        with step(f"the SatSynth starter's {n_full} procedural scenes (make starter-satsynth)"):
+            write_scene_dataset(full, n_full, 256, seed=1)
+    _scenes_held_out(held_out, budget)
+    if not (generated / "index.csv").is_file():
+        with step(f"{budget['generated']} pairs from the shipped SatSynth (DDIM-25, x2 DDIM-25)"):
+            synthesize_pairs(SynthesisParams(str(generated), count=budget["generated"], steps=25,
+                                             super_resolution=True, sr_steps=25, seed=11, device=cfg.device))
+    cells: dict[str, list[dict]] = {}
+    consistency = []
+    for seed in seeds:
+        out = work / f"satsynth_full_segmenters_seed{seed}"
+        with step(f"FPN segmenters R = 0, 1, 3 on the full set, seed {seed}, {budget['segmenter_steps']} steps each"):
+            rows = run_augment_eval(AugmentEvalConfig(
+                data=str(full), synthetic=str(generated), eval_data=str(held_out), output=str(out),
+                ratios=list(RATIOS), segmenter={**SEGMENTER, "steps": budget["segmenter_steps"], "seed": seed},
+                device=cfg.device, resume=True))
+        for row in rows:
+            cells.setdefault(f"R{row['R']:g}", []).append(
+                {"procedural": {k: v for k, v in row.items() if k in ("mIoU", "mF1") or k.startswith("IoU/")}})
+        consistency.append(evaluate_on_real(out / "R0" / "model", FolderDataset.open(generated).pairs,
+                                            cfg.device)["mIoU"])
+    read = lambda folder: [read_array(image)[0] for image, _ in FolderDataset.open(folder).pairs]   # noqa: E731
+    fid = _proxy_fid(cfg, read(held_out), {"generated": read(generated), "real_training": read(full)}, 128)
+    return {**_report(cells, "mIoU"), "label_consistency_miou": round(statistics.fmean(consistency), 4),
+            "proxy_fid": {f"{name}_vs_held_out": value for name, value in fid.items()},
+            "settings": {"n_full": n_full, "generator": "resources/models/satsynth_starter + satsynth_sr_starter "
+                         "(3000 + 1000 steps)", "held_out": budget["held_out"], "seeds": list(seeds),
+                         "generated": budget["generated"], "segmenter_steps": budget["segmenter_steps"],
+                         "work": str(work),
+                         "note": "as synthesis_payoff.satsynth, with the full real set and the shipped generator"}}
+
+
+def rdfmig_full(cfg: argparse.Namespace, work: Path) -> dict:
+    """RDF-MIG at N_full: the 120 pairs of 256 px of `make starter-rdfmig` (the set the shipped RDF-MIG learned;
+    the rdfmig section's own 60 pairs were never a generator's training set), triplets from the shipped model."""
+    budget = RDFMIG_QUICK if cfg.quick else RDFMIG
+    n_full = FULL_QUICK_COUNT if cfg.quick else 120
+    full, held_out = work / "rdfmig_pairs_full", work / "rdfmig_pairs_held_out"
+    generated = work / "rdfmig_generated_starter"
+    if not (full / "label").is_dir():
+        with step(f"the RDF-MIG starter's {n_full} procedural change pairs (make starter-rdfmig)"):
+            write_change_dataset(full, n_full, 256, seed=0)
+    _pairs_held_out(held_out, budget)
+    if not (generated / "index.csv").is_file():
+        with step(f"{budget['generated']} triplets from the shipped RDF-MIG (DDIM-50)"):
+            synthesize_change_pairs(ChangeSynthesisParams(str(generated), count=budget["generated"], steps=50, seed=7,
+                                                          device=cfg.device))
+    cells: dict[str, list[dict]] = {}
+    for ratio in RATIOS:
+        for seed in budget["seeds"]:
+            cells.setdefault(f"R{ratio:g}", []).append(_detector_cell(
+                cfg, work / f"rdfmig_detector_full_R{ratio:g}_seed{seed}", full, held_out, generated, ratio, seed,
+                budget["detector_steps"]))
+    controls = [str(work / f"rdfmig_detector_full_R0_seed{seed}" / "model") for seed in budget["seeds"]]
+    read_b = lambda folder: [read_array(b)[0] for _, b, _ in list_change_triplets(folder)]   # noqa: E731
+    fid = _proxy_fid(cfg, read_b(held_out), {"generated": read_b(generated), "real_training": read_b(full)}, 64)
+    return {**_report(cells, "IoU"),
+            "label_consistency_iou": round(statistics.fmean(
+                evaluate_changedet(control, str(generated), device=cfg.device)["IoU"] for control in controls), 4),
+            "changed_fraction": {"generated": round(_changed_fraction(generated), 4),
+                                 "real_training": round(_changed_fraction(full), 4)},
+            "proxy_fid_b_images": {f"{name}_vs_held_out": value for name, value in fid.items()},
+            "settings": {"n_full": n_full, "pair_size": 256, "generator": "resources/models/rdfmig_starter "
+                         "(1500 steps, on the fcf_starter)", "held_out": budget["held_out"],
+                         "seeds": list(budget["seeds"]), "generated": budget["generated"],
+                         "detector_steps": budget["detector_steps"], "work": str(work),
+                         "note": "as synthesis_payoff.rdfmig, with the full real set and the shipped generator"}}

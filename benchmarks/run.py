@@ -92,9 +92,15 @@ def bench_synthesis_payoff(cfg: argparse.Namespace) -> dict:
     return bench(cfg)
 
 
+def bench_synthesis_payoff_full(cfg: argparse.Namespace) -> dict:
+    from benchmarks.payoff import bench_full
+    return bench_full(cfg)
+
+
 BENCHMARKS = {"tiling": bench_tiling, "satsynth": bench_satsynth, "idgbr": bench_idgbr, "sar": bench_sar,
               "fusion": bench_fusion, "rdfmig": bench_rdfmig, "roofline": bench_roofline, "onnx": bench_onnx,
-              "finetune": bench_finetune, "synthesis_payoff": bench_synthesis_payoff}
+              "finetune": bench_finetune, "synthesis_payoff": bench_synthesis_payoff,
+              "synthesis_payoff_full": bench_synthesis_payoff_full}
 
 
 # --- tiling: end-to-end throughput against the bare model ----------------------------------------
