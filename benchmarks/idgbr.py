@@ -58,7 +58,9 @@ ISPRS_BLOCK = 128
 ISPRS_BUDGET = {"fold_segmenter_steps": 150, "segmenter_steps": 300, "embedding_steps": 500, "vae_steps": 300,
                 "refiner_steps": 800}
 # The starter refiner's settings (training/configs/idgbr_starter_oof*.toml): sampled from the noised coarse map
-# (strength 0.3) and trained on that share of the chain, the siamese copy trained, the paper's CFG weight.
+# (strength 0.3) and trained on that share of the chain, the siamese copy trained, the paper's CFG weight. Not its
+# entropy gate: the starter's 0.2 was chosen on validation scenes, and these two crops leave none to choose one on,
+# so this refiner keeps every change (max_entropy 1, the paper).
 ISPRS_REFINER = {"strength": 0.3, "train_siamese": True, "guidance_scale": 3.0}
 ISPRS_QUICK_BUDGET = {"fold_segmenter_steps": 10, "segmenter_steps": 20, "embedding_steps": 30, "vae_steps": 10,
                       "refiner_steps": 10}
@@ -147,6 +149,7 @@ def wfm_gain(cfg: argparse.Namespace, tmp: Path) -> dict:
                                     "model": card.name, "refiner_training_coarse_maps": card.extra.get("coarse_source"),
                                     "guidance_scale": card.extra.get("guidance_scale"),
                                     "strength": card.extra.get("strength"),
+                                    "max_entropy": card.extra.get("max_entropy", 1.0),
                                     "sampling_steps": card.extra.get("sampling_steps"),
                                     "seconds": round(time.perf_counter() - started, 1)}}
 
