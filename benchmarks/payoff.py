@@ -299,20 +299,8 @@ def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
             synthesize_pairs(SynthesisParams(str(generated), count=budget["generated"], model_dir=runs["base"],
                                              steps=25, super_resolution=True, sr_model_dir=runs["sr"], sr_steps=25,
                                              seed=11, device=cfg.device))
-    cells: dict[str, list[dict]] = {}
-    consistency = []
-    for seed in budget["seeds"]:
-        out = work / f"satsynth_segmenters_seed{seed}"
-        with step(f"FPN segmenters R = 0, 1, 3, seed {seed}, {budget['segmenter_steps']} steps each"):
-            rows = run_augment_eval(AugmentEvalConfig(
-                data=str(small), synthetic=str(generated), eval_data=str(held_out), output=str(out),
-                ratios=list(RATIOS), segmenter={**SEGMENTER, "steps": budget["segmenter_steps"], "seed": seed},
-                device=cfg.device, resume=True))
-        for row in rows:
-            cells.setdefault(f"R{row['R']:g}", []).append(
-                {"procedural": {k: v for k, v in row.items() if k in ("mIoU", "mF1") or k.startswith("IoU/")}})
-        consistency.append(evaluate_on_real(out / "R0" / "model", FolderDataset.open(generated).pairs,
-                                            cfg.device)["mIoU"])
+    cells, consistency = _segmenter_cells(cfg, work / "satsynth_segmenters", small, generated, held_out, budget,
+                                          budget["seeds"])
     # Acting on the diagnostics: the x2 stage fitted on N_small scenes draws grain over its images, so R1_no_x2
     # trains on the same base pairs brought to 0.5 m without it (bilinear image, nearest labels: the x2 stage's
     # own condition).
@@ -352,6 +340,27 @@ def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                                  "images against the generated labels; proxy FID on 128 px crops (0.5 m) with the "
                                  "starter segmenter's encoder, generated and the N_small real scenes each against "
                                  "the held-out scenes"}}
+
+
+def _segmenter_cells(cfg: argparse.Namespace, prefix: Path, data: Path, generated: Path, held_out: Path, budget: dict,
+                     seeds) -> tuple[dict[str, list[dict]], list[float]]:
+    """The FPN segmenter trained with R = 0, 1, 3 per seed (runs in `prefix`_seed<N>, reused when done): the cells of
+    the table, and the R = 0 models' mIoU on the generated pairs (label consistency)."""
+    cells: dict[str, list[dict]] = {}
+    consistency = []
+    for seed in seeds:
+        out = prefix.parent / f"{prefix.name}_seed{seed}"
+        with step(f"FPN segmenters R = 0, 1, 3 on {data.name}, seed {seed}, {budget['segmenter_steps']} steps each"):
+            rows = run_augment_eval(AugmentEvalConfig(
+                data=str(data), synthetic=str(generated), eval_data=str(held_out), output=str(out),
+                ratios=list(RATIOS), segmenter={**SEGMENTER, "steps": budget["segmenter_steps"], "seed": seed},
+                device=cfg.device, resume=True))
+        for row in rows:
+            cells.setdefault(f"R{row['R']:g}", []).append(
+                {"procedural": {k: v for k, v in row.items() if k in ("mIoU", "mF1") or k.startswith("IoU/")}})
+        consistency.append(evaluate_on_real(out / "R0" / "model", FolderDataset.open(generated).pairs,
+                                            cfg.device)["mIoU"])
+    return cells, consistency
 
 
 # --- RDF-MIG ----------------------------------------------------------------------------------------------------------
@@ -550,20 +559,8 @@ def satsynth_full(cfg: argparse.Namespace, work: Path) -> dict:
         with step(f"{budget['generated']} pairs from the shipped SatSynth (DDIM-25, x2 DDIM-25)"):
             synthesize_pairs(SynthesisParams(str(generated), count=budget["generated"], steps=25,
                                              super_resolution=True, sr_steps=25, seed=11, device=cfg.device))
-    cells: dict[str, list[dict]] = {}
-    consistency = []
-    for seed in seeds:
-        out = work / f"satsynth_full_segmenters_seed{seed}"
-        with step(f"FPN segmenters R = 0, 1, 3 on the full set, seed {seed}, {budget['segmenter_steps']} steps each"):
-            rows = run_augment_eval(AugmentEvalConfig(
-                data=str(full), synthetic=str(generated), eval_data=str(held_out), output=str(out),
-                ratios=list(RATIOS), segmenter={**SEGMENTER, "steps": budget["segmenter_steps"], "seed": seed},
-                device=cfg.device, resume=True))
-        for row in rows:
-            cells.setdefault(f"R{row['R']:g}", []).append(
-                {"procedural": {k: v for k, v in row.items() if k in ("mIoU", "mF1") or k.startswith("IoU/")}})
-        consistency.append(evaluate_on_real(out / "R0" / "model", FolderDataset.open(generated).pairs,
-                                            cfg.device)["mIoU"])
+    cells, consistency = _segmenter_cells(cfg, work / "satsynth_full_segmenters", full, generated, held_out, budget,
+                                          seeds)
     read = lambda folder: [read_array(image)[0] for image, _ in FolderDataset.open(folder).pairs]   # noqa: E731
     fid = _proxy_fid(cfg, read(held_out), {"generated": read(generated), "real_training": read(full)}, 128)
     return {**_report(cells, "mIoU"), "label_consistency_miou": round(statistics.fmean(consistency), 4),
