@@ -48,3 +48,20 @@ def test_strength_reaches_the_sampler(processing, tmp_path):
                          "STRENGTH": 0.5, "OUTPUT": str(tmp_path / "out.tif")},
                    context=QgsProcessingContext(), feedback=feedback)
     assert any("4 steps" in line and "strength 0.5" in line for line in feedback.lines)
+
+
+def test_max_entropy_reaches_the_pipeline_and_keeps_unsure_pixels(processing, tmp_path):
+    """MAX_ENTROPY (advanced) is the run's entropy gate: an untrained refiner is unsure everywhere, so a low gate
+    keeps every coarse class (nothing changes) where the same run without a gate changes pixels."""
+    refiner = make_refiner_dir(tmp_path / "refiner", classes=MODEL_CLASSES, tile_size=32)
+    image, classes = write_pair(tmp_path)
+    changed = {}
+    for gate in (1.0, 0.01):
+        feedback = Feedback()
+        result = processing.run(ALG, {"INPUT": str(image), "CLASSIFICATION": str(classes), "MODEL": str(refiner),
+                                      "STEPS": 2, "MAX_ENTROPY": gate, "OUTPUT": str(tmp_path / f"out{gate:g}.tif")},
+                                context=QgsProcessingContext(), feedback=feedback)
+        changed[gate] = result["CHANGED_FRACTION"]
+        gated_line = any("changes kept where the entropy is <= 0.01" in line for line in feedback.lines)
+        assert gated_line == (gate < 1)
+    assert changed[1.0] > 0 and changed[0.01] == 0
