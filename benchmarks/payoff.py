@@ -18,10 +18,14 @@ held-out real data, next to the floor of the N_small real set against the same d
 generated mosaic per four real crops, R0.25_kd_scaled the same with the KD weight scaled by the generated share;
 R1_hard drops KD (the paper's hard-label ablation); R1_long uses the pairs of a SAR-JointNet trained twice as long
 (the starter's budget) on the same N_small scenes.
-SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a generator trained four times longer.
+SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a generator trained four times longer, the
+`_concat` rows the supplement's ablation without FCF ([A, B, mask], every band kept), since `fcf_round_trip` shows
+the FCF alone hiding the change from real-only detectors. `paired_gain` summarises each R's gains over R = 0 of
+the same seed: the noise a gain must clear is the spread of those paired differences.
 
-About two hours on 2 CPU cores in all. Runs go to a work folder (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff)
-and are reused when their model exists, so an interrupted run resumes where it stopped.
+About two and a half hours on 2 CPU cores in all (RDF-MIG alone 78 minutes). Runs go to a work folder
+(RS_DIFFUSION_PAYOFF_WORK, default runs/payoff) and are reused when their model exists, so an interrupted run
+resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -33,12 +37,15 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import step
 from benchmarks.sar import REAL_CROPS, link_real_crops, rounded
 from benchmarks.satsynth import SEGMENTER
+from core.catalog import resolve_model_dir
+from core.change.fcf import load_fcf
 from core.change.generate import ChangeSynthesisParams, synthesize_change_pairs
 from core.data.change import list_change_triplets, write_change_dataset
 from core.data.folder import FolderDataset
@@ -49,7 +56,7 @@ from core.device import resolve_device
 from core.metrics.fid import SegmenterFeatures, frechet_distance
 from core.oilspill.generate import SarSynthesisParams, synthesize_sar_pairs
 from core.oilspill.pipeline import load_saross
-from core.raster import raster_info, read_array, write_geotiff
+from core.raster import raster_info, read_array, staged_dir, write_geotiff
 from core.segmentation.model import load_segmenter
 from core.synthesis.generate import SynthesisParams, synthesize_pairs
 from training.augment_eval import AugmentEvalConfig, evaluate_on_real, run_augment_eval
@@ -152,7 +159,8 @@ def dakd_payoff(cfg: argparse.Namespace, work: Path, rows: dict = DAKD_ROWS) -> 
     table = {name: _summary(runs) for name, runs in cells.items()}
     spread = {where: max(table[name][where]["mIoU"]["spread"] for name in table) for where in table["R0"]}
     return {"table": table, "miou_gain_over_r0": _gains(table, "mIoU"),
-            "miou_gain_per_seed": _paired_gains(cells, "mIoU"), "largest_seed_spread": spread,
+            "miou_gain_per_seed": _paired_gains(cells, "mIoU"),
+            "paired_gain": _paired_summary(_paired_gains(cells, "mIoU")), "largest_seed_spread": spread,
             "proxy_fid": _sar_proxy_fid(controls[0], held_out, {
                 **{f"{name}_vs_held_out": folder for name, folder in made.items() if name in budgets},
                 "real_training_vs_held_out": small}, cfg.device),
@@ -225,6 +233,16 @@ def _paired_gains(cells: dict[str, list[dict]], key: str) -> dict:
     """Each R's `key` minus R = 0's of the same seed, seed by seed (runs are listed in seed order)."""
     return {name: {where: [round(run[where][key] - control[where][key], 4) for run, control in zip(runs, cells["R0"])]
                    for where in runs[0]} for name, runs in cells.items() if name != "R0"}
+
+
+def _paired_summary(per_seed: dict) -> dict:
+    """The per-seed gains (`_paired_gains`) summarised: mean, spread (half the max - min) and the seeds with a
+    positive gain. R and R = 0 of one seed share the real data and the initialisation, so the spread of the paired
+    differences, not of either cell, is the noise a gain must clear."""
+    return {name: {where: {"mean": round(statistics.fmean(gains), 4),
+                           "spread": round((max(gains) - min(gains)) / 2, 4),
+                           "positive_seeds": f"{sum(g > 0 for g in gains)}/{len(gains)}"}
+                   for where, gains in places.items()} for name, places in per_seed.items()}
 
 
 def _upsampled_copy(source: Path, target: Path) -> Path:
@@ -328,6 +346,7 @@ def satsynth_payoff(cfg: argparse.Namespace, work: Path) -> dict:
                                            "real_training": read(small)}, 128)
     return {"table": table, "miou_gain_over_r0": _gains(table, "mIoU"),
             "miou_gain_per_seed": _paired_gains(cells, "mIoU"),
+            "paired_gain": _paired_summary(_paired_gains(cells, "mIoU")),
             "largest_seed_spread": {"procedural": max(table[n]["procedural"]["mIoU"]["spread"] for n in table)},
             "label_consistency_miou": {"generated": round(statistics.fmean(consistency), 4),
                                        "generated_no_x2": round(statistics.fmean(consistency_no_x2), 4)},
@@ -397,14 +416,20 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
     sets = {}
     # Acting on the diagnostics: at joint_steps the generator draws texture without scenes and masks its images
     # do not show (consistency near 0), so the `_long` rows use the same recipe trained joint_steps_long steps.
-    for variant, steps in (("", budget["joint_steps"]), ("_long", budget["joint_steps_long"])):
+    # The FCF round trip alone already hides the change from real-trained detectors (its one-channel code loses
+    # the colour of new roofs: `fcf_round_trip`), so the `_concat` rows use the paper's ablation [A, B, mask],
+    # which keeps every band, at the base budget.
+    for variant, steps, representation in (("", budget["joint_steps"], "fcf"),
+                                           ("_concat", budget["joint_steps"], "concat"),
+                                           ("_long", budget["joint_steps_long"], "fcf")):
         joint, generated = work / f"rdfmig_joint{variant}", work / f"rdfmig_generated{variant}"
         if not _done(joint):
             config = load_config(RdfmigTrainConfig, str(CONFIGS / "rdfmig_starter.toml"))
-            config = dataclasses.replace(config, name=f"payoff RDF-MIG ({budget['n_small']} pairs, {steps} steps)",
-                                         data=str(small), output=str(joint), fcf=str(fcf / "model"), steps=steps,
-                                         val_every=0, device=cfg.device, resume=joint.exists())
-            with step(f"RDF-MIG (FCF + MCRD) on the {budget['n_small']} pairs, {config.steps} steps"):
+            config = dataclasses.replace(config, name=f"payoff RDF-MIG ({budget['n_small']} pairs, {representation}, "
+                                         f"{steps} steps)", data=str(small), output=str(joint), fcf=str(fcf / "model"),
+                                         representation=representation, steps=steps, val_every=0, device=cfg.device,
+                                         resume=joint.exists())
+            with step(f"RDF-MIG ({representation} + MCRD) on the {budget['n_small']} pairs, {config.steps} steps"):
                 train_rdfmig(config)
         if not (generated / "index.csv").is_file():
             with step(f"{budget['generated']} generated triplets (DDIM-50), generator of {steps} steps"):
@@ -426,14 +451,20 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
     read_b = lambda folder: [read_array(b)[0] for _, b, _ in list_change_triplets(folder)]   # noqa: E731
     fid = _proxy_fid(cfg, read_b(held_out), {**{name: read_b(folder) for name, folder in sets.items()},
                                              "real_training": read_b(small)}, 64)
+    controls = [work / f"rdfmig_detector_R0_seed{seed}" / "model" for seed in budget["seeds"]]
     return {"table": table, "iou_gain_over_r0": _gains(table, "IoU"),
             "iou_gain_per_seed": _paired_gains(cells, "IoU"),
+            "paired_gain": _paired_summary(_paired_gains(cells, "IoU")),
             "largest_seed_spread": {where: max(table[n][where]["IoU"]["spread"] for n in table)
                                     for where in table["R0"]},
             "label_consistency_iou": {name: round(statistics.fmean(values), 4) for name, values in consistency.items()},
             "changed_fraction": {name: round(_changed_fraction(folder), 4)
                                  for name, folder in {**sets, "real_training": small}.items()},
+            "change_contrast": {name: round(_change_contrast(folder), 2)
+                                for name, folder in {**sets, "real_training": small}.items()},
             "proxy_fid_b_images": {f"{name}_vs_held_out": value for name, value in fid.items()},
+            "fcf_round_trip": _fcf_round_trip(cfg, fcf / "model", held_out, work / "rdfmig_held_out_fcf_round_trip",
+                                              controls),
             "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in budget.items()}, "work": str(work),
                          "note": "mean, spread (half the max - min over seeds) and std per cell of change IoU / F1 / "
                                  "recall / precision; 'real' = the DSIFN pairs of ../shared/data/cd_dsifn (none "
@@ -460,6 +491,57 @@ def _detector_cell(cfg: argparse.Namespace, run: Path, data: Path, held_out: Pat
 def _changed_fraction(folder: Path) -> float:
     """Share of changed pixels over a change folder's masks."""
     return float(np.mean([(read_array(mask)[0] > 0).mean() for _, _, mask in list_change_triplets(folder)]))
+
+
+def _change_contrast(folder: Path) -> float:
+    """Mean |B - A| inside the change masks over the mean outside, over a change folder: how strongly the images
+    change where the labels say they do (about 4.5 for the procedural pairs; 1 when masks and images are unrelated)."""
+    inside, outside = [], []
+    for a, b, mask in list_change_triplets(folder):
+        changed = read_array(mask)[0][0] > 0
+        if changed.any() and not changed.all():
+            difference = np.abs(read_array(b)[0].astype(np.float64) - read_array(a)[0]).mean(axis=0)
+            inside.append(difference[changed].mean())
+            outside.append(difference[~changed].mean())
+    return float(np.mean(inside) / np.mean(outside)) if inside else float("nan")
+
+
+def _fcf_round_trip(cfg: argparse.Namespace, fcf_dir: Path, source: Path, target: Path, detectors: list[Path]) -> dict:
+    """The real-only detectors' change IoU on `source` pairs (8-bit, as the procedural ones) as they are and after
+    A and B went through the FCF (encode, decode): what a perfect generator on this FCF could at best show them."""
+    if not (target / "label").is_dir():
+        fcf, card = load_fcf(fcf_dir)
+        offset = np.asarray(card.normalization.offset, dtype=np.float32)[:, None, None]
+        scale = np.asarray(card.normalization.scale, dtype=np.float32)[:, None, None]
+        with staged_dir(target) as staging:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            for triplet in list_change_triplets(staging):
+                for image in triplet[:2]:
+                    with rasterio.open(image, "r+") as dataset:
+                        if dataset.dtypes[0] != "uint8":
+                            raise ValueError(f"{image}: the FCF round trip reads 8-bit pairs, not {dataset.dtypes[0]}.")
+                        x = torch.from_numpy((dataset.read().astype(np.float32) - offset) / scale)
+                        with torch.no_grad():
+                            restored = fcf(x[None])[0].numpy() * scale + offset
+                        dataset.write(np.clip(np.round(restored), 0, 255).astype(np.uint8))
+    score = lambda folder: round(statistics.fmean(   # noqa: E731
+        evaluate_changedet(str(detector), str(folder), device=cfg.device)["IoU"] for detector in detectors), 4)
+    return {"as_is": score(source), "fcf_round_trip": score(target), **_colour_errors(source, target)}
+
+
+def _colour_errors(source: Path, target: Path) -> dict:
+    """Mean absolute error (8-bit levels) of the round-tripped date-B images, split into luminance (band mean)
+    and chroma (each band minus the band mean), over all pixels and over the changed ones."""
+    errors: dict[str, list[float]] = {"luminance": [], "chroma": [], "chroma_changed": []}
+    for (_, b, mask), (_, restored, _) in zip(list_change_triplets(source), list_change_triplets(target)):
+        x, y = read_array(b)[0].astype(np.float64), read_array(restored)[0].astype(np.float64)
+        chroma = np.abs((x - x.mean(axis=0)) - (y - y.mean(axis=0))).mean(axis=0)
+        errors["luminance"].append(np.abs(x.mean(axis=0) - y.mean(axis=0)).mean())
+        errors["chroma"].append(chroma.mean())
+        changed = read_array(mask)[0][0] > 0
+        if changed.any():
+            errors["chroma_changed"].append(chroma[changed].mean())
+    return {f"{name}_mae": round(float(np.mean(values)), 2) for name, values in errors.items()}
 
 
 def _change_scores(run: Path, data: Path, device: str) -> dict:
@@ -506,6 +588,7 @@ def _report(cells: dict[str, list[dict]], key: str) -> dict:
     """The table over seeds, each R's gain over R = 0 (mean and seed by seed) and the largest seed spread."""
     table = {name: _summary(runs) for name, runs in cells.items()}
     return {"table": table, "gain_over_r0": _gains(table, key), "gain_per_seed": _paired_gains(cells, key),
+            "paired_gain": _paired_summary(_paired_gains(cells, key)),
             "largest_seed_spread": {where: max(table[n][where][key]["spread"] for n in table)
                                     for where in table["R0"]}}
 
@@ -593,14 +676,18 @@ def rdfmig_full(cfg: argparse.Namespace, work: Path) -> dict:
             cells.setdefault(f"R{ratio:g}", []).append(_detector_cell(
                 cfg, work / f"rdfmig_detector_full_R{ratio:g}_seed{seed}", full, held_out, generated, ratio, seed,
                 budget["detector_steps"]))
-    controls = [str(work / f"rdfmig_detector_full_R0_seed{seed}" / "model") for seed in budget["seeds"]]
+    controls = [work / f"rdfmig_detector_full_R0_seed{seed}" / "model" for seed in budget["seeds"]]
     read_b = lambda folder: [read_array(b)[0] for _, b, _ in list_change_triplets(folder)]   # noqa: E731
     fid = _proxy_fid(cfg, read_b(held_out), {"generated": read_b(generated), "real_training": read_b(full)}, 64)
     return {**_report(cells, "IoU"),
             "label_consistency_iou": round(statistics.fmean(
-                evaluate_changedet(control, str(generated), device=cfg.device)["IoU"] for control in controls), 4),
+                evaluate_changedet(str(control), str(generated), device=cfg.device)["IoU"] for control in controls), 4),
             "changed_fraction": {"generated": round(_changed_fraction(generated), 4),
                                  "real_training": round(_changed_fraction(full), 4)},
+            "change_contrast": {"generated": round(_change_contrast(generated), 2),
+                                "real_training": round(_change_contrast(full), 2)},
+            "fcf_round_trip": _fcf_round_trip(cfg, Path(resolve_model_dir("", "fcf")), held_out,
+                                              work / "rdfmig_held_out_fcf_round_trip_starter", controls),
             "proxy_fid_b_images": {f"{name}_vs_held_out": value for name, value in fid.items()},
             "settings": {"n_full": n_full, "pair_size": 256, "generator": "resources/models/rdfmig_starter "
                          "(1500 steps, on the fcf_starter)", "held_out": budget["held_out"],
