@@ -20,7 +20,8 @@ R1_hard drops KD (the paper's hard-label ablation); R1_long uses the pairs of a 
 (the starter's budget) on the same N_small scenes.
 SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a generator trained four times longer, the
 `_concat` rows the supplement's ablation without FCF ([A, B, mask], every band kept), since `fcf_round_trip` shows
-the FCF alone hiding the change from real-only detectors. `paired_gain` summarises each R's gains over R = 0 of
+the FCF alone hiding the change from real-only detectors, and the `_fcf2` rows act on both causes: an FCF with two
+code channels per date (which keeps colour; `fcf2_round_trip`) under the long generator. `paired_gain` summarises each R's gains over R = 0 of
 the same seed: the noise a gain must clear is the spread of those paired differences.
 
 About two and a half hours on 2 CPU cores in all (RDF-MIG alone 78 minutes). Runs go to a work folder
@@ -403,14 +404,15 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
         with step(f"{budget['n_small']} procedural change pairs (the only labels)"):
             write_change_dataset(small, budget["n_small"], budget["size"], seed=101)
     _pairs_held_out(held_out, budget)
-    fcf = work / "rdfmig_fcf"
-    if not _done(fcf):
-        config = load_config(FcfTrainConfig, str(CONFIGS / "fcf_starter.toml"))
-        config = dataclasses.replace(config, name=f"payoff FCF ({budget['n_small']} pairs)", data=str(small),
-                                     output=str(fcf), steps=budget["fcf_steps"], device=cfg.device,
-                                     resume=fcf.exists())
-        with step(f"FCF on the {budget['n_small']} pairs, {config.steps} steps"):
-            train_fcf(config)
+    fcf, fcf2 = work / "rdfmig_fcf", work / "rdfmig_fcf2"
+    for folder, code_channels in ((fcf, 1), (fcf2, 2)):
+        if not _done(folder):
+            config = load_config(FcfTrainConfig, str(CONFIGS / "fcf_starter.toml"))
+            config = dataclasses.replace(config, name=f"payoff FCF ({budget['n_small']} pairs, {code_channels} code "
+                                         f"channel(s))", data=str(small), output=str(folder), steps=budget["fcf_steps"],
+                                         code_channels=code_channels, device=cfg.device, resume=folder.exists())
+            with step(f"FCF ({code_channels} code channel(s)) on the {budget['n_small']} pairs, {config.steps} steps"):
+                train_fcf(config)
     cells: dict[str, list[dict]] = {}
     consistency: dict[str, list[float]] = {}
     sets = {}
@@ -418,18 +420,20 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
     # do not show (consistency near 0), so the `_long` rows use the same recipe trained joint_steps_long steps.
     # The FCF round trip alone already hides the change from real-trained detectors (its one-channel code loses
     # the colour of new roofs: `fcf_round_trip`), so the `_concat` rows use the paper's ablation [A, B, mask],
-    # which keeps every band, at the base budget.
-    for variant, steps, representation in (("", budget["joint_steps"], "fcf"),
-                                           ("_concat", budget["joint_steps"], "concat"),
-                                           ("_long", budget["joint_steps_long"], "fcf")):
+    # which keeps every band, at the base budget, and the `_fcf2` rows an FCF with two code channels per date (the
+    # colour comes back: `fcf2_round_trip`) at the long budget.
+    for variant, steps, representation, fcf_dir in (("", budget["joint_steps"], "fcf", fcf),
+                                                    ("_concat", budget["joint_steps"], "concat", fcf),
+                                                    ("_long", budget["joint_steps_long"], "fcf", fcf),
+                                                    ("_fcf2", budget["joint_steps_long"], "fcf", fcf2)):
         joint, generated = work / f"rdfmig_joint{variant}", work / f"rdfmig_generated{variant}"
         if not _done(joint):
             config = load_config(RdfmigTrainConfig, str(CONFIGS / "rdfmig_starter.toml"))
             config = dataclasses.replace(config, name=f"payoff RDF-MIG ({budget['n_small']} pairs, {representation}, "
-                                         f"{steps} steps)", data=str(small), output=str(joint), fcf=str(fcf / "model"),
-                                         representation=representation, steps=steps, val_every=0, device=cfg.device,
-                                         resume=joint.exists())
-            with step(f"RDF-MIG ({representation} + MCRD) on the {budget['n_small']} pairs, {config.steps} steps"):
+                                         f"{steps} steps)", data=str(small), output=str(joint),
+                                         fcf=str(fcf_dir / "model"), representation=representation, steps=steps,
+                                         val_every=0, device=cfg.device, resume=joint.exists())
+            with step(f"RDF-MIG{variant} ({representation} + MCRD) on the {budget['n_small']} pairs, {steps} steps"):
                 train_rdfmig(config)
         if not (generated / "index.csv").is_file():
             with step(f"{budget['generated']} generated triplets (DDIM-50), generator of {steps} steps"):
@@ -465,6 +469,8 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
             "proxy_fid_b_images": {f"{name}_vs_held_out": value for name, value in fid.items()},
             "fcf_round_trip": _fcf_round_trip(cfg, fcf / "model", held_out, work / "rdfmig_held_out_fcf_round_trip",
                                               controls),
+            "fcf2_round_trip": _fcf_round_trip(cfg, fcf2 / "model", held_out,
+                                               work / "rdfmig_held_out_fcf2_round_trip", controls),
             "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in budget.items()}, "work": str(work),
                          "note": "mean, spread (half the max - min over seeds) and std per cell of change IoU / F1 / "
                                  "recall / precision; 'real' = the DSIFN pairs of ../shared/data/cd_dsifn (none "

@@ -84,3 +84,17 @@ def test_an_fcf_for_other_bands_is_refused(trained, tmp_path):
                                    samples_per_image=1, steps=1, val_every=1000, checkpoint_every=1000, device="cpu"))
     with pytest.raises(TrainingError, match="FCF model"):
         train_rdfmig(RdfmigTrainConfig(data=str(data), output=str(tmp_path / "run"), fcf=str(fcf), **TINY))
+
+
+def test_an_fcf_with_two_code_channels_drives_a_five_channel_model(tmp_path):
+    data = write_change_dataset(tmp_path / "data", count=2, size=64, seed=6)
+    fcf = train_fcf(FcfTrainConfig(data=str(data), output=str(tmp_path / "fcf"), patch_size=32, batch_size=2,
+                                   samples_per_image=1, steps=2, val_every=1000, checkpoint_every=1000, device="cpu",
+                                   code_channels=2))
+    model_dir = train_rdfmig(RdfmigTrainConfig(data=str(data), output=str(tmp_path / "run"), fcf=str(fcf), **TINY))
+    model, card = load_rdfmig(model_dir)
+    assert card.architecture["unet"]["in_channels"] == 5 and model.fcf.code_channels == 2
+    assert card.extra["fcf_architecture"]["code_channels"] == 2
+    generated = model.sample(count=2, steps=2, seed=1, size=32)
+    assert generated.a.shape == generated.b.shape == (2, 3, 32, 32) and generated.mask.shape == (2, 32, 32)
+    assert architecture_for("small", "fcf", 3, code_channels=2)["unet"]["in_channels"] == 5

@@ -18,7 +18,7 @@ from core.data.change import ChangePatchDataset, list_change_triplets, write_cha
 from core.diffusion.sampling import denoise
 from training.fcf import FcfTrainConfig, train_fcf
 from training.rdfmig import ChangeVaeTrainConfig, RdfmigTrainConfig, train_change_vae, train_rdfmig
-from training.trainer import stacked
+from training.trainer import TrainingError, stacked
 
 TINY = {"preset": "small", "patch_size": 32, "batch_size": 2, "samples_per_image": 1, "steps": 2, "val_every": 0,
         "checkpoint_every": 1000, "device": "cpu"}
@@ -106,6 +106,15 @@ def test_latent_variant_errors_say_what_is_wrong(change_data, tmp_path):
         architecture_for("small", "concat", 3, tiny_vae(), 32)
     with pytest.raises(ValueError, match="not a multiple of 2"):
         architecture_for("small", "fcf", 3, tiny_vae(), 33)
+    with pytest.raises(ValueError, match="one code channel per date; this FCF has 2"):
+        architecture_for("small", "fcf", 3, tiny_vae(), 32, code_channels=2)
+    data, _ = change_data
+    two = train_fcf(FcfTrainConfig(data=str(data), output=str(tmp_path / "fcf2"), patch_size=32, batch_size=2,
+                                   samples_per_image=1, steps=1, val_every=1000, checkpoint_every=1000, device="cpu",
+                                   code_channels=2))
+    with pytest.raises(TrainingError, match="2 code channels per date \\(5-channel feature images\\)"):
+        train_change_vae(ChangeVaeTrainConfig(data=str(data), output=str(tmp_path / "vae"), fcf=str(two),
+                                              steps=1, device="cpu"))
 
 
 def test_latents_are_not_clipped_while_pixels_are():

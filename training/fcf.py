@@ -1,7 +1,7 @@
 """`python -m training fcf`: fit RDF-MIG's FCF autoencoder on the images of a change folder.
 
 The first stage of RDF-MIG: one FCF (core.change.fcf) learns to reduce every image of dates A and B to one
-channel and back; the joint diffusion model later trains on [fcf(A), fcf(B), mask] with it frozen. Reads every
+channel (`code_channels`: k) and back; the joint diffusion model later trains on [fcf(A), fcf(B), mask] with it frozen. Reads every
 image below DATA/A and DATA/B (label/ is not needed here) as random patches scaled to [-1, 1] (8-bit: / 255,
 other types: each file's 0.1-99.9 percentile range, as core.data.images does). All images must have the same
 band count (RGB or RGB+NIR): the model keeps the data's bands in their order. The loss is L1 + (1 - SSIM);
@@ -36,7 +36,8 @@ class FcfTrainConfig(RunConfig):
     samples_per_image: int = 8
     steps: int = 1500
     weight_decay: float = 0.0
-    code_noise: float = 0.02       # std of the noise added to the 1-channel code in training (decoder robustness)
+    code_channels: int = 1         # channels per date: 1 = the supplement's 3-channel feature image; 2 keeps colour
+    code_noise: float = 0.02       # std of the noise added to the code in training (decoder robustness)
     checkpoint_every: int = 500
 
 
@@ -87,7 +88,9 @@ def train_fcf(cfg: FcfTrainConfig) -> Path:
     bands = len(images.bands)
     dataset = ImagePatchDataset(images.paths, cfg.patch_size, channels=bands, samples_per_image=cfg.samples_per_image)
     seed_everything(cfg.seed)   # same config, same initial weights
-    model = FCF(bands, cfg.width)
+    if not 1 <= cfg.code_channels <= bands:
+        raise TrainingError(f"code_channels must be between 1 and the data's {bands} bands; got {cfg.code_channels}.")
+    model = FCF(bands, cfg.width, cfg.code_channels)
     run = Path(cfg.output)
     trainer = Trainer(model, cfg.train_settings())
     loader = trainer.loader(dataset, cfg.batch_size, cfg.num_workers)
@@ -122,12 +125,15 @@ def train_fcf(cfg: FcfTrainConfig) -> Path:
                           "0.1-99.9 percentile range)",
                "loss": "L1 + (1 - SSIM, 11 x 11 gaussian window, sigma 1.5)", "code_noise": cfg.code_noise,
                "interpretation": "our reading of RDF-MIG's FCF (the main paper is missing): a convolutional "
-                                 "autoencoder per image, bands -> 1 channel in [-1, 1] -> bands, shared by dates "
-                                 "A and B, frozen while the diffusion model learns [fcf(A), fcf(B), 2 mask - 1]"}))
+                                 f"autoencoder per image, bands -> {cfg.code_channels} channel(s) in [-1, 1] -> "
+                                 "bands, shared by dates A and B, frozen while the diffusion model learns "
+                                 "[fcf(A), fcf(B), 2 mask - 1]"}))
 
 
 def add_arguments(parser) -> None:
     add_run_arguments(parser, "FcfTrainConfig")
+    parser.add_argument("--code-channels", type=int,
+                        help="override: channels per date (1: the supplement's 3-channel feature image; 2 keeps colour)")
 
 
 def main(args) -> None:

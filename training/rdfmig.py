@@ -77,7 +77,8 @@ def train_rdfmig(cfg: RdfmigTrainConfig) -> Path:
     vae, vae_source = load_vae(cfg.vae) if cfg.vae else (None, None)
     if vae is not None:
         vae.requires_grad_(False).eval()
-    architecture = architecture_for(cfg.preset, cfg.representation, bands, vae, cfg.patch_size)
+    architecture = architecture_for(cfg.preset, cfg.representation, bands, vae, cfg.patch_size,
+                                    fcf.code_channels if fcf is not None else 1)
     criterion, loss_entry = cfg.loss_criterion()
     seed_everything(cfg.seed)
     model = build_denoiser(architecture)
@@ -150,6 +151,10 @@ def train_change_vae(cfg: ChangeVaeTrainConfig) -> Path:
     triplets = list_change_triplets(cfg.data)
     dataset = ChangePatchDataset(triplets, cfg.patch_size, cfg.samples_per_image, train=True)
     fcf, fcf_card = _frozen_fcf(cfg.fcf, dataset.bands, cfg.data)
+    if fcf.code_channels != 1:
+        raise TrainingError(f"The change autoencoder learns 3-channel feature images; FCF model '{cfg.fcf}' has "
+                            f"{fcf.code_channels} code channels per date ({fcf.feature_channels}-channel feature "
+                            f"images). Train it on a 1-channel FCF (code_channels = 1).")
     seed_everything(cfg.seed)
     vae = AutoencoderKL.from_config(SMALL_VAE)
     run = Path(cfg.output)

@@ -1,10 +1,13 @@
-"""FCF (feature compression & fusion) of RDF-MIG: a change pair + mask as one 3-channel image.
+"""FCF (feature compression & fusion) of RDF-MIG: a change pair + mask as one 3-channel image (or 2 k + 1).
 
 The supplement only says what FCF does: the C-band image of date A (RGB or RGB+NIR), the image of date B and the
 change mask become a 3-channel "feature image" [reduced A, reduced B, mask] that a diffusion model learns; after
 sampling, FCF's decoder restores the bands of A and B. How it reduces is in the missing main paper, so this is our
 interpretation (spec "Our decisions"): a small learned convolutional autoencoder per image, C bands -> 1 channel
 in [-1, 1] (tanh) with a 9 x 9 px spatial context, and back 1 -> C bands. It never downsamples, so any size works.
+One channel keeps luminance but loses colour (a new red roof comes back beige, and the change with it), so
+`code_channels` = k > 1 keeps k channels per date: the feature image then has 2 k + 1 channels. k = 1 is the
+supplement's 3-channel image and the default.
 ONE FCF serves both dates (same sensor); it is trained first on reconstruction (`fcf_loss`), then frozen while the
 diffusion model trains. The plain concatenation [A, B, mask] (2C + 1 channels, the paper's ablation) is kept as
 `concat_image` / `split_concat_image`.
@@ -38,30 +41,36 @@ def _conv_stack(in_channels: int, width: int, out_channels: int) -> nn.Sequentia
 
 
 class FCF(nn.Module):
-    """Per-image autoencoder: `bands` channels in [-1, 1] <-> one channel in [-1, 1]."""
+    """Per-image autoencoder: `bands` channels in [-1, 1] <-> `code_channels` channels in [-1, 1]."""
 
-    def __init__(self, bands: int, width: int = 32):
+    def __init__(self, bands: int, width: int = 32, code_channels: int = 1):
         super().__init__()
-        if bands < 1 or width < 1:
-            raise ValueError(f"FCF needs bands >= 1 and width >= 1, got bands={bands}, width={width}.")
-        self.bands, self.width = bands, width
-        self.encoder = _conv_stack(bands, width, 1)
-        self.decoder = _conv_stack(1, width, bands)
+        if bands < 1 or width < 1 or not 1 <= code_channels <= bands:
+            raise ValueError(f"FCF needs bands >= 1, width >= 1 and 1 <= code_channels <= bands, got bands={bands}, "
+                             f"width={width}, code_channels={code_channels}.")
+        self.bands, self.width, self.code_channels = bands, width, code_channels
+        self.encoder = _conv_stack(bands, width, code_channels)
+        self.decoder = _conv_stack(code_channels, width, bands)
 
     @property
     def architecture(self) -> dict[str, Any]:
         """What the model card stores to rebuild this module."""
-        return {"bands": self.bands, "width": self.width}
+        return {"bands": self.bands, "width": self.width, "code_channels": self.code_channels}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, bands, H, W) in [-1, 1] -> (B, 1, H, W) in [-1, 1]."""
+        """(B, bands, H, W) in [-1, 1] -> (B, code_channels, H, W) in [-1, 1]."""
         if x.shape[1] != self.bands:
             raise ValueError(f"This FCF reduces {self.bands}-band images; got {x.shape[1]} band(s).")
         return torch.tanh(self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) in [-1, 1] -> (B, bands, H, W) in [-1, 1]."""
+        """(B, code_channels, H, W) in [-1, 1] -> (B, bands, H, W) in [-1, 1]."""
         return torch.tanh(self.decoder(z))
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the feature image [code A, code B, mask]."""
+        return 2 * self.code_channels + 1
 
     def forward(self, x: torch.Tensor, code_noise: float = 0.0) -> torch.Tensor:
         """Reconstruction of x; `code_noise` (training only) adds gaussian noise of that std to the code, so the
@@ -82,16 +91,19 @@ def _mask_channel(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def feature_image(fcf: FCF, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The joint image the diffusion model learns: [encode(a), encode(b), 2 mask - 1], (B, 3, H, W)."""
+    """The joint image the diffusion model learns: [encode(a), encode(b), 2 mask - 1], (B, 2 k + 1, H, W)."""
     return torch.cat([fcf.encode(a), fcf.encode(b), _mask_channel(mask, a)], dim=1)
 
 
 def split_feature_image(fcf: FCF, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, 3, H, W) (e.g. sampled) -> (a, b) (B, bands, H, W) in [-1, 1] and the mask (B, H, W) bool (ch. 2 > 0)."""
-    if z.shape[1] != 3:
-        raise ValueError(f"A feature image has 3 channels (code A, code B, mask); got {z.shape[1]}.")
-    codes = z[:, :2].clamp(-1, 1)   # a sample may leave the encoder's range
-    return fcf.decode(codes[:, 0:1]), fcf.decode(codes[:, 1:2]), z[:, 2] > 0
+    """(B, 2 k + 1, H, W) (e.g. sampled) -> (a, b) (B, bands, H, W) in [-1, 1] and the mask (B, H, W) bool
+    (last channel > 0)."""
+    k = fcf.code_channels
+    if z.shape[1] != fcf.feature_channels:
+        raise ValueError(f"This FCF's feature image has {fcf.feature_channels} channels ({k} per date, then the "
+                         f"mask); got {z.shape[1]}.")
+    codes = z[:, :2 * k].clamp(-1, 1)   # a sample may leave the encoder's range
+    return fcf.decode(codes[:, :k]), fcf.decode(codes[:, k:]), z[:, 2 * k] > 0
 
 
 def concat_image(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -158,7 +170,8 @@ def load_fcf(model_dir: str | os.PathLike) -> tuple[FCF, ModelCard]:
     """A trained FCF (on the CPU, eval mode, frozen: requires_grad off) and its card."""
     card = load_card(model_dir, task=TASK)
     try:
-        fcf = FCF(int(card.architecture["bands"]), int(card.architecture["width"]))
+        fcf = FCF(int(card.architecture["bands"]), int(card.architecture["width"]),
+                  int(card.architecture.get("code_channels", 1)))   # cards before code_channels: 1
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"FCF model '{card.name}': its card's architecture is invalid ({exc}).") from exc
     if fcf.bands != len(card.bands):

@@ -1,8 +1,9 @@
 """RDF-MIG: one DDPM over a bi-temporal image pair and its change mask.
 
 With the FCF module (the supplement's design) the diffusion model sees a 3-channel "feature
-image" [fcf(A), fcf(B), 2 mask - 1]: a learned per-image reduction of each date to one channel,
-whose decoder restores all bands (RGB or RGB+NIR) after sampling. The ablation ("concat") is the
+image" [fcf(A), fcf(B), 2 mask - 1]: a learned per-image reduction of each date to one channel
+(k channels with an FCF of k code channels: 2 k + 1), whose decoder restores all bands (RGB or
+RGB+NIR) after sampling. The ablation ("concat") is the
 plain (2 C + 1)-channel concatenation [A, B, 2 mask - 1]. The denoiser is a diffusers
 UNet2DModel predicting epsilon with the linear 1e-4..0.02, T = 1000 schedule; its loss is MSE
 or the robust MCRD (core.diffusion.losses), which down-weights the large errors mislabelled masks cause.
@@ -30,19 +31,24 @@ REPRESENTATIONS = ("fcf", "concat")
 
 
 def architecture_for(preset: str, representation: str, bands: int, vae: AutoencoderKL | None = None,
-                     patch_size: int | None = None) -> dict[str, Any]:
+                     patch_size: int | None = None, code_channels: int = 1) -> dict[str, Any]:
     """SatSynth's UNet presets ('paper' 128 px, 'small' 64 px) on the joint change image, or with `vae` on
-    the latents of the feature image of `patch_size` px tiles (its config, scaling included, goes in the card)."""
+    the latents of the feature image of `patch_size` px tiles (its config, scaling included, goes in the card).
+    `code_channels`: the FCF's channels per date."""
     if preset not in PIXEL_UNET_PRESETS:
         raise ValueError(f"Unknown RDF-MIG preset '{preset}'; choose one of {', '.join(PIXEL_UNET_PRESETS)}.")
     if representation not in REPRESENTATIONS:
         raise ValueError(f"Unknown representation '{representation}'; choose one of {', '.join(REPRESENTATIONS)}.")
-    channels = 3 if representation == "fcf" else 2 * bands + 1
+    channels = 2 * code_channels + 1 if representation == "fcf" else 2 * bands + 1
     unet = dict(PIXEL_UNET_PRESETS[preset], in_channels=channels, out_channels=channels)
     architecture = {"preset": preset, "representation": representation, "bands": bands, "unet": unet}
     if vae is not None:
         if representation != "fcf":
             raise ValueError("The latent variant encodes the 3-channel FCF feature image; use representation 'fcf'.")
+        if code_channels != 1:
+            raise ValueError(f"The latent variant's autoencoder takes the 3-channel feature image of an FCF with one "
+                             f"code channel per date; this FCF has {code_channels}. Use a 1-channel FCF "
+                             f"(code_channels = 1) or the pixel model (no vae).")
         factor = vae_factor(vae)
         if not patch_size or patch_size % factor:
             raise ValueError(f"Patch size {patch_size} px is not a multiple of {factor} (the autoencoder's factor).")
