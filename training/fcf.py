@@ -5,7 +5,7 @@ channel (`code_channels`: k) and back; the joint diffusion model later trains on
 image below DATA/A and DATA/B (label/ is not needed here) as random patches scaled to [-1, 1] (8-bit: / 255,
 other types: each file's 0.1-99.9 percentile range, as core.data.images does). All images must have the same
 band count (RGB or RGB+NIR): the model keeps the data's bands in their order. The loss is L1 + (1 - SSIM);
-validation = reconstruction PSNR / SSIM on a fixed set of training patches.
+validation = reconstruction PSNR / SSIM and the colour error (chroma_error) on a fixed set of training patches.
 Writes `<output>/model` (task "fcf") plus training state, log.csv and curves.png.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from core.change.fcf import TASK, FCF, fcf_loss, psnr, ssim
+from core.change.fcf import TASK, FCF, chroma_error, fcf_loss, psnr, ssim
 from core.checkpoint import ModelCard, Normalization
 from core.data.images import ImagePatchDataset, list_images
 from core.data.scenes import scene_bands
@@ -105,7 +105,8 @@ def train_fcf(cfg: FcfTrainConfig) -> Path:
         device = next(net.parameters()).device
         x = fixed.to(device)
         reconstruction = torch.cat([net(chunk) for chunk in x.split(cfg.batch_size)])
-        return {"psnr": psnr(reconstruction, x), "ssim": float(ssim((reconstruction + 1) / 2, (x + 1) / 2))}
+        return {"psnr": psnr(reconstruction, x), "ssim": float(ssim((reconstruction + 1) / 2, (x + 1) / 2)),
+                "chroma_error": chroma_error(reconstruction, x)}
 
     metrics = trainer.fit(loader, loss_fn, validate)
     # One raw range for the whole set: 8-bit data is exactly 0..255 -> [-1, 1]; other types are scaled per file

@@ -154,6 +154,14 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
+def chroma_error(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean absolute error of the colour alone (each band minus the pixel's band mean) of (B, C, H, W) images in
+    [-1, 1], on the [0, 1] scale: what PSNR and SSIM hide when an FCF keeps luminance but loses colour."""
+    def colour(x):
+        return x - x.mean(1, keepdim=True)
+    return float((colour(reconstruction) - colour(target)).abs().mean() / 2)
+
+
 def fcf_loss(fcf: FCF, x: torch.Tensor, code_noise: float = 0.0) -> torch.Tensor:
     """Reconstruction loss L1 + (1 - SSIM) of (B, bands, H, W) images in [-1, 1].
 
