@@ -24,7 +24,7 @@ the FCF alone hiding the change from real-only detectors, and the `_fcf2` rows a
 code channels per date (which keeps colour; `fcf2_round_trip`) under the long generator. `paired_gain` summarises each R's gains over R = 0 of
 the same seed: the noise a gain must clear is the spread of those paired differences.
 
-About two and a half hours on 2 CPU cores in all (RDF-MIG alone 78 minutes). Runs go to a work folder
+About three hours on 2 CPU cores in all (RDF-MIG alone 112 minutes). Runs go to a work folder
 (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff) and are reused when their model exists, so an interrupted run
 resumes where it stopped.
 """
