@@ -21,10 +21,11 @@ R1_hard drops KD (the paper's hard-label ablation); R1_long uses the pairs of a 
 SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a generator trained four times longer, the
 `_concat` rows the supplement's ablation without FCF ([A, B, mask], every band kept), since `fcf_round_trip` shows
 the FCF alone hiding the change from real-only detectors, and the `_fcf2` rows act on both causes: an FCF with two
-code channels per date (which keeps colour; `fcf2_round_trip`) under the long generator. `paired_gain` summarises each R's gains over R = 0 of
+code channels per date (which keeps colour; `fcf2_round_trip`) under the long generator (`_fcf2_xlong`: twice as
+long again, since its masks still cover three times the real share). `paired_gain` summarises each R's gains over R = 0 of
 the same seed: the noise a gain must clear is the spread of those paired differences.
 
-About three hours on 2 CPU cores in all (RDF-MIG alone 112 minutes). Runs go to a work folder
+About four hours on 2 CPU cores in all (RDF-MIG alone 165 minutes). Runs go to a work folder
 (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff) and are reused when their model exists, so an interrupted run
 resumes where it stopped.
 """
@@ -386,9 +387,9 @@ def _segmenter_cells(cfg: argparse.Namespace, prefix: Path, data: Path, generate
 # --- RDF-MIG ----------------------------------------------------------------------------------------------------------
 
 RDFMIG = {"n_small": 6, "n_full": 60, "held_out": 20, "size": 128, "fcf_steps": 500, "joint_steps": 500,
-          "joint_steps_long": 2000, "generated": 24, "detector_steps": 400, "seeds": (4, 5)}
+          "joint_steps_long": 2000, "joint_steps_xlong": 4000, "generated": 24, "detector_steps": 400, "seeds": (4, 5)}
 RDFMIG_QUICK = {**RDFMIG, "n_small": 2, "held_out": 2, "fcf_steps": 4, "joint_steps": 4, "joint_steps_long": 6,
-                "generated": 4, "detector_steps": 4, "seeds": (4,)}
+                "joint_steps_xlong": 8, "generated": 4, "detector_steps": 4, "seeds": (4,)}
 DSIFN = REAL_CROPS.parent / "cd_dsifn"
 CHANGE_KEYS = ("IoU", "F1", "recall", "precision")
 
@@ -421,11 +422,13 @@ def rdfmig_payoff(cfg: argparse.Namespace, work: Path) -> dict:
     # The FCF round trip alone already hides the change from real-trained detectors (its one-channel code loses
     # the colour of new roofs: `fcf_round_trip`), so the `_concat` rows use the paper's ablation [A, B, mask],
     # which keeps every band, at the base budget, and the `_fcf2` rows an FCF with two code channels per date (the
-    # colour comes back: `fcf2_round_trip`) at the long budget.
+    # colour comes back: `fcf2_round_trip`) at the long budget; its masks cover three times the real pairs' share,
+    # so `_fcf2_xlong` trains the same generator twice as long again.
     for variant, steps, representation, fcf_dir in (("", budget["joint_steps"], "fcf", fcf),
                                                     ("_concat", budget["joint_steps"], "concat", fcf),
                                                     ("_long", budget["joint_steps_long"], "fcf", fcf),
-                                                    ("_fcf2", budget["joint_steps_long"], "fcf", fcf2)):
+                                                    ("_fcf2", budget["joint_steps_long"], "fcf", fcf2),
+                                                    ("_fcf2_xlong", budget["joint_steps_xlong"], "fcf", fcf2)):
         joint, generated = work / f"rdfmig_joint{variant}", work / f"rdfmig_generated{variant}"
         if not _done(joint):
             config = load_config(RdfmigTrainConfig, str(CONFIGS / "rdfmig_starter.toml"))
