@@ -98,3 +98,6 @@ def test_an_fcf_with_two_code_channels_drives_a_five_channel_model(tmp_path):
     generated = model.sample(count=2, steps=2, seed=1, size=32)
     assert generated.a.shape == generated.b.shape == (2, 3, 32, 32) and generated.mask.shape == (2, 32, 32)
     assert architecture_for("small", "fcf", 3, code_channels=2)["unet"]["in_channels"] == 5
+    result = synthesize_change_pairs(ChangeSynthesisParams(str(tmp_path / "out"), count=2, model_dir=str(model_dir),
+                                                           steps=2, batch_size=2, device="cpu"))
+    assert len(result.triplets) == 2   # the path the dock panel and Processing run

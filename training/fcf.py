@@ -1,9 +1,9 @@
 """`python -m training fcf`: fit RDF-MIG's FCF autoencoder on the images of a change folder.
 
 The first stage of RDF-MIG: one FCF (core.change.fcf) learns to reduce every image of dates A and B to one
-channel (`code_channels`: k) and back; the joint diffusion model later trains on [fcf(A), fcf(B), mask] with it frozen. Reads every
-image below DATA/A and DATA/B (label/ is not needed here) as random patches scaled to [-1, 1] (8-bit: / 255,
-other types: each file's 0.1-99.9 percentile range, as core.data.images does). All images must have the same
+channel (`code_channels`: k) and back; the joint diffusion model later trains on [fcf(A), fcf(B), mask] with it
+frozen. Reads every image below DATA/A and DATA/B (label/ is not needed here) as random patches scaled to
+[-1, 1] (8-bit: / 255, other types: each file's 0.1-99.9 percentile range, as core.data.images does). All images must have the same
 band count (RGB or RGB+NIR): the model keeps the data's bands in their order. The loss is L1 + (1 - SSIM);
 validation = reconstruction PSNR / SSIM and the colour error (chroma_error) on a fixed set of training patches.
 Writes `<output>/model` (task "fcf") plus training state, log.csv and curves.png.
@@ -86,10 +86,10 @@ def validation_patches(dataset: ImagePatchDataset, seed: int) -> torch.Tensor:
 def train_fcf(cfg: FcfTrainConfig) -> Path:
     images = read_date_images(cfg.data)
     bands = len(images.bands)
-    dataset = ImagePatchDataset(images.paths, cfg.patch_size, channels=bands, samples_per_image=cfg.samples_per_image)
-    seed_everything(cfg.seed)   # same config, same initial weights
     if not 1 <= cfg.code_channels <= bands:
         raise TrainingError(f"code_channels must be between 1 and the data's {bands} bands; got {cfg.code_channels}.")
+    dataset = ImagePatchDataset(images.paths, cfg.patch_size, channels=bands, samples_per_image=cfg.samples_per_image)
+    seed_everything(cfg.seed)   # same config, same initial weights
     model = FCF(bands, cfg.width, cfg.code_channels)
     run = Path(cfg.output)
     trainer = Trainer(model, cfg.train_settings())
