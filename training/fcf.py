@@ -3,8 +3,9 @@
 The first stage of RDF-MIG: one FCF (core.change.fcf) learns to reduce every image of dates A and B to one
 channel (`code_channels`: k) and back; the joint diffusion model later trains on [fcf(A), fcf(B), mask] with it
 frozen. Reads every image below DATA/A and DATA/B (label/ is not needed here) as random patches scaled to
-[-1, 1] (8-bit: / 255, other types: each file's 0.1-99.9 percentile range, as core.data.images does). All images must have the same
-band count (RGB or RGB+NIR): the model keeps the data's bands in their order. The loss is L1 + (1 - SSIM);
+[-1, 1] (8-bit: / 255, other types: each file's 0.1-99.9 percentile range, as core.data.images does). All images
+must have the same band count (RGB or RGB+NIR): the model keeps the data's bands in their order. The loss is
+L1 + (1 - SSIM);
 validation = reconstruction PSNR / SSIM and the colour error (chroma_error) on a fixed set of training patches.
 Writes `<output>/model` (task "fcf") plus training state, log.csv and curves.png.
 """
