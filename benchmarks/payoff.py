@@ -22,8 +22,8 @@ SatSynth: R1_no_x2 skips the x2 stage; RDF-MIG: the `_long` rows use a generator
 `_concat` rows the supplement's ablation without FCF ([A, B, mask], every band kept), since `fcf_round_trip` shows
 the FCF alone hiding the change from real-only detectors, and the `_fcf2` rows act on both causes: an FCF with two
 code channels per date (which keeps colour; `fcf2_round_trip`) under the long generator (`_fcf2_xlong`: twice as
-long again, since its masks still cover three times the real share). `paired_gain` summarises each R's gains over R = 0 of
-the same seed: the noise a gain must clear is the spread of those paired differences.
+long again, since its masks still cover three times the real share). `paired_gain` summarises each R's gains
+over R = 0 of the same seed: the noise a gain must clear is the spread of those paired differences.
 
 About four hours on 2 CPU cores in all (RDF-MIG alone 165 minutes). Runs go to a work folder
 (RS_DIFFUSION_PAYOFF_WORK, default runs/payoff) and are reused when their model exists, so an interrupted run

@@ -136,7 +136,8 @@ def test_nir_model_keeps_bands_and_their_order(nir_run):
     fcf, card = load_fcf(model_dir)
     data_bands = list(raster_info(next((Path(cfg.data) / "A").iterdir())).band_names)
     assert data_bands == ["red", "green", "blue", "nir"]
-    assert card.task == "fcf" and card.bands == data_bands and card.architecture == {"bands": 4, "width": cfg.width, "code_channels": 1}
+    assert card.task == "fcf" and card.bands == data_bands
+    assert card.architecture == {"bands": 4, "width": cfg.width, "code_channels": 1}
     assert card.normalization.offset == [127.5] * 4 and card.normalization.scale == [127.5] * 4   # 8-bit -> [-1, 1]
     assert not any(p.requires_grad for p in fcf.parameters())
     x = validation_patches(ImagePatchDataset(read_date_images(cfg.data).paths, 32, 4, 4), seed=7)

@@ -135,7 +135,8 @@ def train_fcf(cfg: FcfTrainConfig) -> Path:
 def add_arguments(parser) -> None:
     add_run_arguments(parser, "FcfTrainConfig")
     parser.add_argument("--code-channels", type=int,
-                        help="override: channels per date (1: the supplement's 3-channel feature image; 2 keeps colour)")
+                        help="override: channels per date (1: the supplement's 3-channel feature image; "
+                             "2 keeps colour)")
 
 
 def main(args) -> None:
